@@ -1,0 +1,462 @@
+"""The two-branch image + voice network of Bonmati et al. and the paper's ablation variants.
+
+Every model takes ``image`` (B, frames, H, W) float in [0, 1] and ``voice`` (B, 1024, 66) float
+and returns logits (B, K).  Build one with :func:`build_model`.
+
+Architecture (SPEC §1; where the paper is silent the choice made here is marked *ours*)
+-----------------------------------------------------------------------------------------
+
+Voice branch (input 1024 x 66: frequency bins are the Conv1d input channels, time is the axis):
+six Conv1d (kernel 3, padding 1) each followed by BatchNorm1d and ReLU, MaxPool1d(3, stride 2)
+after the 2nd and the 4th convolution (*ours*: the paper says "between some of them")::
+
+    1024 -> 256 -> 256 | pool | -> 512 -> 512 | pool | -> 1024 -> 1024      (channel plan, *ours*)
+    time:  66          | 32   |                 | 15   |   P = (R=1024, T'=15)
+
+Image branch (input = the frames stacked as channels): VGG16's 13 Conv2d (kernel 3, padding 1)
+in its 5 blocks (2, 2, 3, 3, 3 convolutions), each followed by BatchNorm2d and ReLU; no dense
+layers.  VGG16 widths 64, 128, 256, 512 for blocks 1-4; block 5 is widened from 512 to R = 1024
+(*ours*: all three of its convolutions, so Q has R channels without an extra layer).
+MaxPool2d(3, stride 2, no padding, as TensorFlow's default "valid") *between* the blocks, i.e.
+4 pools (*ours*: VGG16 also pools after block 5; we do not, to keep a finer grid for Grad-CAM).
+At 350 x 690 the grid is 350 -> 174 -> 86 -> 42 -> 20 and 690 -> 344 -> 171 -> 85 -> 42, so
+Q = (1024, 20, 42).  Inputs smaller than 31 pixels on a side are refused (the grid would vanish).
+
+Joint map and head: ``C[t, i, j] = sum_r Q[r, i, j] * P[r, t] / R`` (one map per voice time step,
+T' = 15 channels over the H' x W' grid), then Conv2d(T' -> K, kernel 3, padding 1) and global
+average pooling give the K logits.  The division by R (*ours*) is a fixed, parameter-free scale:
+the paper's plain sum puts values of order R into the head, which at the paper's learning rate
+(Adam, 1e-3) makes the first steps diverge; the constant changes nothing else (the head conv
+could absorb it).  ``joint_scale="sum"`` gives the unscaled product.
+
+Variants (SPEC §3, the paper's Table II/III):
+
+- ``proposed``: the above.
+- ``image_only``: image branch -> Conv2d(R -> K) -> GAP (no product; "skipping the
+  multiplication", paper Fig. 1 dotted arrows).
+- ``voice_only``: voice branch -> Conv1d(R -> K, kernel 3) -> GAP.  The branch output is 1-D, so
+  the head is the 1-D form of the paper's "Conv + GAP".
+- ``vgg16_pretrained`` / ``resnet50_pretrained``: the image branch is torchvision's VGG16
+  ``features`` / ResNet50 without avgpool and fc ("top removed"), ImageNet weights loaded from a
+  local file, every backbone layer frozen (BatchNorm in inference mode, as Keras does for frozen
+  layers), then a Conv2d(kernel 3) to R = 1024 channels; joined with the voice branch as above.
+  The backbone's first convolution takes 3 channels, so 3 of the frames are fed (*ours*: frames
+  evenly spaced over the window: first, middle, last), normalised with the ImageNet mean/std.
+- ``image_only_vgg16`` / ``image_only_resnet50``: the same image branches alone (Table III rows
+  5-6; not in the SPEC's variant list but needed to reproduce the whole table).
+- ``voice_pretrained``: voice-only with the keyword network of :mod:`.voice_pretrain` (frozen) up
+  to its first Dropout, then Conv2d(64 -> R, kernel 3) "after the Dropout layer", averaged over
+  the frequency axis (*ours*) to give P (R, T'), then the voice-only head.
+- ``random_pairs``: the proposed network; only the training data differ (see training.py).
+- ``reduced_input``: the proposed network fed 3 frames (the first conv has 3 input channels);
+  training picks 3 random frames per sample and epoch, evaluation the 3 evenly spaced frames.
+
+Grad-CAM: :meth:`EUSVoiceLabelNet.cam_layer` returns the module whose output is the image
+feature map used for heat maps: the last ReLU of the image branch (i.e. the activation of the
+last Conv2d, which is Q), or the added Conv2d for pretrained backbones; ``None`` for voice-only
+models.  :meth:`EUSVoiceLabelNet.features` returns P, Q and C for inspection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+R_CHANNELS = 1024
+
+#: VGG16 block plan: (number of convolutions, channels) per block; block 5 widened to R.
+IMAGE_BLOCKS: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (3, 256), (3, 512),
+                                             (3, R_CHANNELS))
+#: Voice branch: output channels of the 6 Conv1d; a MaxPool1d follows the convs listed in
+#: VOICE_POOL_AFTER (0-based).
+VOICE_CHANNELS: tuple[int, ...] = (256, 256, 512, 512, R_CHANNELS, R_CHANNELS)
+VOICE_POOL_AFTER: tuple[int, ...] = (1, 3)
+
+#: Smallest image side the image branch accepts (4 valid 3/2 pools need 31 pixels).
+MIN_IMAGE_SIDE = 31
+
+VARIANTS: tuple[str, ...] = (
+    "proposed", "image_only", "voice_only", "vgg16_pretrained", "resnet50_pretrained",
+    "voice_pretrained", "random_pairs", "reduced_input", "image_only_vgg16",
+    "image_only_resnet50",
+)
+#: Variants that need a local weights file (``weights=``).
+NEEDS_WEIGHTS = {"vgg16_pretrained": "vgg16", "resnet50_pretrained": "resnet50",
+                 "image_only_vgg16": "vgg16", "image_only_resnet50": "resnet50",
+                 "voice_pretrained": "voice"}
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(4, int(round(channels * width)))
+
+
+def pool_out(size: int, times: int = 4) -> int:
+    """Grid size after ``times`` max-pools of kernel 3, stride 2, no padding."""
+    for _ in range(times):
+        size = (size - 3) // 2 + 1
+    return size
+
+
+def feature_grid(image_size: Sequence[int]) -> tuple[int, int]:
+    """(H', W') of Q for an input of ``image_size`` = (H, W) in the scratch image branch."""
+    return pool_out(int(image_size[0])), pool_out(int(image_size[1]))
+
+
+def check_image_size(image_size: Sequence[int]) -> None:
+    """Raise ConfigError if the image branch cannot take frames of this (H, W)."""
+    h, w = (int(v) for v in image_size)
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ConfigError(f"image size {h}x{w} is too small for the image branch",
+                          hint=f"use at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
+                               "(e.g. --image-size 64x128)")
+
+
+# --------------------------------------------------------------------------- branches
+class VoiceBranch(nn.Module):
+    """Six Conv1d + BatchNorm1d + ReLU over a (B, 1024, 66) spectrogram -> P (B, R, T')."""
+
+    def __init__(self, in_bins: int = 1024, width: float = 1.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_bins
+        for i, c in enumerate(VOICE_CHANNELS):
+            c_out = _scaled(c, width)
+            layers += [nn.Conv1d(c_in, c_out, 3, padding=1), nn.BatchNorm1d(c_out),
+                       nn.ReLU(inplace=True)]
+            if i in VOICE_POOL_AFTER:
+                layers.append(nn.MaxPool1d(3, stride=2))
+            c_in = c_out
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = c_in
+
+    def forward(self, voice: torch.Tensor) -> torch.Tensor:
+        return self.layers(voice)
+
+
+class ImageBranch(nn.Module):
+    """VGG16-style 13 Conv2d + BatchNorm2d + ReLU, pools between blocks -> Q (B, R, H', W')."""
+
+    def __init__(self, in_frames: int = 25, width: float = 1.0,
+                 select_from: Optional[int] = None) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_frames
+        for b, (n_conv, c) in enumerate(IMAGE_BLOCKS):
+            if b > 0:
+                layers.append(nn.MaxPool2d(3, stride=2))
+            c_out = _scaled(c, width)
+            for _ in range(n_conv):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                           nn.ReLU(inplace=True)]
+                c_in = c_out
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = c_in
+        self.in_frames = in_frames
+        # reduced_input: a full window (select_from frames) is cut to evenly spaced in_frames;
+        # training passes its randomly chosen in_frames directly.
+        self.select_from = select_from
+        idx = evenly_spaced(select_from, in_frames) if select_from else []
+        self.register_buffer("frame_indices", torch.tensor(idx, dtype=torch.long),
+                             persistent=False)
+
+    def cam_layer(self) -> nn.Module:
+        return self.layers[-1]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.select_from and image.shape[1] == self.select_from != self.in_frames:
+            image = image.index_select(1, self.frame_indices)
+        return self.layers(image)
+
+
+class PretrainedImageBranch(nn.Module):
+    """Frozen torchvision VGG16 / ResNet50 ("top removed") + a trainable Conv2d to R channels.
+
+    ``weights`` is a local state_dict file of the full torchvision model (e.g. the ImageNet
+    weights torchvision distributes, ``vgg16-397923af.pth``); nothing is downloaded.
+    """
+
+    def __init__(self, arch: str, weights: Optional[Path], frames: int, out_channels: int,
+                 frame_indices: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+        import torchvision
+
+        if arch == "vgg16":
+            full = torchvision.models.vgg16(weights=None)
+        elif arch == "resnet50":
+            full = torchvision.models.resnet50(weights=None)
+        else:  # pragma: no cover - guarded by build_model
+            raise ConfigError(f"unknown backbone {arch!r}")
+        if weights is None:
+            raise ConfigError(f"the {arch} image branch needs ImageNet weights from a local file",
+                              hint=f"pass --weights PATH to a torchvision {arch} state_dict "
+                                   "(.pth); nothing is downloaded at run time")
+        full.load_state_dict(load_state_dict_file(weights, arch))
+        if arch == "vgg16":
+            self.backbone: nn.Module = full.features  # includes the last pool, like Keras
+            feat = 512
+        else:
+            self.backbone = nn.Sequential(*list(full.children())[:-2])  # drop avgpool + fc
+            feat = 2048
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+        self.adapter = nn.Conv2d(feat, out_channels, 3, padding=1)
+        self.out_channels = out_channels
+        self.arch = arch
+        idx = list(frame_indices) if frame_indices is not None else evenly_spaced(frames, 3)
+        self.register_buffer("frame_indices", torch.tensor(idx, dtype=torch.long),
+                             persistent=False)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1),
+                             persistent=False)
+        self.in_frames = frames
+
+    def train(self, mode: bool = True) -> "PretrainedImageBranch":
+        super().train(mode)
+        self.backbone.eval()  # frozen: BatchNorm keeps its ImageNet statistics
+        return self
+
+    def cam_layer(self) -> nn.Module:
+        return self.adapter
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.index_select(1, self.frame_indices)
+        x = (x - self.mean) / self.std
+        return self.adapter(self.backbone(x))
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """``k`` frame indices spread evenly over ``n`` frames (first and last included)."""
+    if n < k:
+        raise ConfigError(f"{k} frames are needed but a window has only {n}",
+                          hint=f"use --frames {k} or more")
+    if k == 1:
+        return [n // 2]
+    return [int(round(i * (n - 1) / (k - 1))) for i in range(k)]
+
+
+def load_state_dict_file(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Read a plain state_dict (tensors only) with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("weights file not found", path,
+                              f"give a local {what} state_dict (.pth) with --weights")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for bad files
+        raise CheckpointError(f"cannot read weights ({exc.__class__.__name__})", path,
+                              "the file must be a torch state_dict saved with torch.save") \
+            from None
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError("not a state_dict of tensors", path)
+    return data
+
+
+# --------------------------------------------------------------------------- the network
+class EUSVoiceLabelNet(nn.Module):
+    """Two-branch network (or one branch alone) with a Conv + GAP head.
+
+    Attributes:
+        variant: the variant name it was built as.
+        image_branch / voice_branch: the branches (``None`` when a variant does not use one).
+        head: the Conv2d (joint / image-only) or Conv1d (voice-only) producing class maps.
+    """
+
+    def __init__(self, variant: str, image_branch: Optional[nn.Module],
+                 voice_branch: Optional[nn.Module], num_classes: int,
+                 joint_scale: str = "mean") -> None:
+        super().__init__()
+        self.variant = variant
+        self.image_branch = image_branch
+        self.voice_branch = voice_branch
+        self.num_classes = num_classes
+        if joint_scale not in ("mean", "sum"):
+            raise ConfigError(f"joint_scale must be 'mean' or 'sum', not {joint_scale!r}")
+        self.joint_scale = joint_scale
+        if image_branch is not None and voice_branch is not None:
+            self.mode = "joint"
+            t_prime = getattr(voice_branch, "time_steps", None) or voice_time_steps()
+            self.head: nn.Module = nn.Conv2d(t_prime, num_classes, 3, padding=1)
+        elif image_branch is not None:
+            self.mode = "image"
+            self.head = nn.Conv2d(image_branch.out_channels, num_classes, 3, padding=1)
+        elif voice_branch is not None:
+            self.mode = "voice"
+            self.head = nn.Conv1d(voice_branch.out_channels, num_classes, 3, padding=1)
+        else:  # pragma: no cover
+            raise ConfigError("a model needs at least one branch")
+
+    def cam_layer(self) -> Optional[nn.Module]:
+        """Module whose output is the image feature map Q used for Grad-CAM (None if no image)."""
+        if self.image_branch is None:
+            return None
+        return self.image_branch.cam_layer()
+
+    def joint(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """C (B, T', H', W') from Q (B, R, H', W') and P (B, R, T'): C = Q P^T (over R)."""
+        if q.shape[1] != p.shape[1]:
+            raise ConfigError(f"image and voice branches disagree on R ({q.shape[1]} vs "
+                              f"{p.shape[1]})")
+        c = torch.einsum("brhw,brt->bthw", q, p)
+        if self.joint_scale == "mean":
+            c = c / q.shape[1]
+        return c
+
+    def features(self, image: Optional[torch.Tensor], voice: Optional[torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+        """The intermediate maps: ``P`` (voice), ``Q`` (image), ``C`` (joint), ``maps`` (head
+        output before GAP) and ``logits``; only those the variant computes."""
+        out: dict[str, torch.Tensor] = {}
+        if self.image_branch is not None:
+            if image is None:
+                raise ConfigError(f"variant {self.variant!r} needs image input")
+            if image.dim() != 4:
+                raise ConfigError(f"image input must be (B, frames, H, W), got "
+                                  f"{tuple(image.shape)}")
+            out["Q"] = self.image_branch(image)
+        if self.voice_branch is not None:
+            if voice is None:
+                raise ConfigError(f"variant {self.variant!r} needs voice input")
+            out["P"] = self.voice_branch(voice)
+        if self.mode == "joint":
+            out["C"] = self.joint(out["Q"], out["P"])
+            maps = self.head(out["C"])
+        elif self.mode == "image":
+            maps = self.head(out["Q"])
+        else:
+            maps = self.head(out["P"])
+        out["maps"] = maps
+        out["logits"] = maps.flatten(2).mean(dim=2)  # global average pooling
+        return out
+
+    def forward(self, image: Optional[torch.Tensor], voice: Optional[torch.Tensor]
+                ) -> torch.Tensor:
+        """Logits (B, K) from image (B, frames, H, W) and voice (B, 1024, 66)."""
+        return self.features(image, voice)["logits"]
+
+
+def voice_time_steps(time_bins: int = 66) -> int:
+    """T' of the scratch voice branch for ``time_bins`` spectrogram frames."""
+    t = time_bins
+    for _ in VOICE_POOL_AFTER:
+        t = (t - 3) // 2 + 1
+    return t
+
+
+class PretrainedVoiceBranch(nn.Module):
+    """Frozen keyword network (see :mod:`.voice_pretrain`) up to its first Dropout, then a
+    trainable Conv2d to R channels, averaged over frequency -> P (B, R, T')."""
+
+    def __init__(self, weights: Optional[Path], out_channels: int) -> None:
+        super().__init__()
+        from .voice_pretrain import load_keyword_model
+
+        if weights is None:
+            raise ConfigError("the voice_pretrained variant needs a pretrained keyword network",
+                              hint="run 'eusvoicelabel pretrain-voice --out keyword.pt' and pass "
+                                   "--weights keyword.pt")
+        self.keyword = load_keyword_model(weights)
+        for p in self.keyword.parameters():
+            p.requires_grad_(False)
+        self.keyword.eval()
+        c = self.keyword.feature_channels
+        self.adapter = nn.Conv2d(c, out_channels, 3, padding=1)
+        self.out_channels = out_channels
+        self.time_steps = self.keyword.feature_grid[0]
+
+    def train(self, mode: bool = True) -> "PretrainedVoiceBranch":
+        super().train(mode)
+        self.keyword.eval()  # frozen, dropout off
+        return self
+
+    def forward(self, voice: torch.Tensor) -> torch.Tensor:
+        f = self.keyword.features(voice)          # (B, 64, T', F')
+        return self.adapter(f).mean(dim=3)        # (B, R, T')
+
+
+# --------------------------------------------------------------------------- factory
+def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = 25, *,
+                weights: Optional[str | Path] = None, width: float = 1.0,
+                joint_scale: str = "mean", **kw: Any) -> EUSVoiceLabelNet:
+    """Build the network of ``variant`` (see the module docstring).
+
+    Args:
+        variant: one of :data:`VARIANTS`.
+        num_classes: K, the number of labels.
+        frames: frames per window in the image input (``reduced_input`` feeds 3 of them to the
+            network; the pretrained backbones take 3 evenly spaced ones).
+        weights: local weights file for the pretrained variants (torchvision state_dict for
+            VGG16/ResNet50, a ``pretrain-voice`` checkpoint for ``voice_pretrained``).
+        width: channel multiplier of the scratch branches (1.0 = the paper, R = 1024; smaller
+            values give a light model for CPU tests and laptops).
+        joint_scale: "mean" (C / R, default) or "sum" (the plain product).
+        **kw: ``in_bins`` (spectrogram bins, default 1024).
+
+    Returns:
+        An :class:`EUSVoiceLabelNet` whose ``forward(image, voice)`` returns logits (B, K).
+    """
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}", hint="choose one of " +
+                          ", ".join(VARIANTS))
+    if num_classes < 2:
+        raise ConfigError(f"need at least 2 classes, got {num_classes}")
+    if frames < 1:
+        raise ConfigError(f"frames must be positive, got {frames}")
+    if not (0 < width <= 4):
+        raise ConfigError(f"width must be in (0, 4], got {width}")
+    in_bins = int(kw.pop("in_bins", 1024))
+    if kw:
+        raise ConfigError("unknown model options: " + ", ".join(sorted(kw)))
+    r = _scaled(R_CHANNELS, width)
+    wpath = Path(weights) if weights is not None else None
+
+    image: Optional[nn.Module] = None
+    voice: Optional[nn.Module] = None
+    if variant in ("proposed", "random_pairs", "image_only"):
+        image = ImageBranch(frames, width)
+    elif variant == "reduced_input":
+        if frames < 3:
+            raise ConfigError("reduced_input needs windows of at least 3 frames")
+        image = ImageBranch(3, width, select_from=frames)
+    elif variant in ("vgg16_pretrained", "image_only_vgg16"):
+        image = PretrainedImageBranch("vgg16", wpath, frames, r)
+    elif variant in ("resnet50_pretrained", "image_only_resnet50"):
+        image = PretrainedImageBranch("resnet50", wpath, frames, r)
+
+    if variant in ("proposed", "random_pairs", "reduced_input", "voice_only",
+                   "vgg16_pretrained", "resnet50_pretrained"):
+        voice = VoiceBranch(in_bins, width)
+    elif variant == "voice_pretrained":
+        voice = PretrainedVoiceBranch(wpath, r)
+    model = EUSVoiceLabelNet(variant, image, voice, num_classes, joint_scale)
+    model.input_frames = frames  # frames per window the caller supplies
+    return model
+
+
+def count_layers(model: nn.Module) -> dict[str, int]:
+    """Number of Conv1d, Conv2d, BatchNorm1d and BatchNorm2d modules (for checks and docs)."""
+    kinds = {"Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "BatchNorm1d": nn.BatchNorm1d,
+             "BatchNorm2d": nn.BatchNorm2d}
+    return {name: sum(isinstance(m, cls) for m in model.modules()) for name, cls in kinds.items()}
+
+
+def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (only those with gradients when ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["build_model", "EUSVoiceLabelNet", "VoiceBranch", "ImageBranch",
+           "PretrainedImageBranch", "PretrainedVoiceBranch", "VARIANTS", "NEEDS_WEIGHTS",
+           "R_CHANNELS", "feature_grid", "check_image_size", "count_layers", "parameter_count",
+           "evenly_spaced", "voice_time_steps", "load_state_dict_file"]
