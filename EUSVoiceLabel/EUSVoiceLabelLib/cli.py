@@ -60,7 +60,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    help="local ImageNet weights for vgg16_pretrained / resnet50_pretrained, or a "
                         "voice keyword checkpoint for voice_pretrained")
     p.add_argument("--cache", type=Path, default=None,
-                   help="folder for the preprocessed-window cache (default: COHORT/.eusvoicelabel_cache)")
+                   help="folder for the preprocessed-window cache (default: ~/.cache/eusvoicelabel "
+                        "or $EUSVOICELABEL_CACHE)")
 
 
 # --------------------------------------------------------------------------- info
