@@ -83,6 +83,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
     labelset = load_labelset(args.labels, args.procedure)
     proc = load_procedure(args.procedure, labelset=labelset)
+    proc.validate()
     summary = proc.summary()
     if args.json:
         print(json.dumps(summary, indent=2))

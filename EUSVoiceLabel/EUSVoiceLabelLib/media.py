@@ -387,13 +387,14 @@ def load_audio(path: os.PathLike | str) -> tuple[np.ndarray, int]:
             if not (MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
                 raise MediaError(f"implausible sample rate {rate} Hz", path,
                                  f"expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
-            # Float planar mono at the native rate: ffmpeg does the channel down-mix.
-            resampler = av.AudioResampler(format="fltp", layout="mono", rate=rate)
+            # Float planar at the native rate and layout; channels are averaged here (ffmpeg's
+            # own down-mix scales by -3 dB instead).
+            resampler = av.AudioResampler(format="fltp")
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+                    chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+                chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
     except MediaError:
         raise
     except _av_errors() as exc:

@@ -184,7 +184,7 @@ class PretrainedImageBranch(nn.Module):
     """
 
     def __init__(self, arch: str, weights: Optional[Path], frames: int, out_channels: int,
-                 frame_indices: Optional[Sequence[int]] = None) -> None:
+                 load: bool = True) -> None:
         super().__init__()
         import torchvision
 
@@ -194,11 +194,19 @@ class PretrainedImageBranch(nn.Module):
             full = torchvision.models.resnet50(weights=None)
         else:  # pragma: no cover - guarded by build_model
             raise ConfigError(f"unknown backbone {arch!r}")
-        if weights is None:
-            raise ConfigError(f"the {arch} image branch needs ImageNet weights from a local file",
-                              hint=f"pass --weights PATH to a torchvision {arch} state_dict "
-                                   "(.pth); nothing is downloaded at run time")
-        full.load_state_dict(load_state_dict_file(weights, arch))
+        if load:
+            if weights is None:
+                raise ConfigError(f"the {arch} image branch needs ImageNet weights from a local "
+                                  "file",
+                                  hint=f"pass --weights PATH to a torchvision {arch} state_dict "
+                                       "(.pth); nothing is downloaded at run time")
+            state = load_state_dict_file(weights, arch)
+            try:
+                full.load_state_dict(state)
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[0]
+                raise CheckpointError(f"weights do not fit torchvision's {arch} ({first})",
+                                      weights) from None
         if arch == "vgg16":
             self.backbone: nn.Module = full.features  # includes the last pool, like Keras
             feat = 512
@@ -211,7 +219,7 @@ class PretrainedImageBranch(nn.Module):
         self.adapter = nn.Conv2d(feat, out_channels, 3, padding=1)
         self.out_channels = out_channels
         self.arch = arch
-        idx = list(frame_indices) if frame_indices is not None else evenly_spaced(frames, 3)
+        idx = evenly_spaced(frames, 3)
         self.register_buffer("frame_indices", torch.tensor(idx, dtype=torch.long),
                              persistent=False)
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1),
@@ -356,24 +364,31 @@ def voice_time_steps(time_bins: int = 66) -> int:
 
 class PretrainedVoiceBranch(nn.Module):
     """Frozen keyword network (see :mod:`.voice_pretrain`) up to its first Dropout, then a
-    trainable Conv2d to R channels, averaged over frequency -> P (B, R, T')."""
+    trainable Conv2d to R channels, averaged over frequency -> P (B, R, T').
 
-    def __init__(self, weights: Optional[Path], out_channels: int) -> None:
+    ``weights`` is a ``pretrain-voice`` checkpoint; ``None`` with ``load=False`` builds the
+    structure only (its weights then come from a saved model checkpoint).
+    """
+
+    def __init__(self, weights: Optional[Path], out_channels: int, load: bool = True) -> None:
         super().__init__()
-        from .voice_pretrain import load_keyword_model
+        from .voice_pretrain import KeywordFeatures, load_keyword_model
 
-        if weights is None:
-            raise ConfigError("the voice_pretrained variant needs a pretrained keyword network",
-                              hint="run 'eusvoicelabel pretrain-voice --out keyword.pt' and pass "
-                                   "--weights keyword.pt")
-        self.keyword = load_keyword_model(weights)
+        if load:
+            if weights is None:
+                raise ConfigError("the voice_pretrained variant needs a pretrained keyword "
+                                  "network",
+                                  hint="run 'eusvoicelabel pretrain-voice --out keyword.pt' and "
+                                       "pass --weights keyword.pt")
+            self.keyword = load_keyword_model(weights).features
+        else:
+            self.keyword = KeywordFeatures()
         for p in self.keyword.parameters():
             p.requires_grad_(False)
         self.keyword.eval()
-        c = self.keyword.feature_channels
-        self.adapter = nn.Conv2d(c, out_channels, 3, padding=1)
+        self.adapter = nn.Conv2d(KeywordFeatures.feature_channels, out_channels, 3, padding=1)
         self.out_channels = out_channels
-        self.time_steps = self.keyword.feature_grid[0]
+        self.time_steps = KeywordFeatures.feature_grid[0]
 
     def train(self, mode: bool = True) -> "PretrainedVoiceBranch":
         super().train(mode)
@@ -381,14 +396,15 @@ class PretrainedVoiceBranch(nn.Module):
         return self
 
     def forward(self, voice: torch.Tensor) -> torch.Tensor:
-        f = self.keyword.features(voice)          # (B, 64, T', F')
+        f = self.keyword(voice)                   # (B, 64, T', F')
         return self.adapter(f).mean(dim=3)        # (B, R, T')
 
 
 # --------------------------------------------------------------------------- factory
 def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = 25, *,
                 weights: Optional[str | Path] = None, width: float = 1.0,
-                joint_scale: str = "mean", **kw: Any) -> EUSVoiceLabelNet:
+                joint_scale: str = "mean", load_pretrained: bool = True,
+                **kw: Any) -> EUSVoiceLabelNet:
     """Build the network of ``variant`` (see the module docstring).
 
     Args:
@@ -401,6 +417,8 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = 2
         width: channel multiplier of the scratch branches (1.0 = the paper, R = 1024; smaller
             values give a light model for CPU tests and laptops).
         joint_scale: "mean" (C / R, default) or "sum" (the plain product).
+        load_pretrained: False builds pretrained branches without reading ``weights`` (for
+            loading a saved checkpoint, which holds them).
         **kw: ``in_bins`` (spectrogram bins, default 1024).
 
     Returns:
@@ -430,15 +448,15 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = 2
             raise ConfigError("reduced_input needs windows of at least 3 frames")
         image = ImageBranch(3, width, select_from=frames)
     elif variant in ("vgg16_pretrained", "image_only_vgg16"):
-        image = PretrainedImageBranch("vgg16", wpath, frames, r)
+        image = PretrainedImageBranch("vgg16", wpath, frames, r, load_pretrained)
     elif variant in ("resnet50_pretrained", "image_only_resnet50"):
-        image = PretrainedImageBranch("resnet50", wpath, frames, r)
+        image = PretrainedImageBranch("resnet50", wpath, frames, r, load_pretrained)
 
     if variant in ("proposed", "random_pairs", "reduced_input", "voice_only",
                    "vgg16_pretrained", "resnet50_pretrained"):
         voice = VoiceBranch(in_bins, width)
     elif variant == "voice_pretrained":
-        voice = PretrainedVoiceBranch(wpath, r)
+        voice = PretrainedVoiceBranch(wpath, r, load_pretrained)
     model = EUSVoiceLabelNet(variant, image, voice, num_classes, joint_scale)
     model.input_frames = frames  # frames per window the caller supplies
     return model

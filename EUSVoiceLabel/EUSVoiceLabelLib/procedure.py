@@ -269,6 +269,18 @@ class Procedure:
                     f"({self.duration_s:.2f} s)", self.mentions_path or self.path,
                     "check that the mentions belong to this recording")
 
+    def validate(self) -> None:
+        """Check that every mention has frames and audio (decodes the audio).
+
+        Raises:
+            MentionsError: a mention outside the video or the audio.
+            MediaError: mentions exist but there is no usable audio.
+        """
+        self.check_mentions()
+        if self.mentions:
+            for m in self.mentions:
+                self.voice_window(m)
+
     # ------------------------------------------------------------------ summary
     def summary(self) -> dict:
         """What was loaded, for ``eusvoicelabel info`` and logs."""

@@ -85,7 +85,8 @@ def normalize_words(text: str) -> list[str]:
     """
     text = text.lower()
     # "p.d." / "c.b.d" -> "pd" / "cbd": dots between single letters are acronym dots.
-    text = re.sub(r"\b((?:[a-z]\.){2,}[a-z]?)", lambda m: m.group(1).replace(".", ""), text)
+    text = re.sub(r"\b[a-z](?:\.[a-z])+\.?(?![a-z])", lambda m: m.group(0).replace(".", ""),
+                  text)
     return re.findall(r"[a-z0-9']+", text)
 
 
@@ -233,20 +234,26 @@ class LabelSet:
         return [(syn, lid) for _, lid, syn in self._phrases]
 
     def find(self, words: Sequence[str]) -> list[PhraseMatch]:
-        """Non-overlapping synonym matches in a list of normalised words, longest first."""
-        out: list[PhraseMatch] = []
-        i = 0
-        n = len(words)
-        while i < n:
+        """Non-overlapping synonym matches in a list of normalised words.
+
+        Overlaps are resolved in favour of the longer phrase ("the duct of Wirsung" is one
+        mention via "duct of Wirsung", not "the duct" + "Wirsung"), then the earlier one.
+        """
+        words = tuple(words)
+        candidates = []
+        for i in range(len(words)):
             for phrase, lid, syn in self._phrases:
                 k = len(phrase)
-                if tuple(words[i:i + k]) == phrase:
-                    out.append(PhraseMatch(lid, syn, i, i + k - 1))
-                    i += k
-                    break
-            else:
-                i += 1
-        return out
+                if words[i:i + k] == phrase:
+                    candidates.append(PhraseMatch(lid, syn, i, i + k - 1))
+        taken: set[int] = set()
+        out: list[PhraseMatch] = []
+        for m in sorted(candidates, key=lambda m: (m.first_word - m.last_word, m.first_word)):
+            span = set(range(m.first_word, m.last_word + 1))
+            if not span & taken:
+                taken |= span
+                out.append(m)
+        return sorted(out, key=lambda m: m.first_word)
 
     def find_in_text(self, text: str) -> list[PhraseMatch]:
         """Synonym matches in free text (see :func:`normalize_words`)."""

@@ -1,0 +1,280 @@
+"""The small keyword network behind the ``voice_pretrained`` variant, and its pretraining.
+
+The paper pretrained TensorFlow's "simple audio recognition" model on the Speech Commands
+data set (one-second recordings of 30 command words): spectrogram resized to 32 x 32,
+normalised, Conv2D(32) - Conv2D(64) - MaxPool - Dropout(0.25) - Flatten - Dense(128) -
+Dropout(0.5) - Dense(words).  For the EUS model it froze that network and added a Conv2D after
+the (first) Dropout.  Speech Commands cannot be downloaded here, so :func:`pretrain_keyword_model`
+trains the same network on the same 30 command words spoken by the synthetic speakers of
+:mod:`.synth.speech` (offline TTS), with random placement in the second, gain, speed and room
+noise as augmentation.  The landmark names are deliberately *not* among the words, as in the
+paper (the pretraining task knows nothing of the labels).
+
+Input: the project's spectrogram (B, 1024, 66) as the dataset makes it (same
+:class:`~.audio.SpectrogramSettings`), seen as a (time x frequency) image, resized to 32 x 32
+(bilinear with antialiasing, *ours*) and normalised with the mean and standard deviation of the
+pretraining data (stored in the network, like Keras' adapted ``Normalization`` layer).
+
+Checkpoints (``pretrain-voice --out FILE``) are plain dicts of tensors and JSON-able values
+read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "eusvoicelabel-keyword"
+FORMAT_VERSION = 1
+INPUT_SIZE = 32
+
+#: The 30 words of Speech Commands v0.01 (Warden 2018), which the paper pretrained on.
+COMMAND_WORDS: tuple[str, ...] = (
+    "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
+)
+
+
+class KeywordFeatures(nn.Module):
+    """Resize + normalise + Conv2d(32) + Conv2d(64) + MaxPool + Dropout -> (B, 64, 14, 14).
+
+    Axis 2 of the output is time, axis 3 frequency.
+    """
+
+    feature_channels = 64
+    feature_grid = (14, 14)  # ((32 - 2 - 2) // 2) for both axes
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+        self.conv1 = nn.Conv2d(1, 32, 3)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.dropout = nn.Dropout(0.25)
+
+    @staticmethod
+    def resize(voice: torch.Tensor) -> torch.Tensor:
+        """(B, F, T) spectrogram -> (B, 1, 32, 32) image with time down the rows."""
+        x = voice.transpose(1, 2).unsqueeze(1).float()
+        return F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                             align_corners=False, antialias=True)
+
+    def forward_small(self, x: torch.Tensor) -> torch.Tensor:
+        """Features from an already resized (B, 1, 32, 32) input."""
+        x = (x - self.mean) / self.std
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        return self.dropout(self.pool(x))
+
+    def forward(self, voice: torch.Tensor) -> torch.Tensor:
+        return self.forward_small(self.resize(voice))
+
+
+class KeywordNet(nn.Module):
+    """The whole keyword classifier: :class:`KeywordFeatures` + Dense(128) + Dropout + Dense."""
+
+    def __init__(self, n_words: int) -> None:
+        super().__init__()
+        self.features = KeywordFeatures()
+        h, w = KeywordFeatures.feature_grid
+        self.fc1 = nn.Linear(KeywordFeatures.feature_channels * h * w, 128)
+        self.dropout = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(128, n_words)
+
+    def forward_small(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features.forward_small(x).flatten(1)
+        return self.fc2(self.dropout(F.relu(self.fc1(f))))
+
+    def forward(self, voice: torch.Tensor) -> torch.Tensor:
+        return self.forward_small(KeywordFeatures.resize(voice))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_keyword_checkpoint(path: Path, model: KeywordNet, words: Sequence[str],
+                            info: dict[str, Any]) -> None:
+    """Write a keyword checkpoint atomically (tensors + JSON-able metadata)."""
+    from . import __version__
+    from .fileio import atomic_path
+
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
+            "words": list(words), "info": info,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+
+
+def read_keyword_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and check a keyword checkpoint; CheckpointError when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("keyword network checkpoint not found", path,
+                              "make one with 'eusvoicelabel pretrain-voice --out FILE'")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read ({exc.__class__.__name__})", path,
+                              "make one with 'eusvoicelabel pretrain-voice --out FILE'") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError("not a keyword network checkpoint (made by 'pretrain-voice')", path)
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"keyword checkpoint format {data.get('format_version')} is not "
+                              f"supported (expected {FORMAT_VERSION})", path,
+                              "re-run 'eusvoicelabel pretrain-voice'")
+    return data
+
+
+def load_keyword_model(path: Path) -> KeywordNet:
+    """The pretrained keyword network stored at ``path`` (eval mode, on CPU)."""
+    data = read_keyword_checkpoint(path)
+    model = KeywordNet(len(data["words"]))
+    try:
+        model.load_state_dict(data["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"weights do not fit the keyword network ({exc})", path) from None
+    model.settings_json = data.get("info", {}).get("spectrogram")  # type: ignore[attr-defined]
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- data
+def make_word_clips(words: Sequence[str] = COMMAND_WORDS, speakers: Optional[Sequence[str]] = None,
+                    repeats: int = 6, seed: int = 0, settings: Any = None,
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spoken one-second words from the synthetic speakers, as resized 32 x 32 inputs.
+
+    Every (speaker, word) pair is rendered ``repeats`` times with a random onset, gain, speaking
+    speed (+-8 %) and room noise at 5-30 dB SNR (for some clips none).
+
+    Returns:
+        inputs (N, 1, 32, 32) float32, word index (N,) int64, speaker index (N,) int64.
+    """
+    from tqdm import tqdm
+
+    from .audio import SAMPLE_RATE, SpectrogramSettings, spectrogram_batch
+    from .synth import speech
+
+    settings = settings or SpectrogramSettings()
+    all_speakers = speech.list_speakers()
+    chosen = [speech.get_speaker(s) for s in speakers] if speakers else all_speakers
+    if not chosen:
+        raise ConfigError("no speakers to pretrain the keyword network on")
+    speech.check_engines(chosen)
+    rng = np.random.default_rng(seed)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    ss: list[np.ndarray] = []
+    for si, spk in enumerate(tqdm(chosen, desc="speaking words", unit="speaker",
+                                  disable=not progress)):
+        for _ in range(repeats):
+            speed = rng.uniform(0.92, 1.08, size=len(words))
+            clips = speech.speak_words(list(words), spk, sample_rate=SAMPLE_RATE, rng=rng)
+            waves = np.zeros_like(clips)
+            for i, clip in enumerate(clips):
+                # Speed change by resampling the placed clip (crop / pad back to 1 s).
+                n = len(clip)
+                pos = np.arange(0, n, speed[i])
+                moved = np.interp(pos, np.arange(n), clip).astype(np.float32)[:n]
+                wave = np.zeros(n, np.float32)
+                wave[:len(moved)] = moved
+                wave *= 10 ** (rng.uniform(-12, 6) / 20)
+                if rng.random() < 0.8:
+                    noise, _ = speech.room_noise(n, rng, beeps=rng.random() < 0.3)
+                    wave = speech.mix_at_snr(wave, noise, rng.uniform(5, 30),
+                                             active=np.abs(clip) > 1e-4)
+                waves[i] = wave
+            spec = torch.from_numpy(spectrogram_batch(waves, settings))
+            with torch.no_grad():
+                xs.append(KeywordFeatures.resize(spec).numpy())
+            ys.append(np.arange(len(words)))
+            ss.append(np.full(len(words), si))
+    return (np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64),
+            np.concatenate(ss).astype(np.int64))
+
+
+# --------------------------------------------------------------------------- training
+def pretrain_keyword_model(out: Path, words: Sequence[str] = COMMAND_WORDS,
+                           speakers: Optional[Sequence[str]] = None, repeats: int = 6,
+                           epochs: int = 15, lr: float = 1e-3, batch_size: int = 64,
+                           seed: int = 0, device: str = "auto", settings: Any = None,
+                           progress: bool = True) -> dict[str, Any]:
+    """Pretrain the keyword network on synthetic spoken words and save it to ``out``.
+
+    One speaker (the last one) is held out to report how well the network recognises words
+    from a voice it has not heard; the saved network is trained on all the others.
+
+    Returns:
+        The checkpoint's ``info`` dict (accuracies, sizes, wall time, settings).
+    """
+    from tqdm import tqdm
+
+    from .audio import SpectrogramSettings
+    from .training import select_device, seed_everything
+
+    t0 = time.time()
+    settings = settings or SpectrogramSettings()
+    dev = select_device(device)
+    seed_everything(seed, dev)
+    x, y, spk = make_word_clips(words, speakers, repeats, seed, settings, progress)
+    n_spk = int(spk.max()) + 1
+    val = spk == n_spk - 1 if n_spk > 1 else np.zeros(len(y), bool)
+    tr = ~val
+    model = KeywordNet(len(words))
+    # Normalisation statistics of the training data (Keras' Normalization.adapt).
+    model.features.mean.fill_(float(x[tr].mean()))
+    model.features.std.fill_(float(x[tr].std()) + 1e-6)
+    model.to(dev)
+    xt = torch.from_numpy(x).to(dev)
+    yt = torch.from_numpy(y).to(dev)
+    tr_idx = torch.from_numpy(np.nonzero(tr)[0])
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(epochs), desc="pretrain-voice", unit="epoch", disable=not progress)
+    loss_v = float("nan")
+    for _ in bar:
+        model.train()
+        perm = tr_idx[torch.randperm(len(tr_idx), generator=g)]
+        total, seen = 0.0, 0
+        for i in range(0, len(perm), batch_size):
+            b = perm[i:i + batch_size].to(dev)
+            loss = F.cross_entropy(model.forward_small(xt[b]), yt[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(b)
+            seen += len(b)
+        loss_v = total / max(1, seen)
+        bar.set_postfix(loss=f"{loss_v:.3f}")
+    model.eval()
+
+    def accuracy(mask: np.ndarray) -> Optional[float]:
+        if not mask.any():
+            return None
+        idx = torch.from_numpy(np.nonzero(mask)[0]).to(dev)
+        with torch.no_grad():
+            pred = model.forward_small(xt[idx]).argmax(1)
+        return float((pred == yt[idx]).float().mean())
+
+    from .synth import speech
+    names = [s.name for s in ([speech.get_speaker(s) for s in speakers] if speakers
+                              else speech.list_speakers())]
+    info = {"train_accuracy": accuracy(tr), "heldout_speaker_accuracy": accuracy(val),
+            "heldout_speaker": names[-1] if n_spk > 1 else None, "speakers": names,
+            "n_clips": int(len(y)), "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "seed": seed, "final_loss": loss_v, "spectrogram": settings.to_json(),
+            "wall_time_s": round(time.time() - t0, 1)}
+    save_keyword_checkpoint(Path(out), model.cpu(), words, info)
+    log.info("keyword network: train accuracy %.3f, held-out speaker accuracy %s -> %s",
+             info["train_accuracy"], info["heldout_speaker_accuracy"], out)
+    return info
