@@ -447,20 +447,19 @@ def predict_proba(model: torch.nn.Module, data: Any, indices: Optional[Sequence[
 
 # --------------------------------------------------------------------------- checkpoints
 def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
-    """The input settings a model depends on: image size, frames, spectrogram scaling."""
-    spec = None
-    for name in ("spectrogram_settings", "settings"):
-        value = getattr(data, name, None)
-        if value is not None:
-            spec = value.to_json() if hasattr(value, "to_json") else value
-            if isinstance(spec, dict) and "spectrogram" in spec:
-                spec = spec["spectrogram"]
-            break
-    if spec is None:
+    """The input settings a model depends on: image size, frames, spectrogram scaling.
+
+    Taken from the window set's ``settings`` (dataset.WindowSettings) when it has one.
+    """
+    settings = getattr(data, "settings", None)
+    out: dict[str, Any] = dict(settings.to_json()) if hasattr(settings, "to_json") else {}
+    if "spectrogram" not in out:
         from .audio import SpectrogramSettings
-        spec = SpectrogramSettings().to_json()
-    return {"image_size": list(cfg.image_size), "frames": cfg.frames,
-            "spectrogram": spec, "voice_shape": list(np.asarray(data.voices).shape[1:])}
+        out["spectrogram"] = SpectrogramSettings().to_json()
+    out["image_size"] = list(cfg.image_size)
+    out["frames"] = cfg.frames
+    out["voice_shape"] = [int(v) for v in np.asarray(data.voices).shape[1:]]
+    return out
 
 
 def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,

@@ -1,0 +1,449 @@
+"""Leave-one-patient-out (LOPO) evaluation, the paper's metrics and the Table III comparison.
+
+For each patient a model is trained on every *other* patient (asserted) and predicts the held
+out patient's windows; the held-out predictions of all folds are pooled into one vector and
+scored (SPEC §1):
+
+- accuracy, and precision, recall and F1 macro-averaged over classes (per-class values
+  averaged with equal weight).  As in scikit-learn's ``average="macro"``, the classes averaged
+  are those occurring among the true or predicted labels, and a class never predicted has
+  precision 0 (``zero_division=0``).  F1 is the mean of per-class F1, not the F1 of the means.
+- the confusion matrix over all labels of the vocabulary, rows = true label, each row
+  normalised to sum to 1 (a label with no sample has a row of zeros).
+- bootstrap: 100 random subsets of ``subset_size`` patients drawn without replacement, the
+  accuracy of each subset's pooled predictions, their mean and standard deviation (ddof 0).
+  ``subset_size`` is the paper's 10 when there are 11 or more patients, else n_patients - 1
+  (at least 1), so small cohorts still vary between subsets.
+- per_patient: the accuracy on each held-out patient.
+
+:func:`run_fold` is a pure function (windows + fold + config in, predictions out) so folds can
+be run in parallel processes; :func:`evaluate_cohort` runs them in turn, caching each finished
+fold under ``OUT/folds/`` so an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .fileio import atomic_path, atomic_write_text
+from .training import TrainConfig, predict_proba, preprocessing_settings, train_model
+
+log = logging.getLogger(__name__)
+
+N_BOOTSTRAP = 100
+PAPER_SUBSET_SIZE = 10
+
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "labels", "confusion_matrix",
+               "n_samples", "n_patients", "bootstrap", "per_patient", "variant", "config")
+
+#: Table III of the paper: variant -> (row title, accuracy, precision, recall, F1), in its order.
+PAPER_TABLE_III: dict[str, tuple[str, float, float, float, float]] = {
+    "proposed": ("Proposed, image + voice (no pretrained weights)", 0.76, 0.74, 0.74, 0.74),
+    "vgg16_pretrained": ("Image branch VGG16, ImageNet weights (frozen)", 0.66, 0.60, 0.59, 0.59),
+    "resnet50_pretrained": ("Image branch ResNet50, ImageNet weights (frozen)",
+                            0.59, 0.54, 0.54, 0.54),
+    "image_only": ("Image only (no pretrained weights)", 0.20, 0.20, 0.34, 0.24),
+    "image_only_vgg16": ("Image only, VGG16 pretrained", 0.28, 0.24, 0.24, 0.23),
+    "image_only_resnet50": ("Image only, ResNet50 pretrained", 0.31, 0.26, 0.26, 0.26),
+    "voice_only": ("Voice only (no pretrained weights)", 0.42, 0.40, 0.40, 0.38),
+    "voice_pretrained": ("Voice only, pretrained on spoken commands", 0.66, 0.68, 0.65, 0.65),
+    "random_pairs": ("Random image/voice pairs of the same class", 0.70, 0.67, 0.67, 0.67),
+    "reduced_input": ("Reduced input: 3 random frames of 25", 0.66, 0.63, 0.63, 0.62),
+}
+PAPER_BOOTSTRAP_PROPOSED = (0.76, 0.04)
+
+
+# --------------------------------------------------------------------------- folds
+@dataclass(frozen=True)
+class Fold:
+    """One LOPO fold: the held-out patient and window indices."""
+
+    patient: str
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+def lopo_folds(patients: Sequence[str]) -> list[Fold]:
+    """One fold per patient (sorted by name); a patient is never in its own training set."""
+    patients = list(patients)
+    ids = sorted(set(patients))
+    if len(ids) < 2:
+        raise ConfigError(f"leave-one-patient-out needs at least 2 patients, got {len(ids)}",
+                          hint="add patients to the cohort")
+    arr = np.asarray(patients, dtype=object)
+    folds = []
+    for pid in ids:
+        test = np.nonzero(arr == pid)[0]
+        train = np.nonzero(arr != pid)[0]
+        _assert_no_leak(pid, train, test, patients)
+        folds.append(Fold(pid, train, test))
+    return folds
+
+
+def _assert_no_leak(pid: str, train: np.ndarray, test: np.ndarray,
+                    patients: Sequence[str]) -> None:
+    train_patients = {patients[i] for i in train}
+    assert pid not in train_patients, f"patient {pid} leaked into its own training fold"
+    assert all(patients[i] == pid for i in test), f"fold {pid} tests other patients' windows"
+    assert not set(train.tolist()) & set(test.tolist()), f"fold {pid}: train/test overlap"
+
+
+@dataclass
+class FoldResult:
+    """Held-out predictions of one fold."""
+
+    patient: str
+    indices: np.ndarray          # window indices in the window set
+    probs: np.ndarray            # (n, K) float32
+    train_info: dict[str, Any] = field(default_factory=dict)
+
+
+def fold_seed(seed: int, patient: str) -> int:
+    """Per-fold seed: depends only on the run's seed and the held-out patient's name."""
+    return (int(seed) * 1_000_003 + zlib.crc32(patient.encode("utf-8"))) % (2 ** 31)
+
+
+def run_fold(ws: Any, fold: Fold, cfg: TrainConfig, device: str = "auto",
+             progress: bool = True, state_path: Optional[Path] = None,
+             position: int = 0) -> FoldResult:
+    """Train on ``fold.train_idx`` and predict ``fold.test_idx`` (pure: no other output).
+
+    ``ws`` is a WindowSet (or anything with images/voices/labels/patients/labelset).
+    """
+    _assert_no_leak(fold.patient, fold.train_idx, fold.test_idx, ws.patients)
+    k = len(ws.labelset)
+    fcfg = cfg.with_(seed=fold_seed(cfg.seed, fold.patient))
+    result = train_model(ws, fcfg, k, indices=fold.train_idx, device=device, progress=progress,
+                         state_path=state_path, desc=f"fold {fold.patient}", position=position)
+    probs = predict_proba(result.model, ws, fold.test_idx, device=device)
+    last = result.history[-1] if result.history else {}
+    info = {"seed": fcfg.seed, "epochs": fcfg.epochs, "final_loss": last.get("loss"),
+            "final_train_accuracy": last.get("train_accuracy"),
+            "wall_time_s": round(result.wall_time_s, 2), "device": result.device,
+            "class_weights": result.class_weights, "n_train": int(len(fold.train_idx))}
+    return FoldResult(fold.patient, np.asarray(fold.test_idx), probs, info)
+
+
+# --------------------------------------------------------------------------- metrics
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
+                           num_classes: int) -> dict[str, Any]:
+    """Accuracy, macro precision / recall / F1 (scikit-learn semantics, see module doc) and
+    the row-normalised K x K confusion matrix."""
+    yt = np.asarray(y_true, dtype=np.int64)
+    yp = np.asarray(y_pred, dtype=np.int64)
+    if yt.shape != yp.shape:
+        raise ValueError("y_true and y_pred differ in length")
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (yt, yp), 1)
+    present = sorted(set(yt.tolist()) | set(yp.tolist()))
+    tp = np.diag(cm).astype(float)
+    pred_tot = cm.sum(axis=0).astype(float)
+    true_tot = cm.sum(axis=1).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(pred_tot > 0, tp / pred_tot, 0.0)
+        rec = np.where(true_tot > 0, tp / true_tot, 0.0)
+        denom = pred_tot + true_tot
+        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
+        norm = np.where(true_tot[:, None] > 0, cm / true_tot[:, None], 0.0)
+    sel = np.asarray(present, dtype=np.int64)
+    n = len(yt)
+    return {
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "precision": float(prec[sel].mean()) if n else 0.0,
+        "recall": float(rec[sel].mean()) if n else 0.0,
+        "f1": float(f1[sel].mean()) if n else 0.0,
+        "confusion_matrix": norm.tolist(),
+        "confusion_counts": cm.tolist(),
+    }
+
+
+def bootstrap_accuracy(y_true: Sequence[int], y_pred: Sequence[int], patients: Sequence[str],
+                       n_subsets: int = N_BOOTSTRAP, subset_size: Optional[int] = None,
+                       seed: int = 0) -> dict[str, Any]:
+    """Accuracy over random subsets of patients (pooled), mean and std (see module doc)."""
+    yt = np.asarray(y_true)
+    yp = np.asarray(y_pred)
+    pats = np.asarray(list(patients), dtype=object)
+    ids = sorted(set(pats.tolist()))
+    if subset_size is None:
+        subset_size = default_subset_size(len(ids))
+    if not 1 <= subset_size <= len(ids):
+        raise ConfigError(f"bootstrap subset size {subset_size} must be 1..{len(ids)}")
+    rng = np.random.default_rng(seed)
+    correct = yt == yp
+    accs = []
+    for _ in range(n_subsets):
+        chosen = [ids[i] for i in rng.choice(len(ids), size=subset_size, replace=False)]
+        mask = np.isin(pats, np.asarray(chosen, dtype=object))
+        accs.append(float(correct[mask].mean()) if mask.any() else 0.0)
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "n_subsets": n_subsets,
+            "subset_size": int(subset_size)}
+
+
+def default_subset_size(n_patients: int) -> int:
+    """10 of 12 in the paper; n - 1 for smaller cohorts (at least 1)."""
+    return max(1, min(PAPER_SUBSET_SIZE, n_patients - 1))
+
+
+def compute_metrics(y_true: Sequence[int], probs: np.ndarray, patients: Sequence[str],
+                    label_ids: Sequence[str], variant: str, config: Mapping[str, Any],
+                    seed: int = 0) -> dict[str, Any]:
+    """The metrics.json dictionary (exactly :data:`METRIC_KEYS`) from pooled predictions."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(probs).argmax(axis=1) if len(y_true) else np.zeros(0, np.int64)
+    m = classification_metrics(y_true, y_pred, len(label_ids))
+    pats = list(patients)
+    per_patient = {}
+    for pid in sorted(set(pats)):
+        mask = np.array([p == pid for p in pats])
+        per_patient[pid] = float((y_true[mask] == y_pred[mask]).mean())
+    out = {
+        "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"],
+        "f1": m["f1"], "labels": list(label_ids), "confusion_matrix": m["confusion_matrix"],
+        "n_samples": int(len(y_true)), "n_patients": len(per_patient),
+        "bootstrap": bootstrap_accuracy(y_true, y_pred, pats, seed=seed),
+        "per_patient": per_patient, "variant": variant, "config": dict(config),
+    }
+    assert tuple(out) == METRIC_KEYS
+    return out
+
+
+# --------------------------------------------------------------------------- outputs
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80] or "patient"
+
+
+def write_predictions_csv(path: Path, ws: Any, indices: np.ndarray, probs: np.ndarray) -> None:
+    """predictions.csv: patient, time_s, true, predicted, then p_<label> per label."""
+    ids = list(ws.labelset.ids)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["patient", "time_s", "true", "predicted"] + [f"p_{i}" for i in ids])
+    for i, p in zip(indices, probs):
+        w.writerow([ws.patients[i], f"{float(ws.times[i]):.3f}", ids[int(ws.labels[i])],
+                    ids[int(np.argmax(p))]] + [f"{float(v):.6f}" for v in p])
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_confusion_matrix(path: Path, matrix: Sequence[Sequence[float]],
+                          names: Sequence[str], title: str,
+                          counts: Optional[Sequence[Sequence[int]]] = None) -> None:
+    """Row-normalised confusion matrix as a labelled PNG (matplotlib, Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(matrix, dtype=float)
+    k = len(names)
+    fig = Figure(figsize=(3.2 + 1.1 * k, 2.2 + 1.0 * k), dpi=120, layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(cm, vmin=0.0, vmax=1.0, cmap="Blues")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(names, rotation=35, ha="right")
+    ax.set_yticklabels(names)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(title, fontsize=10)
+    for i in range(k):
+        for j in range(k):
+            text = f"{cm[i, j]:.2f}"
+            if counts is not None:
+                text += f"\n({int(np.asarray(counts)[i, j])})"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true label")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+# --------------------------------------------------------------------------- a whole run
+def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "auto",
+                    progress: bool = True, resume: bool = True,
+                    extra_config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """LOPO over every patient of ``ws``; writes metrics.json, predictions.csv and
+    confusion_matrix.png into ``out_dir`` and returns the metrics.
+
+    Finished folds are cached in ``out_dir/folds/`` (keyed by the configuration and the
+    data) and reused when ``resume``; a fold interrupted mid-training resumes from its last
+    saved epoch.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from . import __version__
+    from .training import _data_signature, select_device, to_device_data
+
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    folds = lopo_folds(ws.patients)
+    fold_dir = out_dir / "folds"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    data_sig = _data_signature(to_device_data(ws, None, torch.device("cpu")))
+    key = {"config": cfg.signature(), "data": data_sig, "labels": list(ws.labelset.ids)}
+    results: list[FoldResult] = []
+    bar = tqdm(folds, desc=f"LOPO {cfg.variant}", unit="fold", disable=not progress,
+               dynamic_ncols=True)
+    for fold in bar:
+        stem = fold_dir / _safe_name(fold.patient)
+        done = Path(f"{stem}.json")
+        res = _read_fold(done, key, fold) if resume else None
+        if res is None:
+            state = Path(f"{stem}.state.pt")
+            if not resume:
+                state.unlink(missing_ok=True)
+            res = run_fold(ws, fold, cfg, device, progress, state, position=1)
+            _write_fold(done, key, res)
+        results.append(res)
+        acc = float((res.probs.argmax(1) == ws.labels[res.indices]).mean())
+        bar.set_postfix(patient=fold.patient, acc=f"{acc:.2f}")
+    idx = np.concatenate([r.indices for r in results])
+    probs = np.concatenate([r.probs for r in results])
+    y_true = np.asarray(ws.labels)[idx]
+    pats = [ws.patients[i] for i in idx]
+    config = {
+        **cfg.to_json(),
+        "device": str(select_device(device)),
+        "preprocessing": preprocessing_settings(ws, cfg),
+        "package_version": __version__,
+        "n_folds": len(folds),
+        "wall_time_s": round(time.time() - t0, 1),
+        "fold_wall_time_s": {r.patient: r.train_info.get("wall_time_s") for r in results},
+        "paper_settings": "epochs/lr from Table II unless overridden",
+        **(dict(extra_config) if extra_config else {}),
+    }
+    metrics = compute_metrics(y_true, probs, pats, ws.labelset.ids, cfg.variant, config,
+                              seed=cfg.seed)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    order = np.argsort(idx, kind="stable")
+    write_predictions_csv(out_dir / "predictions.csv", ws, idx[order], probs[order])
+    counts = classification_metrics(y_true, probs.argmax(1), len(ws.labelset))["confusion_counts"]
+    names = [lab.name for lab in ws.labelset.labels]
+    plot_confusion_matrix(out_dir / "confusion_matrix.png", metrics["confusion_matrix"], names,
+                          f"{cfg.variant}: LOPO over {metrics['n_patients']} patients, "
+                          f"accuracy {metrics['accuracy']:.2f}", counts)
+    return metrics
+
+
+def _write_fold(path: Path, key: dict, res: FoldResult) -> None:
+    data = {"key": key, "patient": res.patient, "indices": res.indices.tolist(),
+            "probs": res.probs.tolist(), "train_info": res.train_info}
+    atomic_write_text(path, json.dumps(data) + "\n")
+
+
+def _read_fold(path: Path, key: dict, fold: Fold) -> Optional[FoldResult]:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if data.get("key") != key or data.get("indices") != fold.test_idx.tolist():
+        return None
+    log.info("fold %s: reusing %s", fold.patient, path)
+    return FoldResult(fold.patient, np.asarray(data["indices"], dtype=np.int64),
+                      np.asarray(data["probs"], dtype=np.float32), data.get("train_info", {}))
+
+
+# --------------------------------------------------------------------------- Table III
+def table_iii_markdown(results: Mapping[str, Optional[Mapping[str, Any]]],
+                       notes: Optional[Mapping[str, str]] = None) -> str:
+    """A markdown table shaped like the paper's Table III: ours next to the paper's numbers.
+
+    ``results`` maps variant -> metrics dict (or None when the variant was not run);
+    ``notes`` gives a reason per variant not run.
+    """
+    notes = notes or {}
+    lines = ["| model | variant | paper acc | paper P | paper R | paper F1 | acc | P | R | F1 "
+             "| bootstrap acc (mean ± std) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for variant, (title, pa, pp, pr, pf) in PAPER_TABLE_III.items():
+        if variant not in results and variant not in notes:
+            continue
+        m = results.get(variant)
+        paper = f"{pa:.2f} | {pp:.2f} | {pr:.2f} | {pf:.2f}"
+        if m:
+            b = m["bootstrap"]
+            ours = (f"{m['accuracy']:.2f} | {m['precision']:.2f} | {m['recall']:.2f} | "
+                    f"{m['f1']:.2f} | {b['mean']:.2f} ± {b['std']:.2f} "
+                    f"({b['n_subsets']} x {b['subset_size']} patients)")
+        else:
+            ours = f"– | – | – | – | not run: {notes.get(variant, 'not requested')}"
+        lines.append(f"| {title} | `{variant}` | {paper} | {ours} |")
+    pm, ps = PAPER_BOOTSTRAP_PROPOSED
+    lines.append("")
+    lines.append(f"Paper: 12 patients, 143 windows, bootstrap of the proposed model "
+                 f"{pm:.2f} ± {ps:.2f}.")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
+                 weights: Optional[Mapping[str, Optional[Path]]] = None,
+                 variants: Optional[Sequence[str]] = None, device: str = "auto",
+                 progress: bool = True, resume: bool = True,
+                 pretrain_voice: bool = True) -> dict[str, Any]:
+    """Run every variant of Table III and write ``OUT/<variant>/...`` plus ``OUT/table_iii.md``
+    and ``OUT/summary.json``.
+
+    Args:
+        settings: TrainConfig fields shared by all variants (image_size, frames, width,
+            batch_size, seed, ...); ``epochs`` / ``lr`` absent or None give each variant its
+            paper values.
+        weights: local weights per kind: ``{"vgg16": PATH, "resnet50": PATH, "voice": PATH}``.
+            Variants whose ImageNet weights are missing are skipped and marked so in the table.
+            A missing voice keyword network is pretrained on synthetic speech
+            (``OUT/voice_keyword.pt``) when ``pretrain_voice``.
+        variants: subset to run (default: all of Table III).
+    """
+    from .model import NEEDS_WEIGHTS
+
+    out_dir = Path(out_dir)
+    weights = dict(weights or {})
+    variants = list(variants or PAPER_TABLE_III)
+    results: dict[str, Optional[dict[str, Any]]] = {}
+    notes: dict[str, str] = {}
+    for variant in variants:
+        kind = NEEDS_WEIGHTS.get(variant)
+        wpath = weights.get(kind) if kind else None
+        if kind == "voice" and wpath is None and pretrain_voice:
+            wpath = out_dir / "voice_keyword.pt"
+            if not wpath.is_file():
+                from .voice_pretrain import pretrain_keyword_model
+
+                log.info("pretraining the keyword network for voice_pretrained -> %s", wpath)
+                pretrain_keyword_model(wpath, seed=int(settings.get("seed", 0)), device=device,
+                                       settings=ws.settings.spectrogram, progress=progress)
+            weights["voice"] = wpath
+        if kind and wpath is None:
+            notes[variant] = f"no {kind} weights (pass --{kind}-weights PATH)"
+            results[variant] = None
+            log.warning("%s skipped: %s", variant, notes[variant])
+            continue
+        shared = {k: v for k, v in settings.items() if k not in ("variant", "weights")}
+        cfg = TrainConfig(variant=variant, weights=str(wpath) if wpath else None, **shared)
+        results[variant] = evaluate_cohort(ws, cfg, out_dir / variant, device, progress, resume)
+    table = table_iii_markdown(results, notes)
+    atomic_write_text(out_dir / "table_iii.md", table)
+    summary = {v: (None if m is None else {k: m[k] for k in ("accuracy", "precision", "recall",
+                                                              "f1", "bootstrap")})
+               for v, m in results.items()}
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return {"results": results, "notes": notes, "table": table}
+
+
+__all__ = ["evaluate_all", "Fold", "FoldResult", "lopo_folds", "run_fold", "fold_seed",
+           "classification_metrics", "bootstrap_accuracy", "default_subset_size",
+           "compute_metrics", "evaluate_cohort", "write_predictions_csv",
+           "plot_confusion_matrix", "table_iii_markdown", "PAPER_TABLE_III", "METRIC_KEYS"]
