@@ -45,7 +45,8 @@ def _image_size(text: str) -> tuple[int, int]:
 def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="proposed",
                    help="model variant: proposed, image_only, voice_only, vgg16_pretrained, "
-                        "resnet50_pretrained, voice_pretrained, random_pairs, reduced_input")
+                        "resnet50_pretrained, voice_pretrained, random_pairs, reduced_input, "
+                        "image_only_vgg16, image_only_resnet50 (evaluate also: all)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs (default: the paper's for the variant)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 8)")
@@ -62,6 +63,20 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=None,
                    help="folder for the preprocessed-window cache (default: ~/.cache/eusvoicelabel "
                         "or $EUSVOICELABEL_CACHE)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="channel multiplier of the scratch branches (default: 1.0 = the paper, "
+                        "R = 1024; e.g. 0.25 for a light CPU model)")
+    p.add_argument("--joint-scale", choices=["mean", "sum"], default="mean",
+                   help="joint map C = QP^T divided by R (mean, default) or not (sum)")
+    p.add_argument("--vgg16-weights", type=Path, default=None,
+                   help="local torchvision VGG16 ImageNet state_dict (for --variant all)")
+    p.add_argument("--resnet50-weights", type=Path, default=None,
+                   help="local torchvision ResNet50 ImageNet state_dict (for --variant all)")
+    p.add_argument("--voice-weights", type=Path, default=None,
+                   help="keyword network from 'pretrain-voice' (for --variant all; default: "
+                        "pretrained on synthetic speech into OUT/voice_keyword.pt)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="EPOCHS",
+                   help="save the resume state every N epochs (default: every 5 minutes)")
 
 
 # --------------------------------------------------------------------------- info
@@ -92,6 +107,123 @@ def _run_info(args: argparse.Namespace) -> int:
             if isinstance(value, dict):
                 value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
             print(f"{key:>20}: {value}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train / evaluate
+def _weights_for(args: argparse.Namespace, variant: str) -> Optional[Path]:
+    from .model import NEEDS_WEIGHTS
+
+    kind = NEEDS_WEIGHTS.get(variant)
+    if kind is None:
+        return None
+    specific = getattr(args, f"{kind}_weights", None)
+    return args.weights or specific
+
+
+def _train_settings(args: argparse.Namespace) -> dict:
+    """TrainConfig fields from the command line (epochs/lr None = the paper's per variant)."""
+    settings = {"epochs": args.epochs, "lr": args.lr, "image_size": tuple(args.image_size),
+                "frames": args.frames, "width": args.width, "joint_scale": args.joint_scale,
+                "seed": args.seed}
+    if args.batch_size is not None:
+        settings["batch_size"] = args.batch_size
+    return settings
+
+
+def _window_set(args: argparse.Namespace, labelset):
+    from .dataset import build_window_set
+
+    return build_window_set(args.cohort, labelset, image_size=tuple(args.image_size),
+                            frames=args.frames, cache_dir=args.cache, progress=not args.quiet)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .training import TrainConfig, preprocessing_settings, save_checkpoint, train_model
+    from .vocabulary import load_labelset
+
+    if args.variant == "all":
+        raise ConfigError("'train' trains one variant", hint="use 'evaluate --variant all'")
+    cfg = TrainConfig(variant=args.variant, weights=_weights_for(args, args.variant),
+                      **_train_settings(args))
+    if args.out.is_dir():
+        raise ConfigError("--out must be a checkpoint file, not a folder", args.out)
+    labelset = load_labelset(args.labels, args.cohort)
+    ws = _window_set(args, labelset)
+    state = args.out.with_name(args.out.name + ".resume.pt")
+    result = train_model(ws, cfg, len(labelset), device=args.device, progress=not args.quiet,
+                         state_path=state, checkpoint_every=args.checkpoint_every)
+    extra = {"cohort": str(args.cohort), "patients": ws.patient_ids, "n_windows": len(ws),
+             "label_counts": ws.label_counts(), "wall_time_s": round(result.wall_time_s, 1),
+             "device": result.device}
+    save_checkpoint(args.out, result, labelset, preprocessing_settings(ws, cfg), extra)
+    last = result.history[-1] if result.history else {}
+    print(f"trained {cfg.variant} on {len(ws)} windows of {len(ws.patient_ids)} patients "
+          f"({cfg.epochs} epochs, final loss {last.get('loss', float('nan')):.4f}, train "
+          f"accuracy {last.get('train_accuracy', float('nan')):.2f}, "
+          f"{result.wall_time_s:.0f} s on {result.device}) -> {args.out}")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_all, evaluate_cohort
+    from .training import TrainConfig
+    from .vocabulary import load_labelset
+
+    labelset = load_labelset(args.labels, args.cohort)
+    settings = _train_settings(args)
+    if args.variant == "all":
+        ws = _window_set(args, labelset)
+        weights = {"vgg16": args.vgg16_weights, "resnet50": args.resnet50_weights,
+                   "voice": args.voice_weights}
+        res = evaluate_all(ws, settings, args.out, weights=weights, device=args.device,
+                           progress=not args.quiet, resume=not args.restart)
+        print(res["table"])
+        print(f"wrote {args.out}/<variant>/metrics.json ... and {args.out}/table_iii.md")
+        return 0
+    cfg = TrainConfig(variant=args.variant, weights=_weights_for(args, args.variant), **settings)
+    ws = _window_set(args, labelset)
+    m = evaluate_cohort(ws, cfg, args.out, device=args.device, progress=not args.quiet,
+                        resume=not args.restart)
+    b = m["bootstrap"]
+    print(f"{cfg.variant}: LOPO over {m['n_patients']} patients, {m['n_samples']} windows: "
+          f"accuracy {m['accuracy']:.3f}, precision {m['precision']:.3f}, recall "
+          f"{m['recall']:.3f}, F1 {m['f1']:.3f}; bootstrap {b['mean']:.3f} +- {b['std']:.3f} "
+          f"({b['n_subsets']} x {b['subset_size']} patients) -> {args.out}")
+    return 0
+
+
+def _add_pretrain_voice(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain-voice",
+                       help="pretrain the keyword network for the voice_pretrained variant",
+                       description="Train the paper's small keyword-recognition network on "
+                                   "one-second spoken command words (the 30 Speech Commands "
+                                   "words) made by the synthetic TTS speakers, with noise and "
+                                   "speed augmentation.  The landmark names are not among them.")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.add_argument("--speakers", default=None,
+                   help="comma-separated synthetic speaker names (default: all)")
+    p.add_argument("--repeats", type=int, default=6,
+                   help="augmented renderings of each word per speaker (default: 6)")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    _common(p)
+
+
+def _run_pretrain_voice(args: argparse.Namespace) -> int:
+    from .voice_pretrain import pretrain_keyword_model
+
+    speakers = [s.strip() for s in args.speakers.split(",") if s.strip()] \
+        if args.speakers else None
+    info = pretrain_keyword_model(args.out, speakers=speakers, repeats=args.repeats,
+                                  epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                  seed=args.seed, device=args.device, progress=not args.quiet)
+    held = info["heldout_speaker_accuracy"]
+    print(f"keyword network: {info['n_clips']} clips, train accuracy "
+          f"{info['train_accuracy']:.3f}, held-out speaker ({info['heldout_speaker']}) accuracy "
+          f"{'n/a' if held is None else f'{held:.3f}'}, {info['wall_time_s']} s -> {args.out}")
     return 0
 
 
@@ -134,6 +266,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                                    "and confusion_matrix.png.")
     p.add_argument("cohort", type=Path, help="cohort folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--restart", action="store_true",
+                   help="ignore finished folds and resume files in OUT from an earlier run")
     _training_options(p)
     _common(p)
 
@@ -171,8 +305,9 @@ _COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "info": (_add_info, _run_info),
     "synth": (_add_synth, _not_yet("synth")),
     "detect": (_add_detect, _not_yet("detect")),
-    "train": (_add_train, _not_yet("train")),
-    "evaluate": (_add_evaluate, _not_yet("evaluate")),
+    "train": (_add_train, _run_train),
+    "evaluate": (_add_evaluate, _run_evaluate),
+    "pretrain-voice": (_add_pretrain_voice, _run_pretrain_voice),
     "label": (_add_label, _not_yet("label")),
     "export": (_add_export, _not_yet("export")),
     "demo": (_add_demo, _not_yet("demo")),
