@@ -275,9 +275,8 @@ def make_patient(spec: PatientSpec) -> dict:
             events.append({"start_s": first_speech, "audio": a, "kind": "distractor",
                            "text": intro, "speaker": voices[0].name})
     cursor = max(spec.lead_in_s, first_speech + 0.2)
+    renderer = im.Renderer(geom, look, rng)
     for i, (lab, v, (pre, words, suf), d) in enumerate(plans):
-        view = im.build_view(rng, geom, look, lab)
-        views.append({"start_s": cursor, "view": view})
         t = cursor + rng.uniform(0.15, 0.5)
         if d:
             a = sp.speak(d, v)
@@ -285,9 +284,17 @@ def make_patient(spec: PatientSpec) -> dict:
                            "speaker": v.name})
             t += len(a) / SAMPLE_RATE + rng.uniform(0.2, 0.5)
         phrase = sp.speak_phrase(pre, words, suf, v, rng)
-        settle = cursor + view.motion["sweep_s"] + 0.12   # named landmark steady by the onset
-        start = max(t, settle - phrase.words_start_s)
-        onset = start + phrase.words_start_s
+        for attempt in range(8):
+            # the named landmark must stay in the fan for the whole window: else a new view
+            view = im.build_view(rng, geom, look, lab)
+            settle = cursor + view.motion["sweep_s"] + 0.12   # probe steady by the onset
+            start = max(t, settle - phrase.words_start_s)
+            onset = start + phrase.words_start_s
+            if lab in view.landmarks and _min_visible(
+                    renderer, view, view.landmarks[lab],
+                    np.arange(-1, 27) / FPS + (round(onset * FPS) / FPS - cursor)) >= 0.7:
+                break
+        views.append({"start_s": cursor, "view": view})
         end = start + phrase.words_end_s
         events.append({"start_s": start, "audio": phrase.audio, "kind": "mention",
                        "text": phrase.text, "speaker": v.name})
@@ -328,7 +335,6 @@ def make_patient(spec: PatientSpec) -> dict:
     pcm = np.clip(np.round(mixed * 32767), -32768, 32767).astype(np.int16)
 
     # ------------------------------------------------------------ video
-    renderer = im.Renderer(geom, look, rng)
     overlay = _Overlay(rng, W, H, crop, spec.name)
     view_starts = [v["start_s"] for v in views] + [duration + 1]
     gain_steps = []
@@ -378,6 +384,15 @@ def make_patient(spec: PatientSpec) -> dict:
     atomic_write_text(folder / "truth.json", json.dumps(truth, indent=1) + "\n")
     return {"name": spec.name, "mentions": len(mentions), "frames": n_frames,
             "duration_s": duration}
+
+
+def _min_visible(renderer: im.Renderer, view: im.View, pts: np.ndarray,
+                 t_rel: np.ndarray) -> float:
+    """Smallest fraction of a landmark's points inside the fan over view times ``t_rel``."""
+    if len(pts) == 0:
+        return 0.0
+    return min(float(renderer.in_fan(renderer.screen_points(view, float(t), pts)).mean())
+               for t in t_rel)
 
 
 def _landmark_window(renderer: im.Renderer, view: im.View, t_rel: np.ndarray,
@@ -432,7 +447,7 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
         vs = container.add_stream("libx264", rate=FPS)
         vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
         vs.codec_context.thread_count = 1
-        vs.options = {"preset": "veryfast", "crf": "25", "threads": "1", "g": "50",
+        vs.options = {"preset": "superfast", "crf": "25", "threads": "1", "g": "50",
                       "x264-params": "threads=1:lookahead_threads=1"}
         astream = None
         if pcm is not None:
@@ -441,7 +456,7 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
             astream.bit_rate = 96000
             astream.codec_context.thread_count = 1
         apos = 0
-        chroma = np.full((H // 2, W), 128, np.uint8)
+        yuv = np.full((H * 3 // 2, W), 128, np.uint8)   # grey: chroma planes stay 128
 
         def mux_audio(until_s: float) -> None:
             nonlocal apos
@@ -471,10 +486,9 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
                         gains = gains + np.where(t_abs >= ts, g, 0.0)
                 frames = renderer.render(view, t_abs - v["start_s"], gains)
                 for j, fi in enumerate(idx):
-                    full = overlay.base(t_abs[j], float(gains[j]), view.depth_scale).copy()
-                    full[y:y + ch, x:x + cw] = frames[j]
-                    vf = av.VideoFrame.from_ndarray(np.concatenate([full, chroma], 0),
-                                                    format="yuv420p")
+                    yuv[:H] = overlay.base(t_abs[j], float(gains[j]), view.depth_scale)
+                    yuv[y:y + ch, x:x + cw] = frames[j]
+                    vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
                     vf.pts = int(fi)
                     for pkt in vs.encode(vf):
                         container.mux(pkt)
@@ -490,7 +504,7 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
     for m in mentions:
         k = m["view"]
         view = views[k]["view"]
-        f0 = int(round(m["time_s"] * FPS))
+        f0 = int(round(round(m["time_s"], 3) * FPS))   # as read back from mentions.csv
         fr = np.arange(f0, min(n_frames, f0 + FPS))
         vis = _landmark_window(renderer, view, fr / FPS - views[k]["start_s"], renderer.g)
         named = vis.get(m["label"], {"visible": False, "bbox": None})

@@ -553,4 +553,4 @@ def _resize_u8(img: np.ndarray, w: int, h: int) -> np.ndarray:
     import av
 
     return av.VideoFrame.from_ndarray(img, format="gray").reformat(
-        w, h, format="gray", interpolation="BILINEAR").to_ndarray()
+        w, h, format="gray", interpolation="FAST_BILINEAR").to_ndarray()
