@@ -236,11 +236,50 @@ def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="make a synthetic EUS + speech cohort",
-                       description="Write a synthetic cohort (video, speech, mentions) in the "
-                                   "cohort layout.")
-    p.add_argument("out", type=Path, help="output cohort folder")
+                       description="Write a synthetic cohort (H.264 video with EUS-like "
+                                   "scenes, spoken commentary from several TTS speakers with "
+                                   "room noise, mentions.csv, procedure.json and a truth.json "
+                                   "per patient) in the cohort layout.")
+    p.add_argument("out", type=Path, help="output cohort folder (must be empty unless --force)")
     p.add_argument("--patients", type=int, default=12, help="number of patients (default: 12)")
+    p.add_argument("--counts", default="paper",
+                   help="'paper' (Table I: 143 mentions over 12 patients), 'small' (about a "
+                        "third) or N mentions per patient (default: paper)")
+    p.add_argument("--snr-db", type=float, default=15.0,
+                   help="speech to room-noise ratio in dB, varied +-3 dB per patient "
+                        "(default: 15)")
+    p.add_argument("--frame-size", type=_frame_size, default=(720, 480), metavar="WxH",
+                   help="video frame size; the crop scales alike (default: 720x480)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel processes (default: number of CPUs)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     _common(p)
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w < 64 or h < 48 or w > 4096 or h > 4096 or w % 2 or h % 2:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"frame size must be WxH, even, at least 64x48 (e.g. 720x480), not {text!r}")
+    return w, h
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from .synth import synth_cohort
+
+    t0 = time.perf_counter()
+    out = synth_cohort(args.out, patients=args.patients, seed=args.seed, counts=args.counts,
+                       snr_db=args.snr_db, progress=not args.quiet, frame_size=args.frame_size,
+                       workers=args.workers, force=args.force)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    if not args.quiet:
+        print(f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 def _add_detect(sub: argparse._SubParsersAction) -> None:
@@ -303,7 +342,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 _COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "info": (_add_info, _run_info),
-    "synth": (_add_synth, _not_yet("synth")),
+    "synth": (_add_synth, _run_synth),
     "detect": (_add_detect, _not_yet("detect")),
     "train": (_add_train, _run_train),
     "evaluate": (_add_evaluate, _run_evaluate),
