@@ -1,0 +1,302 @@
+"""Review bookkeeping behind the Slicer module's tables (no Slicer imports).
+
+Two editable tables live in the Slicer scene, and both are plain rows of strings there:
+
+- the **mentions table** (``time_s, label, end_s, text, confidence, source``): the spoken
+  landmark names the labelling runs on.  :func:`mentions_to_rows` fills it,
+  :func:`mentions_from_rows` reads it back after the user edited it, with the same checks as a
+  ``mentions.csv`` file and errors that name the row.
+- the **results table** (:data:`RESULT_COLUMNS`): one row per labelled window with the spoken,
+  predicted and reviewed labels.  :class:`ReviewTable` keeps the clinician's decisions
+  (accept / correct), sorts rows by confidence, and hands the reviewed labels to exports and
+  the reviewed mentions to training.
+
+The label that a window carries is decided in one place, :meth:`ReviewRow.final_label` (for
+exports) and :meth:`ReviewRow.training_label` (for training), so the GUI, the batch logic and
+the exports agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Optional, Sequence
+
+from .errors import MentionsError
+from .mentions import CSV_FIELDS, Mention
+from .vocabulary import LabelSet
+
+#: Columns of the mentions table (the ``mentions.csv`` columns).
+MENTION_COLUMNS: tuple[str, ...] = CSV_FIELDS
+
+#: Columns of the results table.  ``window`` is the window's index in the labelling result; it
+#: survives sorting, so a selected row always finds its window.
+RESULT_COLUMNS: tuple[str, ...] = ("window", "time_s", "end_s", "spoken_label",
+                                   "predicted_label", "confidence", "reviewed_label", "status")
+
+PENDING, ACCEPTED, CORRECTED = "pending", "accepted", "corrected"
+
+SORT_KEYS = ("confidence", "time", "window")
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _number(text: str, what: str, row: int, where: str, required: bool = True
+            ) -> Optional[float]:
+    text = (text or "").strip()
+    if not text:
+        if required:
+            raise MentionsError(f"row {row}: {what} is empty", where,
+                                "write seconds as a decimal number, e.g. 12.34")
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise MentionsError(f"row {row}: {what} {text!r} is not a number", where,
+                            "write seconds as a decimal number, e.g. 12.34") from None
+    if not math.isfinite(value):
+        raise MentionsError(f"row {row}: {what} is {text!r}", where, "use a finite number")
+    return value
+
+
+# --------------------------------------------------------------------------- mentions table
+def mentions_to_rows(mentions: Iterable[Mention]) -> list[list[str]]:
+    """Rows of strings in :data:`MENTION_COLUMNS` order, sorted by time."""
+    return [[_fmt(m.time_s), m.label, _fmt(m.end_s), m.text, _fmt(m.confidence, 4), m.source]
+            for m in sorted(mentions, key=lambda m: m.time_s)]
+
+
+def mentions_from_rows(columns: Sequence[str], rows: Sequence[Sequence[str]],
+                       labelset: Optional[LabelSet] = None, where: str = "mentions table"
+                       ) -> list[Mention]:
+    """Mentions from an edited table (any column order; blank rows are skipped).
+
+    Labels may be ids, display names or synonyms of ``labelset``.  Row numbers in errors count
+    from 1 like the rows the user sees.
+
+    Raises:
+        MentionsError: a missing ``time_s``/``label`` column, a bad number, a negative time, an
+            end before its onset or an unknown label.
+    """
+    labelset = labelset or LabelSet.default()
+    names = [c.strip().lower() for c in columns]
+    if "time" in names and "time_s" not in names:
+        names[names.index("time")] = "time_s"
+    for needed in ("time_s", "label"):
+        if needed not in names:
+            raise MentionsError(f"has no {needed!r} column", where,
+                                "columns: " + ", ".join(MENTION_COLUMNS))
+    out: list[Mention] = []
+    for n, row in enumerate(rows, start=1):
+        rec = {name: (str(row[i]).strip() if i < len(row) else "") for i, name in enumerate(names)}
+        if not any(rec.values()):
+            continue
+        t = _number(rec.get("time_s", ""), "time_s", n, where)
+        assert t is not None
+        if t < 0:
+            raise MentionsError(f"row {n}: negative time {t}", where,
+                                "times are seconds from the start of the video")
+        label = labelset.resolve(rec.get("label", ""))
+        if label is None:
+            raise MentionsError(f"row {n}: unknown label {rec.get('label', '')!r}", where,
+                                "known labels: " + ", ".join(labelset.ids))
+        end = _number(rec.get("end_s", ""), "end_s", n, where, required=False)
+        if end is not None and end <= t:
+            raise MentionsError(f"row {n}: end_s {end} is not after time_s {t}", where)
+        conf = _number(rec.get("confidence", ""), "confidence", n, where, required=False)
+        out.append(Mention(t, label, end, rec.get("text", ""), conf,
+                           rec.get("source") or "file"))
+    return sorted(out, key=lambda m: m.time_s)
+
+
+# --------------------------------------------------------------------------- results / review
+@dataclass
+class ReviewRow:
+    """One labelled window and the clinician's decision about it.
+
+    Attributes:
+        window: index of the window in the labelling result.
+        time_s, end_s: the window on the video clock (s).
+        spoken: label id the clinician said (None when unknown).
+        predicted: label id the model predicted.
+        confidence: the model's probability of ``predicted``.
+        reviewed: label id set by review (the predicted one when accepted), None while pending.
+    """
+
+    window: int
+    time_s: float
+    end_s: float
+    spoken: Optional[str]
+    predicted: str
+    confidence: float
+    reviewed: Optional[str] = None
+
+    @property
+    def status(self) -> str:
+        if self.reviewed is None:
+            return PENDING
+        return ACCEPTED if self.reviewed == self.predicted else CORRECTED
+
+    @property
+    def final_label(self) -> str:
+        """The label exports use: the reviewed label, else the prediction."""
+        return self.reviewed or self.predicted
+
+    @property
+    def training_label(self) -> Optional[str]:
+        """The label training uses: the reviewed label, else what was said (the paper's
+        supervision); None when neither is known."""
+        return self.reviewed or self.spoken
+
+    def to_strings(self) -> list[str]:
+        return [str(self.window), _fmt(self.time_s), _fmt(self.end_s), self.spoken or "",
+                self.predicted, _fmt(self.confidence, 4), self.reviewed or "", self.status]
+
+
+@dataclass
+class ReviewTable:
+    """The results of one labelling run and their review state."""
+
+    rows: list[ReviewRow]
+    labelset: LabelSet = field(default_factory=LabelSet.default)
+
+    # ---- construction
+    @classmethod
+    def from_windows(cls, windows: Iterable, labelset: LabelSet) -> "ReviewTable":
+        """From labelling results: objects with ``index, time_s, end_s, spoken_label,
+        predicted, confidence`` (``WindowResult``)."""
+        rows = [ReviewRow(int(w.index), float(w.time_s), float(w.end_s),
+                          getattr(w, "spoken_label", None) or None, str(w.predicted),
+                          float(w.confidence)) for w in windows]
+        return cls(rows, labelset)
+
+    @classmethod
+    def from_rows(cls, columns: Sequence[str], rows: Sequence[Sequence[str]],
+                  labelset: Optional[LabelSet] = None, where: str = "results table"
+                  ) -> "ReviewTable":
+        """Read back a results table (e.g. from a saved scene), keeping its review state.
+
+        Raises:
+            MentionsError: a missing column, a bad number or an unknown label.
+        """
+        labelset = labelset or LabelSet.default()
+        names = [c.strip().lower() for c in columns]
+        missing = [c for c in RESULT_COLUMNS if c != "status" and c not in names]
+        if missing:
+            raise MentionsError("is not an EUSVoiceLabel results table (missing columns: "
+                                + ", ".join(missing) + ")", where)
+        out = []
+        for n, row in enumerate(rows, start=1):
+            rec = {name: (str(row[i]).strip() if i < len(row) else "")
+                   for i, name in enumerate(names)}
+            if not any(rec.values()):
+                continue
+
+            def label(key: str, required: bool) -> Optional[str]:
+                text = rec.get(key, "")
+                if not text:
+                    if required:
+                        raise MentionsError(f"row {n}: {key} is empty", where)
+                    return None
+                resolved = labelset.resolve(text)
+                if resolved is None:
+                    raise MentionsError(f"row {n}: unknown label {text!r} in {key}", where,
+                                        "known labels: " + ", ".join(labelset.ids))
+                return resolved
+
+            window = _number(rec["window"], "window", n, where)
+            out.append(ReviewRow(int(window or 0), _number(rec["time_s"], "time_s", n, where)
+                                 or 0.0,
+                                 _number(rec["end_s"], "end_s", n, where) or 0.0,
+                                 label("spoken_label", False), label("predicted_label", True)
+                                 or "", _number(rec["confidence"], "confidence", n, where)
+                                 or 0.0, label("reviewed_label", False)))
+        return cls(out, labelset)
+
+    # ---- access
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def row(self, window: int) -> ReviewRow:
+        for r in self.rows:
+            if r.window == window:
+                return r
+        raise KeyError(f"no window {window} in the results")
+
+    # ---- review
+    def accept(self, window: int) -> ReviewRow:
+        """Confirm the model's label for ``window``."""
+        r = self.row(window)
+        r.reviewed = r.predicted
+        return r
+
+    def correct(self, window: int, label: str) -> ReviewRow:
+        """Set the label of ``window`` (an id, display name or synonym).
+
+        Raises:
+            MentionsError: the label is not in the vocabulary.
+        """
+        resolved = self.labelset.resolve(label)
+        if resolved is None:
+            raise MentionsError(f"unknown label {label!r}", None,
+                                "known labels: " + ", ".join(self.labelset.ids))
+        r = self.row(window)
+        r.reviewed = resolved
+        return r
+
+    def clear(self, window: int) -> ReviewRow:
+        """Forget the review of ``window``."""
+        r = self.row(window)
+        r.reviewed = None
+        return r
+
+    # ---- views
+    def sorted_rows(self, key: str = "confidence", ascending: bool = True) -> list[ReviewRow]:
+        """Rows sorted by ``confidence`` (least confident first by default, so review starts
+        with the doubtful windows), ``time`` or ``window``; ties keep time order."""
+        if key not in SORT_KEYS:
+            raise ValueError(f"sort key must be one of {SORT_KEYS}, not {key!r}")
+        by_time = sorted(self.rows, key=lambda r: (r.time_s, r.window))
+        if key == "time":
+            return by_time if ascending else by_time[::-1]
+        attr = "confidence" if key == "confidence" else "window"
+        return sorted(by_time, key=lambda r: getattr(r, attr), reverse=not ascending)
+
+    def to_rows(self, key: str = "time", ascending: bool = True) -> list[list[str]]:
+        """Rows of strings in :data:`RESULT_COLUMNS` order."""
+        return [r.to_strings() for r in self.sorted_rows(key, ascending)]
+
+    def counts(self) -> dict[str, int]:
+        """How many windows are pending, accepted and corrected."""
+        out = {PENDING: 0, ACCEPTED: 0, CORRECTED: 0}
+        for r in self.rows:
+            out[r.status] += 1
+        return out
+
+    def reviewed_labels(self) -> dict[int, str]:
+        """``{window: label}`` for every reviewed window (accepted or corrected)."""
+        return {r.window: r.reviewed for r in self.rows if r.reviewed is not None}
+
+    def final_labels(self) -> dict[int, str]:
+        """``{window: label}`` for every window: reviewed, else predicted."""
+        return {r.window: r.final_label for r in self.rows}
+
+    def training_mentions(self, mentions: Sequence[Mention]) -> list[Mention]:
+        """The mentions to train on: each window's mention with its training label.
+
+        ``mentions[i]`` must be the mention of window ``i`` (the labelling order).  Corrected
+        windows get ``source="review"``; windows without any known label are left out.
+        """
+        out = []
+        for r in self.rows:
+            if not 0 <= r.window < len(mentions):
+                raise IndexError(f"window {r.window} has no mention ({len(mentions)} given)")
+            label = r.training_label
+            if label is None:
+                continue
+            m = mentions[r.window]
+            src = "review" if r.status == CORRECTED else m.source
+            out.append(replace(m, label=label, source=src))
+        return sorted(out, key=lambda m: m.time_s)

@@ -1,0 +1,475 @@
+"""Slicer-free helpers of the Slicer module (no ``slicer``/``qt`` imports, tested with pytest).
+
+The scripted module ``EUSVoiceLabel.py`` keeps only the MRML glue; everything it decides that
+can be decided without Slicer lives here:
+
+- **inputs**: :func:`path_or_none` (a parameter-node path that is really set),
+  :func:`recording_kind`, :func:`procedure_from_files` (a video / frames folder / ``.seq.nrrd``
+  + audio file + offset, or a SPEC procedure folder) and :func:`procedure_from_frames` (frames
+  that already live in a Slicer sequence, read lazily through a callback),
+  :func:`sequence_times` (times of a sequence's index values), :func:`apply_problems` (why
+  Apply is not possible yet).
+- **geometry**: :func:`cine_ijk_to_ras` (the DICOM-cine convention Slicer uses for 2-D
+  sequences), :func:`crop_ijk_to_ras` (the heat map of a cropped region placed on the frame).
+- **synchronised outputs**: :func:`overlay_timeline`, where each per-window output sequence
+  needs an item so that the browser shows a window's heat map / evidence / label during the
+  window and nothing elsewhere.
+- **background training**: :func:`train_arguments` (``PythonSlicer -m EUSVoiceLabelLib train``)
+  and :func:`parse_progress` (the progress bars that process prints).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, MediaError, ProcedureError
+from .media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames
+from .mentions import Mention, read_mentions
+from .procedure import FPS, Procedure, default_crop, is_procedure_folder, load_procedure
+from .vocabulary import LabelSet, load_labelset
+
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Heat maps below this value are transparent in the foreground layer.
+HEAT_DISPLAY_THRESHOLD = 0.2
+#: Frames of more than this many bytes make the module ask before loading a whole recording.
+LARGE_SEQUENCE_BYTES = 4 << 30
+
+
+# --------------------------------------------------------------------------- inputs
+def path_or_none(value: object) -> Optional[Path]:
+    """A path from a parameter node or widget, or None when unset.
+
+    The parameter node stores an empty path as ``"."`` (``Path("")``): that means unset.
+    """
+    if value is None:
+        return None
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    text = text.strip()
+    if text in ("", "."):
+        return None
+    return Path(text).expanduser()
+
+
+def recording_kind(path: os.PathLike | str) -> str:
+    """What a recording path is: ``"procedure"`` (a SPEC procedure folder), ``"frames"`` (a
+    folder of numbered images), ``"sequence"`` (``.seq.nrrd``) or ``"video"``.
+
+    Raises:
+        ProcedureError: the path does not exist or is a folder with neither.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ProcedureError("not found", path, "pick a video file, a frames folder or a "
+                                                "procedure folder")
+    if path.is_dir():
+        if is_procedure_folder(path):
+            return "procedure"
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+            return "frames"
+        raise ProcedureError("holds neither a procedure (video.*, frames/, frames.seq.nrrd) "
+                             "nor numbered frames", path)
+    if path.name.lower().endswith(".nrrd"):
+        return "sequence"
+    return "video"
+
+
+def _check_audio(audio: Optional[Path]) -> None:
+    if audio is None:
+        return
+    if not audio.is_file():
+        raise MediaError("audio file not found", audio)
+    if audio.suffix.lower() not in AUDIO_SUFFIXES + (".mp4", ".mov", ".mkv", ".avi", ".m4v"):
+        raise MediaError(f"unsupported audio file type {audio.suffix!r}", audio,
+                         "use " + ", ".join(AUDIO_SUFFIXES))
+
+
+def _check_offset(offset: float) -> float:
+    offset = float(offset)
+    if not math.isfinite(offset) or abs(offset) > 24 * 3600:
+        raise ConfigError(f"audio offset {offset!r} s is not a plausible number of seconds")
+    return offset
+
+
+def procedure_from_files(recording: os.PathLike | str, audio: Optional[os.PathLike | str] = None,
+                         audio_offset_s: Optional[float] = None, fps: float = FPS,
+                         labelset: Optional[LabelSet] = None,
+                         mentions: Optional[os.PathLike | str | Sequence[Mention]] = None,
+                         crop: Optional[Sequence[int]] = None) -> Procedure:
+    """Open a recording the way the module's "Load procedure" does.
+
+    Args:
+        recording: a SPEC procedure folder (its audio, offset, crop and mentions are used unless
+            given here), a video file, a folder of numbered frames or a ``.seq.nrrd``.
+        audio: audio file; default: the procedure folder's ``audio.*`` or the video's own track.
+        audio_offset_s: audio time = video time + offset (default: the folder's
+            ``procedure.json`` value, else 0; for a video's own track its container offset).
+        fps: frame rate of a frames folder.
+        labelset: vocabulary (default: the folder's ``labels.json`` or the paper's five).
+        mentions: a mentions CSV / transcript, or Mention objects (default: none, or the
+            procedure folder's ``mentions.csv``).
+        crop: [x, y, w, h] (default: the central 690x350 region when frames are larger).
+
+    Raises:
+        ProcedureError, MediaError, MentionsError, ConfigError: naming the file at fault.
+    """
+    recording = Path(recording)
+    kind = recording_kind(recording)
+    audio_path = path_or_none(audio)
+    _check_audio(audio_path)
+    if kind == "procedure":
+        proc = load_procedure(recording, labelset=labelset, mentions=mentions, crop=crop)
+        if audio_path is not None:
+            proc.audio_path = audio_path
+            proc.audio_offset_s = 0.0
+        if audio_offset_s is not None:
+            proc.audio_offset_s = _check_offset(audio_offset_s)
+        return proc
+    labelset = labelset or load_labelset(None, recording.parent)
+    if not (0 < fps <= 1000):
+        raise ConfigError(f"frame rate {fps} must be positive", recording)
+    source = open_frames(recording, fps=fps)
+    offset = _check_offset(audio_offset_s or 0.0)
+    if audio_path is None and isinstance(source, VideoFileSource) and source.has_audio:
+        audio_path = recording
+        if audio_offset_s is None:
+            offset = source.audio_track_offset_s
+    crop_t = _crop(crop, source.width, source.height, recording)
+    proc = Procedure(path=recording, source=source, crop=crop_t, audio_offset_s=offset,
+                     mentions=[], labelset=labelset, audio_path=audio_path)
+    _attach_mentions(proc, mentions)
+    return proc
+
+
+def _crop(crop: Optional[Sequence[int]], width: int, height: int, where: Path
+          ) -> tuple[int, int, int, int]:
+    if crop is None:
+        return default_crop(width, height)
+    x, y, w, h = (int(v) for v in crop)
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ConfigError(f"crop {[x, y, w, h]} lies outside the {width}x{height} frames", where,
+                          "give [x, y, width, height] inside the frame")
+    return x, y, w, h
+
+
+def _attach_mentions(proc: Procedure, mentions) -> None:
+    if mentions is None:
+        return
+    if isinstance(mentions, (str, os.PathLike)):
+        proc.mentions_path = Path(mentions)
+        proc.mentions = read_mentions(proc.mentions_path, proc.labelset,
+                                      offset_s=proc.audio_offset_s)
+    else:
+        proc.mentions = sorted(mentions, key=lambda m: m.time_s)
+    proc.check_mentions()
+
+
+class CallbackFrameSource(FrameSource):
+    """Frames fetched one at a time through ``get_frame(i) -> (H, W) or (H, W, C) array``.
+
+    Used for a volume sequence that already lives in the Slicer scene (e.g. a DICOM cine
+    loop): nothing is copied until a window asks for its frames.  ``times`` are the frames'
+    times on the video clock (s, increasing); a requested time gets the nearest frame.
+    """
+
+    def __init__(self, get_frame: Callable[[int], np.ndarray], times: Sequence[float],
+                 width: int, height: int, name: str = "sequence", cache_size: int = 32):
+        self._get = get_frame
+        self.times = np.asarray(times, dtype=np.float64)
+        if self.times.ndim != 1 or len(self.times) == 0:
+            raise MediaError("the sequence has no frames", name)
+        if np.any(np.diff(self.times) < 0):
+            raise MediaError("frame times are not increasing", name,
+                             "sort the sequence by time")
+        self.path = Path(name)
+        self.width, self.height = int(width), int(height)
+        step = float(np.median(np.diff(self.times))) if len(self.times) > 1 else 1.0 / FPS
+        self.native_fps = 1.0 / step if step > 0 else FPS
+        self.duration_s = float(self.times[-1] - self.times[0] + (step if step > 0 else 1 / FPS))
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_size = cache_size
+
+    def _frame(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            if len(self._cache) >= self._cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[i] = to_grey_uint8(self._get(i), (self.height, self.width), self.path)
+        return self._cache[i]
+
+    def read(self, times: Sequence[float]) -> np.ndarray:
+        t = np.asarray(times, dtype=np.float64) + self.times[0]
+        pos = np.clip(np.searchsorted(self.times, t), 0, len(self.times) - 1)
+        left = np.clip(pos - 1, 0, len(self.times) - 1)
+        nearer_left = np.abs(t - self.times[left]) <= np.abs(self.times[pos] - t)
+        idx = np.where(nearer_left, left, pos)
+        out = np.empty((len(idx), self.height, self.width), dtype=np.uint8)
+        for j, i in enumerate(idx):
+            out[j] = self._frame(int(i))
+        return out
+
+
+def to_grey_uint8(frame: np.ndarray, shape: Optional[tuple[int, int]] = None,
+                  where: object = "frame") -> np.ndarray:
+    """A frame as grey uint8 (H, W): drops a leading 1-slice axis, converts RGB(A) with the
+    usual luma weights and rescales other types to 0-255."""
+    arr = np.asarray(frame)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise MediaError(f"frame has shape {np.shape(frame)}, expected a 2-D image", str(where))
+    if arr.dtype != np.uint8:
+        a = arr.astype(np.float32)
+        in_range = a.size and 0.0 <= float(a.min()) and float(a.max()) <= 255.0
+        # Values already on a 0-255 scale are kept; anything else (uint16 ultrasound, 0-1
+        # floats, signed data) is stretched to 0-255.
+        if in_range and (np.issubdtype(arr.dtype, np.integer) or float(a.max()) > 1.0):
+            arr = np.rint(a).astype(np.uint8)
+        else:
+            lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+            arr = np.clip((a - lo) * (255.0 / (hi - lo) if hi > lo else 0.0), 0, 255
+                          ).astype(np.uint8)
+    if shape is not None and arr.shape != tuple(shape):
+        raise MediaError(f"frame is {arr.shape[1]}x{arr.shape[0]}, the first frame is "
+                         f"{shape[1]}x{shape[0]}", str(where), "all frames must share a size")
+    return np.ascontiguousarray(arr)
+
+
+def procedure_from_frames(get_frame: Callable[[int], np.ndarray], times: Sequence[float],
+                          width: int, height: int, name: str = "sequence",
+                          audio: Optional[os.PathLike | str] = None, audio_offset_s: float = 0.0,
+                          labelset: Optional[LabelSet] = None,
+                          mentions: Optional[os.PathLike | str | Sequence[Mention]] = None,
+                          crop: Optional[Sequence[int]] = None) -> Procedure:
+    """A procedure whose frames come from elsewhere (a Slicer sequence) plus an audio file.
+
+    Frames are read lazily through ``get_frame`` (see :class:`CallbackFrameSource`).
+
+    Raises:
+        MediaError, MentionsError, ConfigError: naming what is wrong.
+    """
+    source = CallbackFrameSource(get_frame, times, width, height, name)
+    audio_path = path_or_none(audio)
+    _check_audio(audio_path)
+    labelset = labelset or LabelSet.default()
+    proc = Procedure(path=Path(name), source=source,
+                     crop=_crop(crop, source.width, source.height, Path(name)),
+                     audio_offset_s=_check_offset(audio_offset_s), mentions=[],
+                     labelset=labelset, audio_path=audio_path)
+    _attach_mentions(proc, mentions)
+    return proc
+
+
+def sequence_times(index_values: Sequence[str], index_unit: str = "s", fps: float = FPS
+                   ) -> np.ndarray:
+    """Times (s, from the first item) of a sequence's index values.
+
+    Numeric values in ``s`` / ``ms`` / ``us`` are converted; frame numbers or values without a
+    time unit (e.g. a DICOM cine loop without frame time: index "frame") are played at ``fps``.
+    """
+    n = len(index_values)
+    if n == 0:
+        return np.zeros(0)
+    scale = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3,
+             "us": 1e-6, "\u00b5s": 1e-6}.get((index_unit or "").strip().lower())
+    if scale is not None:
+        try:
+            vals = np.array([float(v) for v in index_values]) * scale
+        except ValueError:
+            vals = None
+        if vals is not None and np.all(np.isfinite(vals)) and np.all(np.diff(vals) > 0):
+            return vals - vals[0]
+    return np.arange(n) / float(fps)
+
+
+def index_value(time_s: float) -> str:
+    """The index value string of a frame time, as Slicer's DICOM-cine loader writes it."""
+    return f"{time_s:.3f}"
+
+
+def apply_problems(has_frames: bool, has_audio: bool, model_path: Optional[Path],
+                   n_mentions: int) -> list[str]:
+    """Why labelling cannot start yet (empty when it can); shown as the Apply tooltip."""
+    problems = []
+    if not has_frames:
+        problems.append("load a procedure or pick a volume sequence")
+    if not has_audio:
+        problems.append("give the audio file of the recording")
+    if model_path is None:
+        problems.append("choose a model checkpoint (.pt) or train one")
+    elif not model_path.is_file():
+        problems.append(f"model checkpoint not found: {model_path}")
+    if n_mentions == 0:
+        problems.append("add mentions (from a file, a transcript or automatic detection)")
+    return problems
+
+
+# --------------------------------------------------------------------------- geometry
+def cine_ijk_to_ras(spacing_mm: Optional[Sequence[float]] = None) -> np.ndarray:
+    """IJKToRAS of a 2-D frame in Slicer's DICOM-cine convention: ``diag(-sx, -sy, 1)`` with
+    the origin at 0, so frames appear upright in the axial view (ijkToLPS ``diag(sx, sy, 1)``,
+    the same geometry :mod:`EUSVoiceLabelLib.slicer_files` writes)."""
+    sx, sy = (float(v) for v in (spacing_mm or (1.0, 1.0)))
+    return np.diag([-sx, -sy, 1.0, 1.0])
+
+
+def crop_ijk_to_ras(frame_ijk_to_ras: np.ndarray, crop: Sequence[int]) -> np.ndarray:
+    """IJKToRAS of an image of the cropped region ``[x, y, w, h]`` of a frame, so that it lies
+    exactly on that region of the frame (pixel (0, 0) of the crop = pixel (x, y) of the
+    frame)."""
+    m = np.asarray(frame_ijk_to_ras, dtype=np.float64).copy()
+    x, y = float(crop[0]), float(crop[1])
+    m[:3, 3] = m[:3, 3] + m[:3, 0] * x + m[:3, 1] * y
+    return m
+
+
+# --------------------------------------------------------------------------- outputs in sync
+@dataclass(frozen=True)
+class TimelineItem:
+    """An item of a per-window output sequence: at master item ``item`` show window
+    ``window`` (None = show nothing)."""
+
+    item: int
+    window: Optional[int]
+
+
+def overlay_timeline(spans: Sequence[tuple[float, float]], master_times: Sequence[float]
+                     ) -> list[TimelineItem]:
+    """Where per-window output sequences need items, in master-sequence item numbers.
+
+    A browsed sequence that lacks an item at the current time shows its closest *previous*
+    item (Slicer's default for non-recorded sequences), and before its first item its first
+    item.  So a sparse sequence with an item where each window starts and a blank item where it
+    ends shows every window over exactly its frames, and nothing elsewhere, without one copy
+    per frame.  Later windows win where windows overlap.
+
+    Args:
+        spans: (start_s, end_s) of each window on the video clock; window = position.
+        master_times: times (s) of the master sequence's items, increasing.
+
+    Returns:
+        Items sorted by ``item``, starting with item 0, without repeats of the same content.
+    """
+    times = np.asarray(master_times, dtype=np.float64)
+    n = len(times)
+    if n == 0:
+        return []
+    tol = 1e-6
+    owner: list[Optional[int]] = [None] * n
+    for w, (t0, t1) in enumerate(spans):
+        first = int(np.searchsorted(times, t0 - tol, side="left"))
+        stop = int(np.searchsorted(times, t1 - tol, side="left"))
+        stop = max(stop, first + 1)  # a window shorter than a frame still gets its frame
+        for i in range(first, min(stop, n)):
+            owner[i] = w
+    out: list[TimelineItem] = [TimelineItem(0, owner[0])]
+    for i in range(1, n):
+        if owner[i] != owner[i - 1]:
+            out.append(TimelineItem(i, owner[i]))
+    return out
+
+
+def master_item_at(master_times: Sequence[float], time_s: float) -> int:
+    """The master item shown at ``time_s``: the first item at or after it (clamped)."""
+    times = np.asarray(master_times, dtype=np.float64)
+    if len(times) == 0:
+        return -1
+    return int(min(np.searchsorted(times, time_s - 1e-6, side="left"), len(times) - 1))
+
+
+# --------------------------------------------------------------------------- training
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` -> (H, W) with 8..4096 pixels per side.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    try:
+        h, w = (int(v) for v in str(text).lower().replace(" ", "").split("x"))
+    except ValueError:
+        raise ConfigError(f"image size must be HxW, e.g. 350x690, not {text!r}") from None
+    if not (8 <= h <= 4096 and 8 <= w <= 4096):
+        raise ConfigError(f"image size {h}x{w} must have 8..4096 pixels per side")
+    return h, w
+
+
+def train_arguments(cohort: os.PathLike | str, out: os.PathLike | str,
+                    epochs: Optional[int] = None, image_size: Optional[str] = None,
+                    device: str = "auto", variant: str = "proposed",
+                    batch_size: Optional[int] = None, seed: int = 0) -> list[str]:
+    """Arguments of ``PythonSlicer`` (or ``python``) for background training:
+    ``-m EUSVoiceLabelLib train COHORT --out MODEL ...``.
+
+    Raises:
+        ProcedureError: the cohort folder does not exist.
+        ConfigError: a bad device, epoch count, batch size or image size, or ``out`` is a folder.
+    """
+    cohort, out = Path(cohort), Path(out)
+    if not cohort.is_dir():
+        raise ProcedureError("cohort folder not found", cohort)
+    if out.is_dir():
+        raise ConfigError("the model must be a file, not a folder", out, "e.g. model.pt")
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    args = ["-m", "EUSVoiceLabelLib", "train", str(cohort), "--out", str(out),
+            "--variant", variant, "--device", device, "--seed", str(int(seed))]
+    if epochs is not None:
+        if int(epochs) < 1:
+            raise ConfigError(f"epochs must be at least 1, not {epochs}")
+        args += ["--epochs", str(int(epochs))]
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch size must be at least 1, not {batch_size}")
+        args += ["--batch-size", str(int(batch_size))]
+    if image_size:
+        h, w = parse_image_size(image_size)
+        args += ["--image-size", f"{h}x{w}"]
+    return args
+
+
+_BAR_RE = re.compile(r"(?:(?P<desc>[^\r\n|:]*?):\s*)?(?P<pct>\d{1,3})%\|[^|]*\|\s*"
+                     r"(?P<done>\d+)/(?P<total>\d+)")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress bar state read from a process's output."""
+
+    done: int
+    total: int
+    description: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total > 0 else 0.0
+
+
+def parse_progress(text: str) -> Optional[Progress]:
+    """The last tqdm progress-bar state in ``text`` (tqdm redraws with ``\\r``), or None.
+
+    >>> parse_progress("train:  40%|####      | 8/20 [00:04<00:06]").done
+    8
+    """
+    last = None
+    for m in _BAR_RE.finditer(text):
+        last = m
+    if last is None:
+        return None
+    return Progress(int(last["done"]), int(last["total"]), (last["desc"] or "").strip())
+
+
+def split_log_lines(buffer: str) -> tuple[list[str], str]:
+    """Complete lines of a process's output (``\\r`` and ``\\n`` both end a line) and the
+    unfinished rest, so a log view shows each progress-bar state once."""
+    parts = re.split(r"\r\n|\r|\n", buffer)
+    return [p for p in parts[:-1] if p.strip()], parts[-1]

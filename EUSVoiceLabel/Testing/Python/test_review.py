@@ -1,0 +1,304 @@
+"""The Slicer module's Slicer-free logic: review bookkeeping, editable tables, inputs, geometry,
+synchronised-output timelines and background-training plumbing (EUSVoiceLabelLib.review and
+EUSVoiceLabelLib.slicer_support)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from EUSVoiceLabelLib.errors import ConfigError, MediaError, MentionsError, ProcedureError
+from EUSVoiceLabelLib.mentions import Mention
+from EUSVoiceLabelLib.review import (ACCEPTED, CORRECTED, MENTION_COLUMNS, PENDING,
+                                     RESULT_COLUMNS, ReviewTable, mentions_from_rows,
+                                     mentions_to_rows)
+from EUSVoiceLabelLib.slicer_support import (CallbackFrameSource, apply_problems,
+                                             cine_ijk_to_ras, crop_ijk_to_ras, master_item_at,
+                                             overlay_timeline, parse_image_size, parse_progress,
+                                             path_or_none, procedure_from_files,
+                                             procedure_from_frames, recording_kind,
+                                             sequence_times, split_log_lines, to_grey_uint8,
+                                             train_arguments)
+from EUSVoiceLabelLib.vocabulary import LabelSet
+
+import mediafactory as mf
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _windows():
+    # index, time, end, spoken, predicted, confidence
+    specs = [(0, 1.0, 2.0, "pancreas", "pancreas", 0.9),
+             (1, 3.0, 4.0, "bile_duct", "portal_vein", 0.4),
+             (2, 5.0, 6.0, "pancreatic_duct", "pancreatic_duct", 0.4),
+             (3, 7.0, 8.0, None, "bile_duct", 0.7)]
+    return [SimpleNamespace(index=i, time_s=t, end_s=e, spoken_label=s, predicted=p,
+                            confidence=c) for i, t, e, s, p, c in specs]
+
+
+# --------------------------------------------------------------------------- review
+def test_review_accept_correct_and_labels_for_export_and_training():
+    table = ReviewTable.from_windows(_windows(), LabelSet.default())
+    assert table.counts() == {PENDING: 4, ACCEPTED: 0, CORRECTED: 0}
+    table.accept(0)
+    table.correct(1, "CBD")              # a synonym resolves to its id
+    assert table.row(0).status == ACCEPTED and table.row(1).status == CORRECTED
+    assert table.row(1).reviewed == "bile_duct"
+    assert table.reviewed_labels() == {0: "pancreas", 1: "bile_duct"}
+    # exports: reviewed label, else the prediction
+    assert table.final_labels() == {0: "pancreas", 1: "bile_duct", 2: "pancreatic_duct",
+                                    3: "bile_duct"}
+    mentions = [Mention(1.0, "pancreas", 2.0), Mention(3.0, "bile_duct", 4.0),
+                Mention(5.0, "pancreatic_duct"), Mention(7.0, "pancreas", source="auto")]
+    table.correct(2, "portal_vein")
+    train = table.training_mentions(mentions)
+    # training: reviewed label, else the spoken one; corrections are marked as review; a
+    # window nobody named and nobody reviewed (window 3) is left out
+    assert [(m.time_s, m.label, m.source) for m in train] == [
+        (1.0, "pancreas", "file"), (3.0, "bile_duct", "review"), (5.0, "portal_vein", "review")]
+    table.accept(3)
+    assert table.training_mentions(mentions)[-1].label == "bile_duct"
+    table.clear(1)
+    assert table.row(1).status == PENDING and 1 not in table.reviewed_labels()
+    with pytest.raises(MentionsError, match="unknown label"):
+        table.correct(0, "spleen")
+    with pytest.raises(KeyError):
+        table.accept(99)
+
+
+def test_review_sort_by_confidence_keeps_windows_and_ties_in_time_order():
+    table = ReviewTable.from_windows(_windows(), LabelSet.default())
+    assert [r.window for r in table.sorted_rows("confidence")] == [1, 2, 3, 0]
+    assert [r.window for r in table.sorted_rows("confidence", ascending=False)] == [0, 3, 1, 2]
+    assert [r.window for r in table.sorted_rows("time")] == [0, 1, 2, 3]
+    rows = table.to_rows("confidence")
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 0]
+    assert all(len(r) == len(RESULT_COLUMNS) for r in rows)
+    with pytest.raises(ValueError):
+        table.sorted_rows("label")
+
+
+def test_review_state_round_trips_through_table_rows_in_any_order():
+    table = ReviewTable.from_windows(_windows(), LabelSet.default())
+    table.accept(3)
+    table.correct(0, "Portal vein")
+    rows = table.to_rows("confidence", ascending=False)
+    cols = list(RESULT_COLUMNS)
+    # a saved scene may hold the columns in another order
+    perm = cols[::-1]
+    rows_perm = [[r[cols.index(c)] for c in perm] for r in rows]
+    back = ReviewTable.from_rows(perm, rows_perm, LabelSet.default())
+    assert back.reviewed_labels() == {0: "portal_vein", 3: "bile_duct"}
+    assert back.row(3).status == ACCEPTED and back.row(0).status == CORRECTED
+    assert back.row(3).spoken is None
+    assert back.row(1).confidence == pytest.approx(0.4)
+    with pytest.raises(MentionsError, match="results table"):
+        ReviewTable.from_rows(["time_s", "label"], [["1", "pancreas"]])
+    bad = [r[:] for r in rows]
+    bad[0][cols.index("reviewed_label")] = "liver"
+    with pytest.raises(MentionsError, match="row 1: unknown label 'liver'"):
+        ReviewTable.from_rows(cols, bad)
+
+
+# --------------------------------------------------------------------------- mentions table
+def test_mentions_table_round_trip_and_row_errors():
+    ms = [Mention(2.5, "bile_duct", None, "the CBD", 0.81234, "auto"),
+          Mention(1.0, "pancreas", 1.6, "pancreas")]
+    rows = mentions_to_rows(ms)
+    assert rows[0][:3] == ["1.000", "pancreas", "1.600"]
+    back = mentions_from_rows(MENTION_COLUMNS, rows)
+    assert [(m.time_s, m.label, m.end_s, m.source) for m in back] == [
+        (1.0, "pancreas", 1.6, "file"), (2.5, "bile_duct", None, "auto")]
+    assert back[1].confidence == pytest.approx(0.8123)
+    # the user edits: display name, blank row, reordered columns
+    edited = mentions_from_rows(["label", "time"], [["Pancreatic duct", "4"], ["", ""]])
+    assert edited == [Mention(4.0, "pancreatic_duct")]
+    for rows_bad, msg in [([["x", "pancreas"]], "row 1: time_s 'x' is not a number"),
+                          ([["1", "spleen"]], "row 1: unknown label 'spleen'"),
+                          ([["1", "pancreas"], ["-2", "pancreas"]], "row 2: negative time"),
+                          ([["3", "pancreas", "2"]], "row 1: end_s 2.0 is not after")]:
+        with pytest.raises(MentionsError, match=msg):
+            mentions_from_rows(["time_s", "label", "end_s"], rows_bad)
+    with pytest.raises(MentionsError, match="no 'label' column"):
+        mentions_from_rows(["time_s"], [["1"]])
+
+
+# --------------------------------------------------------------------------- inputs
+def test_path_or_none_treats_the_parameter_node_empty_path_as_unset():
+    assert path_or_none(Path("")) is None and path_or_none(".") is None
+    assert path_or_none(None) is None and path_or_none("  ") is None
+    assert path_or_none("/a/b.pt") == Path("/a/b.pt")
+
+
+def test_procedure_from_files_video_audio_offset_and_folder(tmp_path):
+    proc_dir = mf.make_procedure(tmp_path / "p1", seconds=3.0, offset=0.5)
+    assert recording_kind(proc_dir) == "procedure"
+    assert recording_kind(proc_dir / "video.mp4") == "video"
+    whole = procedure_from_files(proc_dir)
+    assert whole.audio_offset_s == 0.5 and len(whole.mentions) == 2   # the folder's own files
+    # separate files: the video + the audio + an offset given in the GUI
+    proc = procedure_from_files(proc_dir / "video.mp4", audio=proc_dir / "audio.wav",
+                                audio_offset_s=0.25, mentions=proc_dir / "mentions.csv")
+    assert proc.audio_path == proc_dir / "audio.wav" and proc.audio_offset_s == 0.25
+    assert [m.label for m in proc.mentions] == ["pancreas", "bile_duct"]
+    assert proc.n_frames == 75 and proc.frame_size == (96, 64)
+    frames = proc.frames(10, 12)
+    assert [mf.frame_index_of(f.mean()) for f in frames] == [10, 11]
+    assert proc.voice_window(proc.mentions[0]).shape == (48000,)
+    # a frames folder at a given rate
+    folder = mf.write_frames_folder(tmp_path / "frames", 10)
+    assert recording_kind(folder) == "frames"
+    fp = procedure_from_files(folder, audio=proc_dir / "audio.wav", fps=5)
+    assert fp.duration_s == pytest.approx(2.0)
+    with pytest.raises(ProcedureError, match="not found"):
+        procedure_from_files(tmp_path / "missing.mp4")
+    with pytest.raises(MediaError, match="audio file not found"):
+        procedure_from_files(proc_dir / "video.mp4", audio=tmp_path / "none.wav")
+    with pytest.raises(ConfigError, match="crop"):
+        procedure_from_files(proc_dir / "video.mp4", crop=[0, 0, 500, 10])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ProcedureError, match="neither"):
+        recording_kind(empty)
+
+
+def test_procedure_from_frames_reads_lazily_and_crops(tmp_path):
+    calls = []
+    rgb = np.zeros((8, 1, 20, 30, 3), np.uint8)   # Slicer arrays: (slices, rows, cols, comp)
+    for i in range(8):
+        rgb[i] = mf.frame_level(i)
+
+    def get(i):
+        calls.append(i)
+        return rgb[i]
+
+    times = sequence_times([f"{i * 0.2:.3f}" for i in range(8)], "s")
+    proc = procedure_from_frames(get, times, 30, 20, "cine", crop=[5, 2, 20, 10])
+    assert calls == []                                   # nothing read up front
+    assert proc.duration_s == pytest.approx(1.6) and proc.frame_size == (20, 10)
+    win = proc.frames_window(0.4, 5)                     # 25 fps grid over 5 fps frames
+    assert win.shape == (5, 10, 20)
+    assert [mf.frame_index_of(f.mean()) for f in win] == [2, 2, 2, 3, 3]
+    assert set(calls) == {2, 3}
+    with pytest.raises(MediaError, match="no frames"):
+        CallbackFrameSource(get, [], 30, 20)
+    with pytest.raises(MediaError, match="not increasing"):
+        CallbackFrameSource(get, [0.0, 0.2, 0.1], 30, 20)
+
+
+def test_to_grey_uint8_handles_slicer_frame_layouts():
+    assert to_grey_uint8(np.full((1, 4, 5), 7, np.uint8)).shape == (4, 5)
+    rgb = np.zeros((1, 4, 5, 3), np.uint8)
+    rgb[..., 1] = 200
+    assert to_grey_uint8(rgb)[0, 0] == round(0.587 * 200)
+    f = to_grey_uint8(np.linspace(-1, 1, 20, dtype=np.float32).reshape(4, 5))
+    assert f.min() == 0 and f.max() == 255
+    with pytest.raises(MediaError, match="first frame"):
+        to_grey_uint8(np.zeros((4, 6), np.uint8), (4, 5))
+
+
+def test_sequence_times_units_and_frame_numbers():
+    assert sequence_times(["10.0", "10.5", "11.0"], "s") == pytest.approx([0, 0.5, 1.0])
+    assert sequence_times(["0", "40", "80"], "ms") == pytest.approx([0, 0.04, 0.08])
+    assert sequence_times(["0", "1", "2"], "", fps=10) == pytest.approx([0, 0.1, 0.2])
+    assert sequence_times(["a", "b"], "s", fps=4) == pytest.approx([0, 0.25])
+
+
+def test_apply_problems_lists_what_is_missing(tmp_path):
+    model = tmp_path / "m.pt"
+    assert len(apply_problems(False, False, None, 0)) == 4
+    probs = apply_problems(True, True, model, 3)
+    assert probs == [f"model checkpoint not found: {model}"]
+    model.write_bytes(b"x")
+    assert apply_problems(True, True, model, 3) == []
+
+
+# --------------------------------------------------------------------------- geometry
+def test_cine_geometry_and_crop_placement():
+    m = cine_ijk_to_ras((0.5, 0.25))
+    assert np.allclose(m, np.diag([-0.5, -0.25, 1, 1]))
+    c = crop_ijk_to_ras(m, [15, 65, 690, 350])
+    # pixel (0, 0) of the crop lies on pixel (15, 65) of the frame
+    assert np.allclose(c @ [0, 0, 0, 1], m @ [15, 65, 0, 1])
+    assert np.allclose(c @ [3, 4, 0, 1], m @ [18, 69, 0, 1])
+    assert np.allclose(c[:3, :3], m[:3, :3])
+
+
+# --------------------------------------------------------------------------- timelines
+def test_overlay_timeline_shows_each_window_over_its_frames_only():
+    times = np.arange(0, 10, 0.5)                       # 20 master items, 2 fps
+    items = overlay_timeline([(1.0, 2.0), (5.0, 6.0)], times)
+    assert [(i.item, i.window) for i in items] == [(0, None), (2, 0), (4, None), (10, 1),
+                                                   (12, None)]
+
+    # what the browser shows at each item: the closest previous sequence item
+    def shown(k):
+        return [i.window for i in items if i.item <= k][-1]
+
+    assert [shown(k) for k in range(20)] == [None, None, 0, 0, None, None, None, None, None,
+                                             None, 1, 1] + [None] * 8
+    # overlapping windows: the later one wins, no blank item between them
+    items = overlay_timeline([(0.0, 2.0), (1.5, 3.0)], times)
+    assert [(i.item, i.window) for i in items] == [(0, 0), (3, 1), (6, None)]
+    # a window running to the end needs no blank item; a window between frames gets one frame
+    assert [(i.item, i.window) for i in overlay_timeline([(9.0, 12.0)], times)] == [
+        (0, None), (18, 0)]
+    assert [(i.item, i.window) for i in overlay_timeline([(1.1, 1.2)], times)] == [
+        (0, None), (3, 0), (4, None)]
+    assert overlay_timeline([(0, 1)], []) == []
+    assert master_item_at(times, 1.0) == 2 and master_item_at(times, 99) == 19
+
+
+# --------------------------------------------------------------------------- training
+def test_train_arguments_and_validation(tmp_path):
+    args = train_arguments(tmp_path, tmp_path / "m.pt", epochs=3, image_size="64x128",
+                           device="cpu", batch_size=4)
+    assert args[:4] == ["-m", "EUSVoiceLabelLib", "train", str(tmp_path)]
+    assert args[args.index("--epochs") + 1] == "3"
+    assert args[args.index("--image-size") + 1] == "64x128"
+    assert args[args.index("--device") + 1] == "cpu"
+    for kwargs, exc in [(dict(device="tpu"), ConfigError), (dict(epochs=0), ConfigError),
+                        (dict(image_size="big"), ConfigError)]:
+        with pytest.raises(exc):
+            train_arguments(tmp_path, tmp_path / "m.pt", **kwargs)
+    with pytest.raises(ConfigError, match="not a folder"):
+        train_arguments(tmp_path, tmp_path)
+    with pytest.raises(ProcedureError):
+        train_arguments(tmp_path / "nope", tmp_path / "m.pt")
+    assert parse_image_size(" 350 x 690") == (350, 690)
+
+
+def test_train_arguments_are_accepted_by_the_real_command_line(tmp_path):
+    """The background process runs `python -m EUSVoiceLabelLib train ...`: its parser must
+    accept every argument the module builds."""
+    args = train_arguments(tmp_path, tmp_path / "m.pt", epochs=2, image_size="32x64",
+                           device="cpu", batch_size=2)
+    from EUSVoiceLabelLib import cli
+
+    parser = cli.build_parser() if hasattr(cli, "build_parser") else None
+    if parser is None:
+        out = subprocess.run([sys.executable] + args[:3] + ["--help"], capture_output=True,
+                             text=True, cwd=REPO / "EUSVoiceLabel", timeout=60)
+        assert out.returncode == 0, out.stderr
+        for flag in [a for a in args if a.startswith("--")]:
+            assert flag in out.stdout
+    else:
+        ns = parser.parse_args(args[2:])
+        assert ns.epochs == 2 and ns.device == "cpu"
+
+
+def test_parse_progress_reads_the_last_tqdm_state():
+    text = ("windows: 100%|##########| 6/6 [00:01<00:00]\r"
+            "epoch:  10%|#         | 1/10 [00:02<00:18, loss=1.2]\r"
+            "epoch:  40%|####      | 4/10 [00:08<00:12, loss=0.9]")
+    p = parse_progress(text)
+    assert (p.done, p.total, p.description) == (4, 10, "epoch")
+    assert p.fraction == pytest.approx(0.4)
+    assert parse_progress("loading cohort...") is None
+    lines, rest = split_log_lines("a\rb\nc\r\nd")
+    assert lines == ["a", "b", "c"] and rest == "d"
