@@ -201,12 +201,21 @@ class PretrainedImageBranch(nn.Module):
                                   hint=f"pass --weights PATH to a torchvision {arch} state_dict "
                                        "(.pth); nothing is downloaded at run time")
             state = load_state_dict_file(weights, arch)
+            # The top is removed anyway, so a file without it (backbone only) is accepted.
+            top = "classifier." if arch == "vgg16" else "fc."
             try:
-                full.load_state_dict(state)
-            except RuntimeError as exc:
-                first = str(exc).splitlines()[0]
+                missing, unexpected = full.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # shape mismatch
+                first = str(exc).splitlines()[1 if "\n" in str(exc) else 0].strip()
                 raise CheckpointError(f"weights do not fit torchvision's {arch} ({first})",
                                       weights) from None
+            missing = [k for k in missing if not k.startswith(top)]
+            if missing or unexpected:
+                what = (missing or unexpected)[0]
+                raise CheckpointError(
+                    f"weights do not fit torchvision's {arch} ("
+                    f"{'missing' if missing else 'unexpected'} key {what!r})", weights,
+                    f"give the state_dict of torchvision.models.{arch}")
         if arch == "vgg16":
             self.backbone: nn.Module = full.features  # includes the last pool, like Keras
             feat = 512
