@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -228,8 +228,12 @@ def _phrase_parts(rng: np.random.Generator, label: str) -> tuple[str, str, str]:
     return prefix, words, suffix
 
 
-def make_patient(spec: PatientSpec) -> dict:
-    """Render and write one patient folder; returns a short summary."""
+def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]] = None
+                 ) -> dict:
+    """Render and write one patient folder; returns a short summary.
+
+    ``on_mention(1)`` is called as each mention's view is rendered (progress)."""
+    tick = on_mention or (lambda n: _tick())
     import torch
 
     torch.set_num_threads(1)
@@ -344,7 +348,7 @@ def make_patient(spec: PatientSpec) -> dict:
                                rng.uniform(-4, 4)))
     truth_windows = _write_video(folder / "video.mp4", spec, renderer, overlay, views,
                                  view_starts, gain_steps, n_frames, crop, mentions,
-                                 pcm if spec.audio_mode == "embedded" else None)
+                                 pcm if spec.audio_mode == "embedded" else None, tick)
     if spec.audio_mode == "wav":
         from scipy.io import wavfile
 
@@ -435,7 +439,7 @@ def _landmark_window(renderer: im.Renderer, view: im.View, t_rel: np.ndarray,
 def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: _Overlay,
                  views: list[dict], view_starts: list[float], gain_steps: list,
                  n_frames: int, crop: tuple[int, int, int, int], mentions: list[dict],
-                 pcm: Optional[np.ndarray]) -> list[dict]:
+                 pcm: Optional[np.ndarray], tick: Callable[[int], object]) -> list[dict]:
     """Render all frames and encode them (H.264, optional AAC track); returns truth windows."""
     import av
 
@@ -493,6 +497,8 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
                     for pkt in vs.encode(vf):
                         container.mux(pkt)
                 mux_audio((idx[-1] + 1) / FPS)
+            if k > 0:
+                tick(1)   # view k shows mention k-1
         for pkt in vs.encode():
             container.mux(pkt)
         if astream is not None:
@@ -579,17 +585,36 @@ def synth_cohort(out: Union[str, os.PathLike], patients: int = 12, seed: int = 0
     try:
         if workers == 1:
             for s in order:
-                r = make_patient(s)
-                if bar is not None:
-                    bar.update(r["mentions"])
+                make_patient(s, bar.update if bar is not None else None)
         else:
             import multiprocessing as mp
 
-            with mp.get_context("spawn").Pool(workers) as pool:
-                for r in pool.imap_unordered(make_patient, order):
+            ctx = mp.get_context("spawn")
+            done = ctx.Value("i", 0)
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(done,)) as pool:
+                result = pool.map_async(make_patient, order, chunksize=1)
+                while not result.ready():
+                    result.wait(0.5)
                     if bar is not None:
-                        bar.update(r["mentions"])
+                        bar.update(done.value - bar.n)
+                result.get()  # re-raises a worker's error
+            if bar is not None:
+                bar.update(total - bar.n)
     finally:
         if bar is not None:
             bar.close()
     return out
+
+
+_DONE = None  # shared mention counter of a worker process (for the progress bar)
+
+
+def _init_worker(counter) -> None:
+    global _DONE
+    _DONE = counter
+
+
+def _tick() -> None:
+    if _DONE is not None:
+        with _DONE.get_lock():
+            _DONE.value += 1

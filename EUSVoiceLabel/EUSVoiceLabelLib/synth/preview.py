@@ -14,10 +14,11 @@ from ..fileio import atomic_path
 
 def landmark_grid(cohort: Union[str, os.PathLike], label: str, out: Union[str, os.PathLike],
                   examples: int = 4, frames: tuple[int, ...] = (0, 12, 24),
-                  boxes: bool = True) -> Path:
+                  boxes: bool = True, scale: float = 1.0) -> Path:
     """Save a PNG grid: one row per mention of ``label`` (up to ``examples``, from different
     patients first), columns = frames of its 1 s window, named landmark boxed (red) and other
-    visible landmarks boxed (yellow).  Reads video through the project's procedure loader."""
+    visible landmarks boxed (yellow); ``scale`` resizes the picture.  Reads the video through
+    the project's procedure loader."""
     from PIL import Image, ImageDraw
 
     from ..procedure import find_patients, load_procedure
@@ -55,8 +56,11 @@ def landmark_grid(cohort: Union[str, os.PathLike], label: str, out: Union[str, o
             tiles.append(np.asarray(img))
         row = np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0))) for t in tiles], 1)
         rows.append(row)
-    grid = np.concatenate(rows, 0)
+    grid = Image.fromarray(np.concatenate(rows, 0))
+    if scale != 1.0:
+        grid = grid.resize((int(grid.width * scale), int(grid.height * scale)),
+                           Image.Resampling.LANCZOS)
     out = Path(out)
     with atomic_path(out) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG", optimize=True)
+        grid.save(tmp, format="PNG", optimize=True)
     return out
