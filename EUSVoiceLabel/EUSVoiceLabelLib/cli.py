@@ -313,24 +313,62 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_label(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("label", help="label a procedure with a trained model",
-                       description="Label every mention window of a procedure; writes CSVs and "
-                                   "Slicer files.")
+                       description="Label every mention window of a procedure with a trained "
+                                   "model: labels.csv, frame_labels.csv, Grad-CAM heat maps and "
+                                   "files 3D Slicer opens natively (frames.seq.nrrd, "
+                                   "cam.seq.nrrd, landmarks.seq.nrrd + landmarks.csv, "
+                                   "landmarks.mrk.json, scene.mrml).")
     p.add_argument("procedure", type=Path, help="procedure folder")
     p.add_argument("--model", type=Path, required=True, help="checkpoint from 'train'")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--mentions", default=None,
-                   help="'auto' (detect), a mentions CSV or an SRT/WebVTT transcript "
-                        "(default: the procedure's mentions.csv, else auto)")
+                   help="'auto' (detect from the audio), a mentions CSV or an SRT/WebVTT "
+                        "transcript (default: the procedure's mentions.csv, else auto)")
+    p.add_argument("--no-cam", action="store_true", help="skip the Grad-CAM heat maps")
+    p.add_argument("--cam-threshold", type=float, default=0.5,
+                   help="heat-map level (0-1 of its peak) that bounds a landmark region "
+                        "(default: 0.5)")
     _common(p)
+
+
+def _run_label(args: argparse.Namespace) -> int:
+    from .labelling import label_to_folder
+    from .training import seed_everything
+
+    seed_everything(args.seed)
+    result, files = label_to_folder(args.procedure, args.model, args.out, args.mentions,
+                                    device=args.device, with_cam=not args.no_cam,
+                                    cam_threshold=args.cam_threshold, progress=not args.quiet)
+    agree = [w for w in result.windows if w.spoken_label]
+    summary = f"labelled {len(result.windows)} windows"
+    if agree:
+        n_ok = sum(w.spoken_label == w.predicted for w in agree)
+        summary += f" ({n_ok}/{len(agree)} agree with the spoken label)"
+    print(f"{summary} -> {args.out} ({', '.join(sorted(files))})")
+    return 0
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a labelled dataset (PNG + CSV)",
-                       description="Write images/<label>/*.png and labels.csv from a cohort or a "
-                                   "'label' output folder.")
+                       description="Write images/<label>/<patient>_<time>_<k>.png and "
+                                   "labels.csv (ImageFolder layout) from a cohort (spoken "
+                                   "labels) or a 'label' output folder (reviewed, else "
+                                   "predicted labels).")
     p.add_argument("source", type=Path, help="cohort folder or label output folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--every", type=int, default=1,
+                   help="keep every N-th frame of each window (default: 1 = all 25)")
     _common(p)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_dataset
+
+    path = export_dataset(args.source, args.out, every=args.every, progress=not args.quiet)
+    with open(path, encoding="utf-8") as fh:
+        n = sum(1 for _ in fh) - 1
+    print(f"exported {n} images -> {args.out}")
+    return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -347,8 +385,8 @@ _COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "train": (_add_train, _run_train),
     "evaluate": (_add_evaluate, _run_evaluate),
     "pretrain-voice": (_add_pretrain_voice, _run_pretrain_voice),
-    "label": (_add_label, _not_yet("label")),
-    "export": (_add_export, _not_yet("export")),
+    "label": (_add_label, _run_label),
+    "export": (_add_export, _run_export),
     "demo": (_add_demo, _not_yet("demo")),
 }
 

@@ -1,14 +1,22 @@
 """Files that 3D Slicer opens natively, written without Slicer (SPEC §4).
 
 - Volume sequences (``.seq.nrrd``, Slicer 5.10+ layout): 4-D, ``kinds: domain domain domain
-  list``, sizes ``W H 1 N``, time index values in seconds on the last axis, LPS space, written
-  with :mod:`slicerio`.  A 2-D frame is a one-slice volume whose rows run towards posterior and
-  columns towards left, so frames appear upright in Slicer's axial view.
+  list``, sizes ``W H 1 N``, time index values in seconds on the last axis, LPS space.  Small
+  sequences are written with :mod:`slicerio`; long ones stream frame by frame through
+  :class:`SequenceStreamWriter` (no library writes a NRRD incrementally, and a procedure's
+  frames do not fit in memory).  A 2-D frame is a one-slice volume whose columns run towards
+  left and rows towards posterior (IJK-to-RAS ``diag(-sx, -sy, 1)``, Slicer's DICOM-cine
+  convention), so frames appear upright in the axial view.
+- Colour tables (``.csv``: ``LabelValue,Name,Color_R,Color_G,Color_B,Color_A``, 0-255).
+- Markups point lists (``.mrk.json``, schema v1.0.3).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -62,3 +70,126 @@ def write_frame_sequence(path: os.PathLike | str, frames: np.ndarray, times: Seq
     with atomic_path(path) as tmp:
         slicerio.write_volume(str(tmp), seq, compression_level=compression_level)
     return path
+
+
+def _nrrd_vector(values: Sequence[float]) -> str:
+    return "(" + ",".join(f"{float(v):.10g}" for v in values) + ")"
+
+
+class SequenceStreamWriter:
+    """Write a ``.seq.nrrd`` one frame at a time (gzip-compressed, atomic on close).
+
+    The number of frames and their times are fixed up front (they go in the header); frames
+    arrive in order through :meth:`add`.  NRRD stores the fastest axis first, so with sizes
+    ``W H 1 N`` each frame is simply its rows one after another.
+    """
+
+    def __init__(self, path: os.PathLike | str, width: int, height: int,
+                 times: Sequence[float], dtype: str = "uint8",
+                 spacing_mm: Optional[tuple[float, float]] = None,
+                 node_class: str = SCALAR_NODE, compression_level: int = 1):
+        if dtype not in ("uint8", "float32"):
+            raise ValueError("dtype must be uint8 or float32")
+        self.path = Path(path)
+        self.width, self.height = int(width), int(height)
+        self.times = [float(t) for t in times]
+        self.dtype = np.dtype(dtype)
+        self.count = 0
+        geometry = frame_geometry(spacing_mm)
+        header = [
+            "NRRD0004",
+            "# Complete NRRD file format specification at:",
+            "# http://teem.sourceforge.net/nrrd/format.html",
+            f"type: {'uint8' if dtype == 'uint8' else 'float'}",
+            "dimension: 4",
+            "space: left-posterior-superior",
+            f"sizes: {self.width} {self.height} 1 {len(self.times)}",
+            "space directions: " + " ".join(_nrrd_vector(geometry[:3, i]) for i in range(3))
+            + " none",
+            "kinds: domain domain domain list",
+            'labels: "" "" "" "time"',
+            'units: "" "" "" "s"',
+            "endian: little",
+            "encoding: gzip",
+            "space origin: " + _nrrd_vector(geometry[:3, 3]),
+            "axis 3 index type:=numeric",
+            "axis 3 index values:=" + " ".join(f"{t:.6g}" for t in self.times),
+            f"DataNodeClassName:={node_class}",
+        ]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part.seq.nrrd",
+                                   dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "wb")
+        self._fh.write(("\n".join(header) + "\n\n").encode("ascii"))
+        self._z = zlib.compressobj(compression_level, zlib.DEFLATED, 31)  # gzip container
+
+    def add(self, frame: np.ndarray) -> None:
+        """Append the next (H, W) frame."""
+        frame = np.asarray(frame)
+        if frame.shape != (self.height, self.width):
+            raise ValueError(f"frame shape {frame.shape} != {(self.height, self.width)}")
+        if self.count >= len(self.times):
+            raise ValueError("more frames than announced")
+        data = np.ascontiguousarray(frame, dtype=self.dtype.newbyteorder("<"))
+        self._fh.write(self._z.compress(data.tobytes()))
+        self.count += 1
+
+    def close(self) -> Path:
+        """Finish the file and move it into place (all announced frames must be written)."""
+        if self.count != len(self.times):
+            self.abort()
+            raise ValueError(f"{self.count} frames written, {len(self.times)} announced")
+        self._fh.write(self._z.flush())
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file (the destination is untouched)."""
+        if not self._fh.closed:
+            self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def color_table_csv(labels: Sequence[tuple[int, str, tuple[float, float, float]]]) -> str:
+    """Slicer colour-table CSV text for (label value, name, 0-1 RGB) entries."""
+    lines = ["LabelValue,Name,Color_R,Color_G,Color_B,Color_A"]
+    for value, name, rgb in labels:
+        if "," in name or '"' in name:
+            name = name.replace(",", " ").replace('"', "")
+        r, g, b = (int(round(255 * min(max(c, 0.0), 1.0))) for c in rgb)
+        lines.append(f"{int(value)},{name},{r},{g},{b},255")
+    return "\n".join(lines) + "\n"
+
+
+MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/"
+                  "Markups/Resources/Schema/markups-schema-v1.0.3.json#")
+
+
+def markups_points_json(name: str, points: Sequence[dict],
+                        color: tuple[float, float, float] = (1.0, 0.5, 0.5)) -> str:
+    """A ``.mrk.json`` point list.  Each point: ``position`` (LPS mm), ``label``,
+    ``description``; all are written as defined, locked points."""
+    control_points = []
+    for i, p in enumerate(points, start=1):
+        control_points.append({
+            "id": str(i), "label": str(p["label"]), "description": str(p.get("description", "")),
+            "associatedNodeID": "", "position": [float(v) for v in p["position"]],
+            "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],
+            "selected": True, "locked": True, "visibility": True, "positionStatus": "defined"})
+    doc = {"@schema": MARKUPS_SCHEMA, "markups": [{
+        "type": "Fiducial", "name": name, "coordinateSystem": "LPS", "coordinateUnits": "mm",
+        "locked": True, "fixedNumberOfControlPoints": False, "labelFormat": "%N-%d",
+        "lastUsedControlPointNumber": len(control_points), "controlPoints": control_points,
+        "measurements": [],
+        "display": {"visibility": True, "opacity": 1.0, "color": list(color),
+                    "selectedColor": list(color), "activeColor": [0.4, 1.0, 0.0],
+                    "propertiesLabelVisibility": False, "pointLabelsVisibility": True,
+                    "textScale": 3.0, "glyphType": "Sphere3D", "glyphScale": 1.5,
+                    "glyphSize": 5.0, "useGlyphScale": True, "sliceProjection": False,
+                    "lineThickness": 0.2, "handlesInteractive": False,
+                    "snapMode": "toVisibleSurface"}}]}
+    return json.dumps(doc, indent=2) + "\n"
