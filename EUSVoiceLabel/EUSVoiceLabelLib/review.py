@@ -300,3 +300,29 @@ class ReviewTable:
             src = "review" if r.status == CORRECTED else m.source
             out.append(replace(m, label=label, source=src))
         return sorted(out, key=lambda m: m.time_s)
+
+
+def labels_csv_with_review(text: str, reviewed: dict[int, str]) -> str:
+    """Add (or replace) the ``reviewed_label`` column of a ``labels.csv`` text (the file
+    ``eusvoicelabel label`` writes), so ``eusvoicelabel export`` uses the reviewed labels."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or "window" not in rows[0]:
+        raise MentionsError("not a labels.csv (no 'window' column)")
+    header = rows[0]
+    col = header.index("window")
+    if "reviewed_label" in header:
+        rcol = header.index("reviewed_label")
+    else:
+        header.append("reviewed_label")
+        rcol = len(header) - 1
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows[1:]:
+        row = row + [""] * (len(header) - len(row))
+        row[rcol] = reviewed.get(int(row[col]), "")
+        writer.writerow(row)
+    return buf.getvalue()

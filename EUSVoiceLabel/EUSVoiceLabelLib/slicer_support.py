@@ -473,3 +473,179 @@ def split_log_lines(buffer: str) -> tuple[list[str], str]:
     unfinished rest, so a log view shows each progress-bar state once."""
     parts = re.split(r"\r\n|\r|\n", buffer)
     return [p for p in parts[:-1] if p.strip()], parts[-1]
+
+
+# --------------------------------------------------------------------------- dependencies
+def read_requirements(path: os.PathLike | str) -> list[str]:
+    """Requirement lines of a ``requirements.txt`` (comments and blank lines dropped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    return out
+
+
+def missing_requirements(requirements: Sequence[str]) -> list[str]:
+    """The requirements not satisfied by the installed distributions (name and, when the
+    ``packaging`` library is available, version range).  Used on Slicer 5.10, which lacks
+    ``slicer.packaging.pip_ensure``."""
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pragma: no cover - pip's own copy is always there in practice
+        Requirement = None  # type: ignore[assignment]
+    missing = []
+    for line in requirements:
+        name, spec = re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0], None
+        if Requirement is not None:
+            req = Requirement(line)
+            name, spec = req.name, req.specifier
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if spec is not None and version and not spec.contains(version, prereleases=True):
+            missing.append(line)
+    return missing
+
+
+# --------------------------------------------------------------------------- training data
+def write_training_procedure(proc: Procedure, mentions: Sequence[Mention],
+                             cohort: os.PathLike | str, name: Optional[str] = None,
+                             frame_chunk: int = 250) -> Path:
+    """Add a (reviewed) procedure to a cohort folder so training can use it.
+
+    Writes ``COHORT/<name>/``: the recording (the video file, frames folder or ``.seq.nrrd``
+    copied; frames from elsewhere, e.g. a Slicer sequence, streamed to ``frames.seq.nrrd`` on
+    the 25 fps grid, already cropped), the audio file, ``mentions.csv`` with ``mentions`` (the
+    reviewed labels) and ``procedure.json`` (offset and crop).  An existing folder of that name
+    is replaced only once the new one is complete.
+
+    Raises:
+        ProcedureError: no mentions, or no audio to train the voice branch on.
+        OutputError: the folder cannot be written.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    from .errors import OutputError
+    from .mentions import write_mentions_csv
+    from .slicer_files import SequenceStreamWriter
+
+    if not mentions:
+        raise ProcedureError("no labelled windows to add", proc.path,
+                             "label the procedure and review at least one window")
+    if proc.audio_path is None:
+        raise ProcedureError("the procedure has no audio", proc.path,
+                             "give the recording's audio file")
+    cohort = Path(cohort)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or proc.name).strip("._") or "procedure"
+    dest = cohort / name
+    try:
+        cohort.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cohort))
+    except OSError as exc:
+        raise OutputError(f"cannot write ({exc.strerror})", cohort) from None
+    try:
+        src = proc.source
+        settings: dict = {}
+        own_track = proc.audio_path == getattr(src, "path", None)
+        if isinstance(src, VideoFileSource):
+            shutil.copy2(src.path, tmp / ("video" + src.path.suffix.lower()))
+            settings["crop"] = list(proc.crop)
+        elif isinstance(src, CallbackFrameSource):
+            w, h = proc.frame_size
+            writer = SequenceStreamWriter(tmp / "frames.seq.nrrd", w, h,
+                                          list(proc.frame_times), "uint8", proc.pixel_spacing_mm)
+            try:
+                for start in range(0, proc.n_frames, frame_chunk):
+                    for frame in proc.frames(start, start + frame_chunk):
+                        writer.add(frame)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            settings["crop"] = [0, 0, w, h]
+        elif src.path.is_dir():
+            shutil.copytree(src.path, tmp / "frames")
+            settings.update(crop=list(proc.crop), fps=src.native_fps)
+        else:
+            shutil.copy2(src.path, tmp / "frames.seq.nrrd")
+            settings["crop"] = list(proc.crop)
+        offset = proc.audio_offset_s
+        if own_track and isinstance(src, VideoFileSource):
+            offset -= src.audio_track_offset_s  # load_procedure adds the track offset back
+        else:
+            shutil.copy2(proc.audio_path, tmp / ("audio" + proc.audio_path.suffix.lower()))
+        settings["audio_offset_s"] = round(float(offset), 6)
+        if proc.pixel_spacing_mm is not None:
+            settings["pixel_spacing_mm"] = list(proc.pixel_spacing_mm)
+        (tmp / "procedure.json").write_text(json.dumps(settings, indent=2) + "\n",
+                                            encoding="utf-8")
+        write_mentions_csv(tmp / "mentions.csv", mentions)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write ({exc.strerror})", dest) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def write_tiny_procedure(folder: os.PathLike | str, seconds: float = 8.0,
+                         size: tuple[int, int] = (96, 64),
+                         labels: Sequence[str] = ("pancreas", "bile_duct", "pancreas",
+                                                  "bile_duct"),
+                         seed: int = 0) -> Path:
+    """A small self-contained procedure folder (``frames.seq.nrrd``, ``audio.wav``,
+    ``mentions.csv``) for the Slicer self-test and tutorials; no speech engine or video codec
+    needed.
+
+    Each mention gets its own 1 s window: the frames show a bright disc whose position depends
+    on the label, and the audio plays a tone whose pitch depends on the label, so a model
+    trained for a few steps can tell them apart.
+    """
+    import wave
+
+    from .slicer_files import write_frame_sequence
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    n = int(round(seconds * FPS))
+    frames = rng.integers(0, 40, size=(n, h, w), dtype=np.uint8)
+    rate = 16000
+    audio = (0.003 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    names = sorted(set(labels))
+    step = (seconds - 1.0) / max(1, len(labels))
+    rows = ["time_s,label,end_s,text"]
+    for k, label in enumerate(labels):
+        t0 = 0.5 + k * step
+        cls = names.index(label)
+        cx, cy = w * (0.3 + 0.4 * cls), h * 0.5
+        disc = ((xx - cx) ** 2 + (yy - cy) ** 2) < (min(w, h) / 5) ** 2
+        f0 = int(round(t0 * FPS))
+        frames[f0:f0 + int(FPS), disc] = 220
+        t = np.arange(int(0.6 * rate)) / rate
+        a0 = int(t0 * rate)
+        tone = 0.3 * np.sin(2 * np.pi * (300 + 500 * cls) * t).astype(np.float32)
+        audio[a0:a0 + len(tone)] += tone[:len(audio) - a0]
+        rows.append(f"{t0:.3f},{label},{t0 + 0.6:.3f},{label.replace('_', ' ')}")
+    write_frame_sequence(folder / "frames.seq.nrrd", frames, np.arange(n) / FPS)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(folder / "audio.wav"), "wb") as fh:
+        fh.setnchannels(1)
+        fh.setsampwidth(2)
+        fh.setframerate(rate)
+        fh.writeframes(pcm.tobytes())
+    (folder / "mentions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder

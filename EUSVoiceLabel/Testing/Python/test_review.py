@@ -302,3 +302,114 @@ def test_parse_progress_reads_the_last_tqdm_state():
     assert parse_progress("loading cohort...") is None
     lines, rest = split_log_lines("a\rb\nc\r\nd")
     assert lines == ["a", "b", "c"] and rest == "d"
+
+
+# --------------------------------------------------------------------------- whole pipeline
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """What the Slicer self-test does, without Slicer: tiny procedure -> tiny model ->
+    labelling -> review."""
+    import torch
+
+    from EUSVoiceLabelLib.dataset import build_window_set
+    from EUSVoiceLabelLib.labelling import LabelModel, label_procedure
+    from EUSVoiceLabelLib.slicer_support import write_tiny_procedure
+    from EUSVoiceLabelLib.training import (TrainConfig, preprocessing_settings, save_checkpoint,
+                                           train_model)
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("tiny")
+    write_tiny_procedure(root / "cohort" / "p1", seed=1)
+    write_tiny_procedure(root / "cohort" / "p2", seed=2, labels=("bile_duct", "pancreas"))
+    # 5 frames per window and a narrow network keep this a few seconds on 2 CPU cores
+    ws = build_window_set(root / "cohort", image_size=(32, 48), frames=5, progress=False,
+                          cache_dir=root / "cache")
+    cfg = TrainConfig(epochs=2, batch_size=4, image_size=(32, 48), frames=5, width=0.0625,
+                      lr=1e-3)
+    res = train_model(ws, cfg, len(ws.labelset), device="cpu", progress=False)
+    save_checkpoint(root / "model.pt", res, ws.labelset, preprocessing_settings(ws, cfg))
+    model = LabelModel.load(root / "model.pt", device="cpu")
+    proc = procedure_from_files(root / "cohort" / "p1")
+    result = label_procedure(proc, model)
+    return SimpleNamespace(root=root, proc=proc, model=model, result=result)
+
+
+def test_tiny_procedure_pipeline_review_export_and_training_data(tiny_run):
+    from EUSVoiceLabelLib.export import export_dataset
+    from EUSVoiceLabelLib.labelling import write_label_outputs
+    from EUSVoiceLabelLib.procedure import load_procedure
+    from EUSVoiceLabelLib.review import labels_csv_with_review
+    from EUSVoiceLabelLib.slicer_support import write_training_procedure
+
+    result, proc = tiny_run.result, tiny_run.proc
+    assert len(result.windows) == 4 and proc.frame_size == (96, 64)
+    assert all(w.cam is not None and w.cam.shape == (64, 96) for w in result.windows)
+    table = ReviewTable.from_windows(result.windows, result.labelset)
+    assert [r.spoken for r in table.rows] == ["pancreas", "bile_duct", "pancreas", "bile_duct"]
+    # overlay items for the 25 fps master grid of the loaded procedure
+    assert all(len(w.frame_indices) == 5 for w in result.windows)
+    items = overlay_timeline([(w.time_s, w.time_s + 0.2) for w in result.windows],
+                             proc.frame_times)
+    assert [i.window for i in items if i.window is not None] == [0, 1, 2, 3]
+    table.correct(1, "portal_vein")
+    table.accept(0)
+    out = tiny_run.root / "out"
+    files = write_label_outputs(result, out)
+    assert {"labels.csv", "frames.seq.nrrd", "cam.seq.nrrd", "landmarks.mrk.json"} <= set(files)
+    (out / "labels.csv").write_text(labels_csv_with_review(
+        (out / "labels.csv").read_text(), table.reviewed_labels()))
+    labels_csv = export_dataset(out, tiny_run.root / "dataset")
+    text = labels_csv.read_text()
+    assert "images/portal_vein/" in text          # the correction reached the export
+    # corrections go into training: a cohort folder the train command reads
+    mentions = [w.mention for w in result.windows]
+    dest = write_training_procedure(proc, table.training_mentions(mentions),
+                                    tiny_run.root / "train_cohort", "p1_reviewed")
+    back = load_procedure(dest)
+    assert [m.label for m in back.mentions] == [table.row(0).predicted, "portal_vein",
+                                                "pancreas", "bile_duct"]
+    assert back.mentions[1].source == "review"
+    assert back.n_frames == proc.n_frames and back.frame_size == proc.frame_size
+    assert np.array_equal(back.frames(10, 12), proc.frames(10, 12))
+    assert np.allclose(back.voice_window(back.mentions[0]), proc.voice_window(mentions[0]),
+                       atol=1e-6)
+    with pytest.raises(ProcedureError, match="no labelled windows"):
+        write_training_procedure(proc, [], tiny_run.root / "train_cohort")
+
+
+def test_training_procedure_from_a_scene_sequence_streams_frames(tiny_run, tmp_path):
+    from EUSVoiceLabelLib.procedure import load_procedure
+    from EUSVoiceLabelLib.slicer_support import write_training_procedure
+
+    src = tiny_run.proc
+    frames = src.frames(0, src.n_frames)
+    proc = procedure_from_frames(lambda i: frames[i][None], src.frame_times, 96, 64, "cine",
+                                 audio=src.audio_path, audio_offset_s=0.0,
+                                 mentions=src.mentions)
+    dest = write_training_procedure(proc, proc.mentions, tmp_path, "from scene")
+    assert dest.name == "from_scene"
+    back = load_procedure(dest)
+    assert back.n_frames == len(frames)
+    assert np.array_equal(back.frames(20, 23), frames[20:23])
+
+
+def test_requirements_file_is_checkable():
+    from EUSVoiceLabelLib.slicer_support import missing_requirements, read_requirements
+
+    reqs = read_requirements(REPO / "EUSVoiceLabel" / "Resources" / "requirements.txt")
+    assert reqs and not any(r.split(">")[0].split("=")[0].strip() in ("torch", "torchvision")
+                            for r in reqs), "torch comes from the PyTorch extension"
+    # this test environment has the package's dependencies installed
+    assert missing_requirements(reqs) == []
+    assert missing_requirements(["surely-not-installed-pkg>=1"]) == ["surely-not-installed-pkg>=1"]
+    assert missing_requirements(["numpy>=999"]) == ["numpy>=999"]
+
+
+def test_labels_csv_with_review_adds_the_column():
+    from EUSVoiceLabelLib.review import labels_csv_with_review
+
+    text = "window,time_s,predicted_label\n0,1.0,pancreas\n1,2.0,bile_duct\n"
+    out = labels_csv_with_review(text, {1: "portal_vein"})
+    assert out.splitlines() == ["window,time_s,predicted_label,reviewed_label",
+                                "0,1.0,pancreas,", "1,2.0,bile_duct,portal_vein"]
+    assert labels_csv_with_review(out, {}).splitlines()[2] == "1,2.0,bile_duct,"
