@@ -187,7 +187,7 @@ class _Overlay:
             if len(self.cache) > 64:
                 self.cache.clear()
             pil = self.Image.new("L", (self.w, self.h), 0)
-            d = self.ImageDraw.Draw(pil)
+            d = self.ImageDraw.Draw(pil)  # PIL, not Slicer  # slicer-api: ignore
             x, y, cw, ch = self.crop
             sec = self.clock0 + int(t)
             clock = f"{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
