@@ -66,8 +66,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=float, default=1.0,
                    help="channel multiplier of the scratch branches (default: 1.0 = the paper, "
                         "R = 1024; e.g. 0.25 for a light CPU model)")
-    p.add_argument("--joint-scale", choices=["mean", "sum"], default="mean",
-                   help="joint map C = QP^T divided by R (mean, default) or not (sum)")
+    p.add_argument("--joint-scale", choices=["sum", "mean"], default="sum",
+                   help="joint map C = QP^T as in the paper (sum, default) or divided by R "
+                        "(mean)")
     p.add_argument("--vgg16-weights", type=Path, default=None,
                    help="local torchvision VGG16 ImageNet state_dict (for --variant all)")
     p.add_argument("--resnet50-weights", type=Path, default=None,

@@ -77,7 +77,7 @@ class TrainConfig:
     image_size: tuple[int, int] = (350, 690)
     frames: int = 25
     width: float = 1.0
-    joint_scale: str = "mean"
+    joint_scale: str = "sum"
     weights: Optional[str] = None
     seed: int = 0
 

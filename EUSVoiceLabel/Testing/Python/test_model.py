@@ -33,9 +33,9 @@ def test_shapes_at_the_papers_input_size():
     assert tuple(f["logits"].shape) == (1, 5)
     assert feature_grid((350, 690)) == (20, 42)
     assert voice_time_steps(66) == 15
-    # C really is Q P^T over the R channels (divided by R, the documented scale).
-    expect = torch.einsum("rhw,rt->thw", f["Q"][0].double(), f["P"][0].double()) / 1024
-    assert torch.allclose(f["C"][0].double(), expect, rtol=1e-4, atol=1e-5)
+    # C really is Q P^T: the sum over the R channels.
+    expect = torch.einsum("rhw,rt->thw", f["Q"][0].double(), f["P"][0].double())
+    assert torch.allclose(f["C"][0].double(), expect, rtol=1e-4, atol=1e-3)
     # logits = global average of the head's class maps
     assert torch.allclose(f["logits"], f["maps"].mean(dim=(2, 3)), atol=1e-5)
 
@@ -61,8 +61,8 @@ def test_layer_counts_follow_the_paper():
 
 def test_joint_scale_sum_is_the_plain_product():
     torch.manual_seed(1)
-    m_mean = build_model("proposed", width=0.125).eval()
-    m_sum = build_model("proposed", width=0.125, joint_scale="sum").eval()
+    m_mean = build_model("proposed", width=0.125, joint_scale="mean").eval()
+    m_sum = build_model("proposed", width=0.125).eval()
     m_sum.load_state_dict(m_mean.state_dict())
     x, v = torch.rand(2, 25, 40, 48), torch.randn(2, 1024, 66)
     with torch.no_grad():

@@ -95,7 +95,7 @@ def test_device_selection():
 
 def test_proposed_model_overfits_a_tiny_set():
     data = tiny_windows(n=20)
-    res = train_model(data, cfg(epochs=25, seed=3), 5, device="cpu", progress=False)
+    res = train_model(data, cfg(epochs=20, seed=3), 5, device="cpu", progress=False)
     assert res.history[0]["loss"] > res.history[-1]["loss"]
     probs = predict_proba(res.model, data, device="cpu")
     acc = float((probs.argmax(1) == data.labels).mean())
@@ -113,7 +113,8 @@ def _weights_files(tmp_path):
     torch.manual_seed(0)
     vgg = tmp_path / "vgg16.pth"
     # The classifier (top) is removed by the model, so a features-only file is enough.
-    feats = torchvision.models.vgg16(weights=None).features.state_dict()
+    from torchvision.models.vgg import cfgs, make_layers
+    feats = make_layers(cfgs["D"]).state_dict()  # = torchvision vgg16().features
     torch.save({f"features.{k}": v for k, v in feats.items()}, vgg)
     res = tmp_path / "resnet50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), res)
