@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from ..vocabulary import LabelSet
 from . import images as im
 from . import speech as sp
 
-log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLE_RATE = sp.SAMPLE_RATE

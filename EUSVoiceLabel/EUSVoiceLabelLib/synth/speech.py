@@ -14,12 +14,10 @@ the joins than a single utterance would have.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -147,10 +145,13 @@ def synthesize_many(items: Sequence[tuple[str, "Speaker | str"]]) -> None:
             todo[spk].append(text)
     with tempfile.TemporaryDirectory(prefix="eusvl_tts_") as tmp:
         tmpd = Path(tmp)
+        jobs: list[list[str]] = []
+        outputs: list[tuple[Speaker, str, Path]] = []
         for spk, texts in todo.items():
             if not texts:
                 continue
             paths = [tmpd / f"{spk.name}_{i}.wav" for i in range(len(texts))]
+            outputs.extend((spk, t, p) for t, p in zip(texts, paths))
             if spk.engine == "festival":
                 lines = [f"(voice_{spk.voice})",
                          f"(Parameter.set 'Duration_Stretch {spk.stretch})"]
@@ -160,24 +161,32 @@ def synthesize_many(items: Sequence[tuple[str, "Speaker | str"]]) -> None:
                                  f'(utt.save.wave u "{p}" \'riff)')
                 script = tmpd / f"{spk.name}.scm"
                 script.write_text("\n".join(lines) + "\n")
-                _run(["festival", "-b", str(script)])
-            else:
-                for text, p in zip(texts, paths):
-                    t = _spoken_form(text)
-                    if spk.engine == "flite":
-                        cmd = ["flite", "-voice", spk.voice,
-                               "--setf", f"duration_stretch={spk.stretch}"]
-                        if spk.pitch is not None:
-                            cmd += ["--setf", f"int_f0_target_mean={spk.pitch}"]
-                        cmd += ["-t", t, "-o", str(p)]
-                    elif spk.engine == "espeak":
-                        cmd = ["espeak-ng", "-v", spk.voice, "-s", str(int(165 / spk.stretch)),
-                               "-p", str(int(spk.pitch or 50)), "-w", str(p), t]
-                    else:
-                        raise ConfigError(f"unknown TTS engine {spk.engine!r}")
-                    _run(cmd)
+                jobs.append(["festival", "-b", str(script)])
+                continue
             for text, p in zip(texts, paths):
-                _RAW_CACHE[(spk.name, text)] = _to_48k(p, SAMPLE_RATE)
+                t = _spoken_form(text)
+                if spk.engine == "flite":
+                    cmd = ["flite", "-voice", spk.voice,
+                           "--setf", f"duration_stretch={spk.stretch}"]
+                    if spk.pitch is not None:
+                        cmd += ["--setf", f"int_f0_target_mean={spk.pitch}"]
+                    cmd += ["-t", t, "-o", str(p)]
+                elif spk.engine == "espeak":
+                    cmd = ["espeak-ng", "-v", spk.voice, "-s", str(int(165 / spk.stretch)),
+                           "-p", str(int(spk.pitch or 50)), "-w", str(p), t]
+                else:
+                    raise ConfigError(f"unknown TTS engine {spk.engine!r}")
+                jobs.append(cmd)
+        # The engines are separate processes: run a few at once (output files fix the order).
+        if len(jobs) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(4, len(jobs))) as pool:
+                list(pool.map(_run, jobs))
+        elif jobs:
+            _run(jobs[0])
+        for spk, text, p in outputs:
+            _RAW_CACHE[(spk.name, text)] = _to_48k(p, SAMPLE_RATE)
 
 
 def trim_silence(x: np.ndarray, sample_rate: int = SAMPLE_RATE, rel_db: float = -38.0,

@@ -23,7 +23,7 @@ from EUSVoiceLabelLib.synth import (DISTRACTORS, SYNONYMS, TABLE_I, count_plan, 
 from EUSVoiceLabelLib.synth.cohort import PREFIXES, SUFFIXES  # noqa: E402
 
 TINY = dict(patients=3, counts=3, frame_size=(240, 160), lead_in_s=1.5, gap_s=0.3,
-            progress=False, workers=1)
+            progress=False, workers=1, offset_fraction=1.0)  # every wav patient has an offset
 PAPER_TABLE = {  # Table I of the paper, typed in independently of the generator
     "pancreas": [0, 0, 0, 1, 1, 0, 0, 5, 4, 2, 2, 1],
     "portal_vein": [0, 1, 1, 1, 1, 0, 0, 8, 5, 0, 6, 1],
@@ -117,6 +117,8 @@ def test_tiny_cohort_layout_and_readback(tiny):
     assert len(pats) == 3
     embedded = [p for p in pats if not (p / "audio.wav").exists()]
     assert len(embedded) == 1
+    offsets = [json.loads((p / "procedure.json").read_text())["audio_offset_s"] for p in pats]
+    assert sum(o != 0 for o in offsets) == 2 and all(-0.5 < o < 2 for o in offsets)
     for p in pats:
         proc = json.loads((p / "procedure.json").read_text())
         assert proc["crop"] == [5, 21, 230, 117]
