@@ -54,8 +54,14 @@ def grad_cam(model: nn.Module, image: torch.Tensor, voice: torch.Tensor,
     store: dict[str, torch.Tensor] = {}
 
     def keep(_module, _inputs, output):
-        output.retain_grad()
+        if not output.requires_grad:
+            # Frozen layers up to here (or inference inputs): make the map a leaf of the graph
+            # so the gradient still reaches it; returning it replaces the layer's output.
+            output = output.detach().requires_grad_(True)
+        else:
+            output.retain_grad()
         store["A"] = output
+        return output
 
     handle = layer.register_forward_hook(keep) if layer is not None else None
     try:

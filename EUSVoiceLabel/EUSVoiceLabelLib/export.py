@@ -80,7 +80,7 @@ def export_cohort(cohort: os.PathLike | str, out_dir: os.PathLike | str, every: 
     """Export every mention window of a cohort with its spoken label."""
     from tqdm.auto import tqdm
 
-    from .procedure import find_patients, load_procedure
+    from .procedure import find_patients, load_procedure, onset_frame
     from .vocabulary import load_labelset
 
     cohort, out_dir = Path(cohort), Path(out_dir)
@@ -91,8 +91,7 @@ def export_cohort(cohort: os.PathLike | str, out_dir: os.PathLike | str, every: 
                        disable=not progress):
         proc = load_procedure(folder, labelset=labelset)
         for k, m in enumerate(sorted(proc.mentions, key=lambda m: m.time_s)):
-            first = int(round(m.time_s * proc.fps))
-            idx = first + np.arange(frames)
+            idx = onset_frame(m.time_s, proc.fps) + np.arange(frames)
             exporter.add_window(proc.name, m.label, m.time_s, k, idx,
                                 proc.frames_window(m.time_s, frames), "spoken")
     return exporter.finish()

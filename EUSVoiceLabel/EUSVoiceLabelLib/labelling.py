@@ -31,7 +31,7 @@ from .errors import ConfigError, MentionsError, OutputError
 from .explain import grad_cam, peak_of, upsample_map
 from .fileio import atomic_write_text
 from .mentions import Mention
-from .procedure import Procedure
+from .procedure import Procedure, onset_frame
 from .slicer_files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv,
                            frame_geometry, markups_points_json, pixel_to_lps)
 from .vocabulary import LabelSet
@@ -136,8 +136,7 @@ class LabelResult:
 
 def window_frame_indices(mention: Mention, frames: int, fps: float) -> np.ndarray:
     """The frame indices (25 fps grid) of a mention's window."""
-    first = int(round(mention.time_s * fps))
-    return first + np.arange(frames, dtype=np.int64)
+    return onset_frame(mention.time_s, fps) + np.arange(frames, dtype=np.int64)
 
 
 def label_procedure(proc: Procedure, model: LabelModel,
@@ -290,7 +289,7 @@ class LabelOutputWriter:
                 SequenceStreamWriter(self.out_dir / "landmarks.seq.nrrd", w, h, times, "uint8",
                                      spacing, node_class=LABELMAP_NODE),
             ]
-        self.geometry = frame_geometry(spacing)
+        self.geometry = frame_geometry(spacing, (w, h))
 
     def add(self, window: WindowResult, frames: np.ndarray) -> None:
         """Write the frames this window owns (frames = the window's cropped frames)."""

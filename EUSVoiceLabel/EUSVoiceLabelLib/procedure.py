@@ -32,6 +32,11 @@ WINDOW_FRAMES = 25
 DEFAULT_CROP_SIZE = (690, 350)  # (W, H) of the paper's crop
 
 
+def onset_frame(t: float, fps: float = FPS) -> int:
+    """Index of the frame shown at time ``t`` on the ``fps`` grid (nearest; ties go up)."""
+    return int(math.floor(t * fps + 0.5))
+
+
 def default_crop(width: int, height: int) -> tuple[int, int, int, int]:
     """The central 690x350 region when frames are larger, else the whole frame (per axis)."""
     w = min(width, DEFAULT_CROP_SIZE[0])
@@ -193,7 +198,7 @@ class Procedure:
     def frames_window(self, t0: float, n: int = WINDOW_FRAMES) -> np.ndarray:
         """The ``n`` frames of the 25 fps grid from the frame at ``t0`` on (edge frames repeat
         past the end of the recording)."""
-        first = int(round(t0 * self.fps))
+        first = onset_frame(t0, self.fps)
         return self.frames_at((first + np.arange(n)) / self.fps)
 
     def frames(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:

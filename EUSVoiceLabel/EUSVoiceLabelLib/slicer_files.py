@@ -29,12 +29,18 @@ LABELMAP_NODE = "vtkMRMLLabelMapVolumeNode"
 
 
 def frame_geometry(spacing_mm: Optional[tuple[float, float]] = None,
-                   origin_lps: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
-    """The ijkToLPS matrix shared by every frame: column i -> L, row j -> P, slice k -> S."""
+                   size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """The ijkToLPS matrix shared by every frame: column i -> L, row j -> P, slice k -> S.
+
+    With ``size`` = (W, H) the frame is centred on the origin, where Slicer's slice views look
+    by default.
+    """
     sx, sy = spacing_mm or (1.0, 1.0)
     m = np.eye(4)
     m[0, 0], m[1, 1], m[2, 2] = sx, sy, 1.0
-    m[:3, 3] = origin_lps
+    if size is not None:
+        m[0, 3] = -(size[0] - 1) / 2.0 * sx
+        m[1, 3] = -(size[1] - 1) / 2.0 * sy
     return m
 
 
@@ -57,7 +63,7 @@ def write_frame_sequence(path: os.PathLike | str, frames: np.ndarray, times: Seq
     if frames.ndim != 3 or len(frames) != len(times):
         raise ValueError(f"expected (N, H, W) frames and N times, got {frames.shape} and "
                          f"{len(times)}")
-    geometry = frame_geometry(spacing_mm)
+    geometry = frame_geometry(spacing_mm, (frames.shape[2], frames.shape[1]))
     # slicerio volumes are (i, j, k) = (column, row, slice).
     volumes = [{"voxels": np.ascontiguousarray(f.T)[..., None], "ijkToLPS": geometry}
                for f in frames]
@@ -95,7 +101,7 @@ class SequenceStreamWriter:
         self.times = [float(t) for t in times]
         self.dtype = np.dtype(dtype)
         self.count = 0
-        geometry = frame_geometry(spacing_mm)
+        geometry = frame_geometry(spacing_mm, (self.width, self.height))
         header = [
             "NRRD0004",
             "# Complete NRRD file format specification at:",

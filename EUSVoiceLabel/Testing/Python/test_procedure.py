@@ -135,7 +135,7 @@ def test_window_at_the_end_repeats_the_last_frame(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         win = extract_windows(proc)
     assert "past the end" in caplog.text
-    # round(3.5 * 25) = 88 (half to even); frame_index_of counts modulo 56.
+    # 3.5 * 25 = 87.5: the nearest frame, ties going up, is 88; frame_index_of counts modulo 56.
     assert levels(win.images[0]) == [i % 56 for i in range(88, 100)] + [99 % 56] * 13
 
 
