@@ -398,9 +398,13 @@ class PretrainedVoiceBranch(nn.Module):
                                   "network",
                                   hint="run 'eusvoicelabel pretrain-voice --out keyword.pt' and "
                                        "pass --weights keyword.pt")
-            self.keyword = load_keyword_model(weights).features
+            full = load_keyword_model(weights)
+            self.keyword = full.features
+            #: spectrogram settings the keyword network was pretrained with (checked in training)
+            self.spectrogram_settings = getattr(full, "settings_json", None)
         else:
             self.keyword = KeywordFeatures()
+            self.spectrogram_settings = None
         for p in self.keyword.parameters():
             p.requires_grad_(False)
         self.keyword.eval()

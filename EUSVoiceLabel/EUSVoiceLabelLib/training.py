@@ -298,6 +298,7 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
     seed_everything(cfg.seed, dev)
     model = build_model(cfg.variant, num_classes, cfg.frames, weights=cfg.weights,
                         width=cfg.width, joint_scale=cfg.joint_scale)
+    _check_voice_settings(model, data)
     d = to_device_data(data, indices, dev)
     if len(d) == 0:
         raise ConfigError("no training windows", hint="the cohort needs labelled mentions")
@@ -382,6 +383,16 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
         Path(state_path).unlink(missing_ok=True)
     model.eval()
     return TrainResult(model, cfg, weights, history, time.time() - t0, str(dev), start)
+
+
+def _check_voice_settings(model: torch.nn.Module, data: Any) -> None:
+    """A pretrained keyword network only understands spectrograms scaled as in pretraining."""
+    expected = getattr(getattr(model, "voice_branch", None), "spectrogram_settings", None)
+    got = getattr(getattr(data, "settings", None), "spectrogram", None)
+    if expected and got is not None and hasattr(got, "to_json") and got.to_json() != expected:
+        raise ConfigError(f"the keyword network was pretrained on spectrograms {expected} but "
+                          f"the windows use {got.to_json()}",
+                          hint="re-run 'pretrain-voice' with the same spectrogram settings")
 
 
 def _write_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -252,7 +252,7 @@ def pretrain_keyword_model(out: Path, words: Sequence[str] = COMMAND_WORDS,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
             seen += len(b)
         loss_v = total / max(1, seen)
         bar.set_postfix(loss=f"{loss_v:.3f}")

@@ -244,3 +244,30 @@ def test_wrong_window_shape_is_a_config_error():
     data = tiny_windows(n=4)
     with pytest.raises(ConfigError, match="frames, H, W"):
         train_model(data, cfg(image_size=(40, 64)), 5, device="cpu", progress=False)
+
+
+def test_pretrain_voice_makes_a_usable_keyword_network(tmp_path):
+    from EUSVoiceLabelLib import build_model
+    from EUSVoiceLabelLib.audio import SpectrogramSettings
+    from EUSVoiceLabelLib.voice_pretrain import load_keyword_model, pretrain_keyword_model
+
+    out = tmp_path / "keyword.pt"
+    words = ["yes", "no", "left", "right"]
+    info = pretrain_keyword_model(out, words=words, speakers=["flite_slt", "flite_awb",
+                                                              "flite_rms"],
+                                  repeats=2, epochs=8, device="cpu", progress=False)
+    assert info["n_clips"] == 3 * 2 * 4 and info["heldout_speaker"] == "flite_rms"
+    assert info["train_accuracy"] > 0.5  # 4 words, 16 training clips: it learns them
+    raw = torch.load(out, weights_only=True)
+    assert raw["words"] == words and raw["info"]["spectrogram"]["scale"] == "log"
+    net = load_keyword_model(out)
+    assert tuple(net(torch.randn(2, 1024, 66)).shape) == (2, 4)
+    m = build_model("voice_pretrained", weights=out)
+    assert all(not p.requires_grad for p in m.voice_branch.keyword.parameters())
+    assert tuple(m(None, torch.randn(3, 1024, 66)).shape) == (3, 5)
+    # the windows must use the spectrogram scaling the keyword network was trained on
+    data = tiny_windows(n=4)
+    data.settings = types.SimpleNamespace(spectrogram=SpectrogramSettings(scale="magnitude"))
+    with pytest.raises(ConfigError, match="pretrained on spectrograms"):
+        train_model(data, cfg("voice_pretrained", weights=out), 5, device="cpu",
+                    progress=False)
