@@ -432,13 +432,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.captureWarnings(True)
+    from .outputlock import output_lock
+
+    out = getattr(args, "out", None)
     try:
-        return int(args._run(args) or 0)
+        # One writer per output: a second run on the same --out is refused, not interleaved.
+        with output_lock(out if isinstance(out, Path) else None, f"eusvoicelabel {args.command}"):
+            return int(args._run(args) or 0)
     except EUSVoiceLabelError as exc:
         print(f"eusvoicelabel {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"eusvoicelabel {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        print(f"eusvoicelabel {args.command}: interrupted{detail}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
