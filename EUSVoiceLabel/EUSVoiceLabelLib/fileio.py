@@ -32,7 +32,12 @@ def atomic_path(path: os.PathLike | str, suffix: Optional[str] = None) -> Iterat
         raise OutputError(f"cannot create folder ({exc.strerror})", path.parent) from None
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + suffix,
+                                   dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write ({exc.strerror or exc})", path,
+                          "check the output folder is writable") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -40,10 +45,12 @@ def atomic_path(path: os.PathLike | str, suffix: Optional[str] = None) -> Iterat
         os.replace(tmp_path, path)
     except OSError as exc:
         _unlink_quietly(tmp_path)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
-            raise OutputError(f"cannot write ({exc.strerror})", path,
-                              "free disk space or choose another output folder") from None
-        raise
+        # Any failing write (disk full, read-only, I/O error, ...) is reported as the project's
+        # own error naming the file; the previous content of ``path`` is untouched.
+        hint = "free disk space or choose another output folder" \
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            "check the output folder is writable and the disk is healthy"
+        raise OutputError(f"cannot write ({exc.strerror or exc})", path, hint) from None
     except BaseException:
         _unlink_quietly(tmp_path)
         raise
