@@ -140,7 +140,7 @@ def _window_set(args: argparse.Namespace, labelset):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
+    from .errors import ConfigError, OutputError
     from .training import TrainConfig, preprocessing_settings, save_checkpoint, train_model
     from .vocabulary import load_labelset
 
@@ -153,12 +153,21 @@ def _run_train(args: argparse.Namespace) -> int:
     labelset = load_labelset(args.labels, args.cohort)
     ws = _window_set(args, labelset)
     state = args.out.with_name(args.out.name + ".resume.pt")
+    # keep_state: the finished weights stay in the resume file until the checkpoint is written,
+    # so a failing disk costs a re-run of the same command, not the training.
     result = train_model(ws, cfg, len(labelset), device=args.device, progress=not args.quiet,
-                         state_path=state, checkpoint_every=args.checkpoint_every)
+                         state_path=state, checkpoint_every=args.checkpoint_every,
+                         keep_state=True)
     extra = {"cohort": str(args.cohort), "patients": ws.patient_ids, "n_windows": len(ws),
              "label_counts": ws.label_counts(), "wall_time_s": round(result.wall_time_s, 1),
              "device": result.device}
-    save_checkpoint(args.out, result, labelset, preprocessing_settings(ws, cfg), extra)
+    try:
+        save_checkpoint(args.out, result, labelset, preprocessing_settings(ws, cfg), extra)
+    except OutputError as exc:
+        kept = f"the trained weights are kept in {state}; " if state.is_file() else ""
+        raise OutputError(exc.message, exc.path,
+                          f"{kept}fix the disk and run the same command again") from None
+    state.unlink(missing_ok=True)
     last = result.history[-1] if result.history else {}
     print(f"trained {cfg.variant} on {len(ws)} windows of {len(ws.patient_ids)} patients "
           f"({cfg.epochs} epochs, final loss {last.get('loss', float('nan')):.4f}, train "

@@ -60,3 +60,7 @@ class CheckpointError(EUSVoiceLabelError):
 
 class OutputError(EUSVoiceLabelError):
     """An output folder or file cannot be written (locked, not writable, disk full, ...)."""
+
+
+class TrainingError(EUSVoiceLabelError):
+    """Training cannot go on (the loss became NaN or infinite, ...)."""

@@ -20,11 +20,16 @@ Design choices:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, OutputError, TrainingError
 from .model import VARIANTS, build_model, check_image_size
 
 log = logging.getLogger(__name__)
@@ -259,6 +264,47 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; ``state_path`` holds the progress when it could be saved."""
+
+    def __init__(self, message: str, state_path: Optional[Path] = None, epoch: int = 0):
+        super().__init__(message)
+        self.state_path = state_path
+        self.epoch = epoch
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Turn the first Ctrl-C into a request to stop after the current batch.
+
+    A batch interrupted half-way (e.g. during ``optimizer.step``) would leave the weights in a
+    state no epoch ever had; stopping between batches lets the resume file hold an exact
+    position.  A second Ctrl-C stops at once.  Only the main thread can own signal handlers;
+    elsewhere (e.g. a GUI worker thread) nothing is deferred.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, None):
+        yield requested
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        log.warning("interrupt: stopping after this batch and saving progress "
+                    "(press Ctrl-C again to stop at once)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _data_signature(d: DeviceData) -> str:
     h = hashlib.sha256()
     h.update(str(tuple(d.images.shape)).encode())
@@ -272,7 +318,8 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
                 progress: bool = True, state_path: Optional[Path] = None,
                 checkpoint_every: int = 0, checkpoint_seconds: float = 300.0,
                 on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None,
-                desc: str = "train", position: int = 0) -> TrainResult:
+                desc: str = "train", position: int = 0, keep_state: bool = False
+                ) -> TrainResult:
     """Train ``cfg.variant`` on the windows ``data[indices]`` and return the model.
 
     Args:
@@ -285,10 +332,20 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
         progress: show a tqdm bar with epoch, loss and speed.
         state_path: resume file.  If it exists and matches this run, training continues from it;
             it is rewritten every ``checkpoint_every`` epochs (0: only by time) or every
-            ``checkpoint_seconds`` and removed when training ends.
+            ``checkpoint_seconds`` and removed when training ends (unless ``keep_state``).
+            Ctrl-C finishes the current batch, saves the exact position (mid-epoch) there and
+            raises :class:`TrainingInterrupted`; a failing write of it is logged and training
+            goes on with the previous file intact.
+        keep_state: write the final state to ``state_path`` instead of removing it, so a caller
+            whose own save fails loses nothing (it removes the file after saving).
         on_epoch_end: called as ``on_epoch_end(epoch, stats)`` after each epoch (after the
             resume file is written); raising from it interrupts training.
         desc / position: tqdm label and line.
+
+    Raises:
+        TrainingError: the loss became NaN or infinite (the resume file of the last good
+            position is kept; nothing is saved from the diverged run).
+        TrainingInterrupted: Ctrl-C (a KeyboardInterrupt).
     """
     from tqdm import tqdm
 
@@ -313,6 +370,8 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     history: list[dict[str, float]] = []
     start = 0
+    skip_batches = 0  # batches of the first epoch already done (a mid-epoch resume)
+    partial = {"loss": 0.0, "correct": 0, "seen": 0}
     signature = {"config": cfg.signature(), "data": _data_signature(d),
                  "num_classes": num_classes}
     if state_path is not None and Path(state_path).is_file():
@@ -326,6 +385,11 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
                 torch.cuda.set_rng_state(state["cuda_rng"])
             history = list(state.get("history", []))
             start = int(state["epoch"])
+            if int(state.get("batch", 0)) > 0:
+                # Replay the epoch's draws from its start, then skip the batches already done.
+                gen.set_state(state["epoch_generator"])
+                skip_batches = int(state["batch"])
+                partial = dict(state["partial"])
             log.info("resuming %s from epoch %d (%s)", desc, start, state_path)
         elif state is not None:
             log.warning("%s: resume file is from a different run; starting over", state_path)
@@ -335,54 +399,111 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
                unit="epoch", disable=not progress, position=position, leave=position == 0,
                dynamic_ncols=True)
     last_save = time.time()
-    for epoch in bar:
-        t_ep = time.time()
-        model.train()
-        order = torch.randperm(len(d), generator=gen)
-        image_of = torch.arange(len(d))
-        if cfg.variant == "random_pairs":
-            image_of = same_class_partners(d.labels, gen)
-        frame_sel = None
-        if cfg.variant == "reduced_input":
-            frame_sel = random_frame_choice(len(d), n_frames, REDUCED_FRAMES, gen)
-        total_loss, correct, seen = 0.0, 0, 0
-        for b in _batches(order, cfg.batch_size):
-            ib = image_of[b]
-            img = d.images[ib.to(dev)]
-            if frame_sel is not None:
-                sel = frame_sel[ib].to(dev)
-                img = torch.gather(img, 1, sel[:, :, None, None].expand(-1, -1, *img.shape[2:]))
-            img = img.float().div_(255.0)
-            if dev.type == "cuda":
-                img = img.contiguous(memory_format=torch.channels_last)
-            bd = b.to(dev)
-            voice, y = d.voices[bd], d.labels[bd]
-            with _autocast(dev):
-                logits = model(img, voice)
-            loss = weighted_loss(logits, y, w_t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total_loss += float(loss.detach()) * len(b)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(b)
-        stats = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
-                 "seconds": time.time() - t_ep}
-        history.append(stats)
-        bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['train_accuracy']:.2f}",
-                        speed=f"{seen / max(stats['seconds'], 1e-9):.1f} win/s")
-        if state_path is not None and epoch + 1 < cfg.epochs and (
-                (checkpoint_every and (epoch + 1) % checkpoint_every == 0)
-                or time.time() - last_save >= checkpoint_seconds):
-            _write_state(Path(state_path), model, opt, gen, epoch + 1, history, signature, dev)
-            last_save = time.time()
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, stats)
+
+    def save_state(epoch_done: int, batch: int = 0, epoch_gen: Optional[torch.Tensor] = None,
+                   acc: Optional[dict] = None) -> bool:
+        try:
+            _write_state(Path(state_path), model, opt, gen, epoch_done, history, signature,
+                         dev, batch=batch, epoch_generator=epoch_gen, partial=acc)
+            return True
+        except OutputError as exc:  # a full or failing disk must not end a long run
+            log.warning("cannot save the resume state (%s); training goes on and the previous "
+                        "resume file is kept", exc)
+            return False
+
+    with _deferred_interrupt() as stop:
+        for epoch in bar:
+            stats = _run_epoch(epoch, model, opt, d, cfg, gen, w_t, dev, n_frames, stop,
+                               skip_batches, partial, save_state, state_path, desc)
+            skip_batches, partial = 0, {"loss": 0.0, "correct": 0, "seen": 0}
+            history.append(stats)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['train_accuracy']:.2f}",
+                            speed=f"{stats['seen'] / max(stats['seconds'], 1e-9):.1f} win/s")
+            del stats["seen"]
+            if state_path is not None and epoch + 1 < cfg.epochs and (
+                    (checkpoint_every and (epoch + 1) % checkpoint_every == 0)
+                    or time.time() - last_save >= checkpoint_seconds):
+                save_state(epoch + 1)
+                last_save = time.time()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, stats)
     bar.close()
+    bad = [k for k, v in model.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingError(f"training diverged: weights {bad[0]} hold NaN or infinite values",
+                            state_path, "lower --lr; the last good resume state is kept")
     if state_path is not None:
-        Path(state_path).unlink(missing_ok=True)
+        if keep_state:
+            save_state(cfg.epochs)
+        else:
+            Path(state_path).unlink(missing_ok=True)
     model.eval()
     return TrainResult(model, cfg, weights, history, time.time() - t0, str(dev), start)
+
+
+def _run_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, d: DeviceData,
+               cfg: TrainConfig, gen: torch.Generator, w_t: torch.Tensor, dev: torch.device,
+               n_frames: int, stop: threading.Event, skip_batches: int, partial: dict,
+               save_state: Callable[..., bool], state_path: Optional[Path], desc: str
+               ) -> dict[str, float]:
+    """One epoch of training; returns its stats (with ``seen``).
+
+    Raises TrainingInterrupted after a batch when ``stop`` is set (saving the position first)
+    and TrainingError on a non-finite loss (before the optimiser step, so the weights stay
+    those of the last good batch).
+    """
+    t_ep = time.time()
+    epoch_gen = gen.get_state()
+    model.train()
+    order = torch.randperm(len(d), generator=gen)
+    image_of = torch.arange(len(d))
+    if cfg.variant == "random_pairs":
+        image_of = same_class_partners(d.labels, gen)
+    frame_sel = None
+    if cfg.variant == "reduced_input":
+        frame_sel = random_frame_choice(len(d), n_frames, REDUCED_FRAMES, gen)
+    total_loss, correct, seen = partial["loss"], partial["correct"], partial["seen"]
+    for k, b in enumerate(_batches(order, cfg.batch_size)):
+        if k < skip_batches:
+            continue
+        ib = image_of[b]
+        img = d.images[ib.to(dev)]
+        if frame_sel is not None:
+            sel = frame_sel[ib].to(dev)
+            img = torch.gather(img, 1, sel[:, :, None, None].expand(-1, -1, *img.shape[2:]))
+        img = img.float().div_(255.0)
+        if dev.type == "cuda":
+            img = img.contiguous(memory_format=torch.channels_last)
+        bd = b.to(dev)
+        voice, y = d.voices[bd], d.labels[bd]
+        with _autocast(dev):
+            logits = model(img, voice)
+        loss = weighted_loss(logits, y, w_t)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            kept = f"; the last good resume state is kept in {state_path}" \
+                if state_path is not None and Path(state_path).is_file() else ""
+            raise TrainingError(
+                f"{desc}: the loss became {loss_value} at epoch {epoch + 1}, batch {k + 1}; "
+                f"training stopped{kept}", None,
+                "lower --lr, or check the inputs for corrupt audio or frames")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total_loss += loss_value * len(b)
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += len(b)
+        if stop.is_set():
+            saved = state_path is not None and save_state(
+                epoch, k + 1, epoch_gen, {"loss": total_loss, "correct": correct,
+                                          "seen": seen})
+            where = f"progress saved in {state_path}; run the same command again to " \
+                    "resume" if saved else "no progress saved"
+            raise TrainingInterrupted(f"{desc} stopped at epoch {epoch + 1}, batch {k + 1}: "
+                                      f"{where}", state_path if saved else None, epoch)
+    return {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
+            "seconds": time.time() - t_ep, "seen": seen}
 
 
 def _check_voice_settings(model: torch.nn.Module, data: Any) -> None:
@@ -397,17 +518,32 @@ def _check_voice_settings(model: torch.nn.Module, data: Any) -> None:
 
 def _write_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                  gen: torch.Generator, epoch: int, history: list, signature: dict,
-                 dev: torch.device) -> None:
-    from .fileio import atomic_path
-
+                 dev: torch.device, batch: int = 0, epoch_generator: Optional[torch.Tensor] = None,
+                 partial: Optional[dict] = None) -> None:
+    """Write the resume file atomically (epoch = completed epochs; ``batch`` > 0 marks a
+    position inside the next epoch, replayed from ``epoch_generator``)."""
     state = {"format": STATE_FORMAT, "format_version": FORMAT_VERSION, "epoch": epoch,
+             "batch": batch, "epoch_generator": epoch_generator, "partial": partial,
              "signature": signature, "history": history,
              "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "optimizer": _to_cpu(opt.state_dict()), "generator": gen.get_state(),
              "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state() if dev.type == "cuda" else None}
+    _torch_save_atomic(path, state)
+
+
+def _torch_save_atomic(path: os.PathLike | str, obj: Any) -> None:
+    """torch.save through a temporary file and a rename (a kill mid-write keeps the old file).
+
+    torch's zip writer reports a failing disk as RuntimeError: it becomes OutputError too.
+    """
+    from .fileio import atomic_path
+
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            raise OSError(errno.EIO, f"torch.save failed: {str(exc).splitlines()[0]}") from None
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -478,7 +614,6 @@ def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
                     ) -> None:
     """Write a model checkpoint atomically: weights, config, label set, preprocessing, version."""
     from . import __version__
-    from .fileio import atomic_path
 
     data = {
         "format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION,
@@ -494,8 +629,7 @@ def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
         "model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
     }
     json.dumps({k: v for k, v in data.items() if k != "model"})  # fail early if not JSON-able
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    _torch_save_atomic(path, data)
 
 
 @dataclass
