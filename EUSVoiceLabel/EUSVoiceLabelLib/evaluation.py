@@ -37,7 +37,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from .errors import ConfigError
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_text, file_sha256
 from .training import TrainConfig, predict_proba, preprocessing_settings, train_model
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,10 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
     fold_dir = out_dir / "folds"
     fold_dir.mkdir(parents=True, exist_ok=True)
     data_sig = _data_signature(to_device_data(ws, None, torch.device("cpu")))
-    key = {"config": cfg.signature(), "data": data_sig, "labels": list(ws.labelset.ids)}
+    key = {"config": cfg.signature(), "data": data_sig, "labels": list(ws.labelset.ids),
+           # a replaced weights file must not be served with folds trained on the old one
+           "weights": file_sha256(cfg.weights) if cfg.weights and Path(cfg.weights).is_file()
+           else None}
     results: list[FoldResult] = []
     bar = tqdm(folds, desc=f"LOPO {cfg.variant}", unit="fold", disable=not progress,
                dynamic_ncols=True)
