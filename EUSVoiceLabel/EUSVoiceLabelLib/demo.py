@@ -156,7 +156,8 @@ def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
     windows = result.windows[:max_windows]
     if not windows:
         return
-    fig, axes = plt.subplots(1, len(windows), figsize=(3.2 * len(windows), 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(windows), figsize=(max(3.2 * len(windows), 6.4), 2.8),
+                             squeeze=False)
     for ax, w in zip(axes[0], windows):
         mid = w.time_s + len(w.frame_indices) / (2 * result.procedure.fps)
         frame = result.procedure.frames_at([mid])[0]
@@ -171,7 +172,7 @@ def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
         ax.set_title(f"t={w.time_s:.1f}s  {name} ({w.confidence:.2f})\nsaid: {said}",
                      fontsize=8)
         ax.axis("off")
-    fig.suptitle("Labelled windows of the held-out procedure: frame + Grad-CAM heat map",
+    fig.suptitle("Held-out procedure: labelled windows, frame + Grad-CAM heat map",
                  fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
