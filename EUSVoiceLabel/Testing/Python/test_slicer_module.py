@@ -316,3 +316,25 @@ def test_logic_methods_are_documented_for_batch_use():
                  "startTraining", "cancelTraining"):
         assert name in public, name
         assert ast.get_docstring(public[name]) or name in ("clearReview",), name
+
+
+def test_readme_batch_script_uses_real_logic_methods_and_arguments():
+    """The README's console script compiles and calls existing logic methods with keyword
+    arguments those methods accept."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## 3D Slicer extension"):]
+    script = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    tree = ast.parse(script)
+    logic = _class(_module_ast(), "EUSVoiceLabelLogic")
+    methods = {f.name: f for f in logic.body if isinstance(f, ast.FunctionDef)}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+             and n.func.value.id == "logic"]
+    assert len(calls) >= 6
+    for call in calls:
+        name = call.func.attr
+        assert name in methods, f"README calls logic.{name}, which does not exist"
+        params = [a.arg for a in methods[name].args.args[1:] + methods[name].args.kwonlyargs]
+        assert len(call.args) <= len(params), name
+        for kw in call.keywords:
+            assert kw.arg in params, f"logic.{name} has no argument {kw.arg!r}"
