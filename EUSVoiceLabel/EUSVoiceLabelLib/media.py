@@ -39,8 +39,10 @@ def _av():
 
 def _av_errors() -> tuple[type[BaseException], ...]:
     av = _av()
+    # AttributeError: PyAV raises it for streams whose header is too broken to give a codec
+    # context (e.g. a WAV with an absurd sample rate); found by fuzzing (test_fuzz.py).
     return (av.error.FFmpegError, ValueError, EOFError, OSError, IndexError, RuntimeError,
-            MemoryError, OverflowError, ZeroDivisionError, TypeError)
+            MemoryError, OverflowError, ZeroDivisionError, TypeError, AttributeError)
 
 
 # --------------------------------------------------------------------------- frame sources
@@ -272,6 +274,9 @@ class NrrdSequenceSource(FrameSource):
     """A Slicer volume sequence (``.seq.nrrd``) of 2-D frames; times from its index values."""
 
     def __init__(self, path: os.PathLike | str):
+        import struct
+        import zlib
+
         import nrrd
 
         self.path = Path(path)
@@ -279,8 +284,11 @@ class NrrdSequenceSource(FrameSource):
             data, header = nrrd.read(str(self.path))
         except FileNotFoundError:
             raise MediaError("file not found", self.path) from None
+        # zlib.error (corrupt gzip data) and StopIteration (an empty file) come from pynrrd's
+        # reader on damaged files; found by fuzzing (test_fuzz.py).
         except (nrrd.NRRDError, OSError, ValueError, EOFError, KeyError, TypeError,
-                IndexError, MemoryError, OverflowError, UnicodeDecodeError) as exc:
+                IndexError, MemoryError, OverflowError, UnicodeDecodeError, zlib.error,
+                StopIteration, struct.error, AttributeError) as exc:
             raise MediaError(f"cannot read NRRD ({_short(exc)})", self.path,
                              "the file is corrupt or not a NRRD volume sequence") from None
         kinds = [str(k).lower() for k in header.get("kinds", [])]

@@ -87,7 +87,14 @@ def read_mentions_csv(path: os.PathLike | str, labelset: Optional[LabelSet] = No
         raise MentionsError("not UTF-8 text", path, "save the mentions as a UTF-8 CSV") from None
     if "\x00" in text:
         raise MentionsError("not a text CSV file (contains NUL bytes)", path)
-    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    try:
+        # newline=None: universal newlines, so a lone "\r" (old Mac line ends, mixed files)
+        # ends a row instead of making csv fail (found by fuzzing, test_fuzz.py).
+        rows = [r for r in csv.reader(io.StringIO(text, newline=None))
+                if any(c.strip() for c in r)]
+    except csv.Error as exc:  # e.g. a field over csv's size limit
+        raise MentionsError(f"not a readable CSV file ({exc})", path,
+                            "expected columns time_s,label[,end_s][,text]") from None
     has_header = False
     if rows and rows[0] and rows[0][0].strip().lower().lstrip("#") in ("time_s", "time"):
         header = [h.strip().lower().lstrip("#") for h in rows[0]]

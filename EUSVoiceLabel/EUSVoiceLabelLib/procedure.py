@@ -110,6 +110,8 @@ class ProcedureSettings:
             raise ProcedureError(f"cannot read ({exc.__class__.__name__})", path) from None
         except json.JSONDecodeError as exc:
             raise ProcedureError(f"not valid JSON (line {exc.lineno}: {exc.msg})", path) from None
+        except RecursionError:  # a bomb of nested brackets (found by fuzzing)
+            raise ProcedureError("not valid settings JSON (nested too deeply)", path) from None
         if not isinstance(data, dict):
             raise ProcedureError("must hold a JSON object", path,
                                  'e.g. {"audio_offset_s": 0.0, "crop": [15, 65, 690, 350]}')
