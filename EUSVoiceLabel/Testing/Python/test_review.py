@@ -324,7 +324,7 @@ def tiny_run(tmp_path_factory):
     # 5 frames per window and a narrow network keep this a few seconds on 2 CPU cores
     ws = build_window_set(root / "cohort", image_size=(32, 48), frames=5, progress=False,
                           cache_dir=root / "cache")
-    cfg = TrainConfig(epochs=2, batch_size=4, image_size=(32, 48), frames=5, width=0.0625,
+    cfg = TrainConfig(epochs=1, batch_size=4, image_size=(32, 48), frames=5, width=0.0625,
                       lr=1e-3)
     res = train_model(ws, cfg, len(ws.labelset), device="cpu", progress=False)
     save_checkpoint(root / "model.pt", res, ws.labelset, preprocessing_settings(ws, cfg))
