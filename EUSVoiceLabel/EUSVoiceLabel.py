@@ -19,7 +19,6 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 from typing import Annotated, Callable, Optional
 
 import qt
@@ -565,7 +564,8 @@ class _TrainingProcess:
     def _onOutput(self) -> None:
         from EUSVoiceLabelLib.slicer_support import parse_progress, split_log_lines
 
-        chunk = bytes(self.process.readAllStandardOutput().data()).decode("utf-8", "replace")
+        data = self.process.readAllStandardOutput().data()
+        chunk = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
         state = parse_progress(chunk)
         if state is not None and self.progressCallback:
             self.progressCallback(state.fraction, state.description)
@@ -1356,7 +1356,11 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("A training run is already in progress."))
         args = train_arguments(cohortFolder, modelPath, epochs=epochs, image_size=imageSize,
                                device=device)
-        program = shutil.which("PythonSlicer") or sys.executable
+        program = shutil.which("PythonSlicer") or os.path.join(
+            slicer.app.slicerHome, "bin", "PythonSlicer" + (".exe" if os.name == "nt" else ""))
+        if not os.path.isfile(program):
+            raise RuntimeError(_("PythonSlicer was not found next to Slicer: {path}").format(
+                path=program))
         if logCallback:
             logCallback(" ".join([program] + args))
         self._training = _TrainingProcess(program, args, logCallback, progressCallback,
