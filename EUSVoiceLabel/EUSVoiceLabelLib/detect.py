@@ -79,6 +79,9 @@ MEDICAL_LEXICON: dict[str, tuple[str, ...]] = {
 }
 
 
+MAX_VARIANTS = 3  # pronunciation variants kept per word
+
+
 # --------------------------------------------------------------------------- pronunciations
 @functools.lru_cache(maxsize=1)
 def _model_paths() -> tuple[str, str]:
@@ -161,24 +164,26 @@ def _is_acronym(token: str, raw: str) -> bool:
     return 2 <= len(token) <= 5 and not re.search(r"[aeiouy]", token)
 
 
-def word_pronunciations(token: str, raw: str = "") -> list[str]:
-    """Pronunciations (CMU phone strings) of one normalised phrase word.
+def word_pronunciations(token: str, raw: str = "") -> list[list[str]]:
+    """How one normalised phrase word is spoken: a list of units, each with its pronunciation
+    variants (CMU phone strings).
 
-    ``raw`` is the word as written in the vocabulary, used to recognise acronyms.  Acronyms are
-    spelled (and their dictionary reading kept when there is one); other words come from the CMU
-    dictionary, the medical lexicon or espeak-ng, in that order.  Empty when none is found.
+    ``raw`` is the word as written in the vocabulary, used to recognise acronyms.  An acronym
+    is one unit per letter ("PD" -> [["P IY"], ["D IY"]]) so a pause may fall between the
+    letters; other words are one unit from the CMU dictionary, the medical lexicon or
+    espeak-ng, in that order.  Empty when no pronunciation is found.
     """
-    prons: list[str] = []
-    if _is_acronym(token, raw or token) and token.isalpha():
-        prons.append(" ".join(LETTERS[c] for c in token))
-    for p in _cmudict().get(token, ()) + MEDICAL_LEXICON.get(token, ()):
-        if p not in prons:
-            prons.append(p)
+    if token.isalpha() and _is_acronym(token, raw or token):
+        return [[LETTERS[c]] for c in token]
+    prons = list(_cmudict().get(token, ()))[:MAX_VARIANTS]
     if not prons and token.isalpha():
+        # Rare words: the curated reading, plus the letter-to-sound reading that speakers
+        # unsure of the word (and speech synthesisers) tend to produce.
+        prons = list(MEDICAL_LEXICON.get(token, ()))[:MAX_VARIANTS]
         guess = _espeak_pronunciation(token)
-        if guess:
+        if guess and guess not in prons:
             prons.append(guess)
-    return prons
+    return [prons] if prons else []
 
 
 def _raw_words(synonym: str) -> list[str]:
@@ -195,11 +200,8 @@ class Keyphrase:
 
     phrase: str                   # the synonym as written in the vocabulary
     label: str                    # its label id
-    pronunciations: tuple[str, ...]  # phone strings of the whole phrase (variants)
+    units: tuple[tuple[str, ...], ...]  # spoken units (words, letters) -> pronunciations
     threshold: float
-
-
-MAX_VARIANTS = 4  # pronunciation variants per phrase (the product over words grows fast)
 
 
 def build_keyphrases(labelset: LabelSet,
@@ -220,20 +222,17 @@ def build_keyphrases(labelset: LabelSet,
         raws = _raw_words(syn)
         if len(raws) != len(words):
             raws = words
-        variants = [""]
-        ok = True
+        units: list[tuple[str, ...]] = []
         for token, raw in zip(words, raws):
-            prons = word_pronunciations(token, raw)
-            if not prons:
+            spoken = word_pronunciations(token, raw)
+            if not spoken:
                 log.warning("no pronunciation for %r (in %r): phrase not detected", token, syn)
-                ok = False
                 break
-            variants = [f"{v} {p}".strip() for v in variants for p in prons][:MAX_VARIANTS]
-        if not ok:
-            continue
-        key = tuple(words)
-        thr = given.get(key, by_label.get(lid, stored.get(key, DEFAULT_THRESHOLD)))
-        out.append(Keyphrase(syn, lid, tuple(dict.fromkeys(variants)), thr))
+            units.extend(tuple(u) for u in spoken)
+        else:
+            key = tuple(words)
+            thr = given.get(key, by_label.get(lid, stored.get(key, DEFAULT_THRESHOLD)))
+            out.append(Keyphrase(syn, lid, tuple(units), thr))
     return out
 
 
@@ -254,8 +253,8 @@ class Hit:
     start_s: float
     end_s: float
     phrase_index: int
-    posterior: float
-    confidence: float
+    score: float       # mean per-frame acoustic log-likelihood vs the best senone (<= 0)
+    confidence: float  # in 0-1
 
 
 class KeywordSpotter:
@@ -277,42 +276,331 @@ class KeywordSpotter:
                                        "in capitals")
         self.keyphrases = list(keyphrases)
         hmm, _ = _model_paths()
-        self._tmp = tempfile.TemporaryDirectory(prefix="eusvoicelabel_kws_")
-        dict_path = os.path.join(self._tmp.name, "keyphrases.dict")
+        tmp = tempfile.TemporaryDirectory(prefix="eusvoicelabel_kws_")
+        dict_path = os.path.join(tmp.name, "keyphrases.dict")
+        # One dictionary word per unit of each phrase ("k3_0", "k3_1", ...) so that the
+        # decoder may put a pause between words and letters, yet the phrase stays identifiable.
         lines = [f"ph_{p.lower()} {p}" for p in PHONES]
         for i, kp in enumerate(self.keyphrases):
-            for j, pron in enumerate(kp.pronunciations):
-                lines.append(f"kw{i}{'' if j == 0 else f'({j + 1})'} {pron}")
+            for j, prons in enumerate(kp.units):
+                for v, pron in enumerate(prons):
+                    lines.append(f"k{i}_{j}{'' if v == 0 else f'({v + 1})'} {pron}")
         with open(dict_path, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         grammar = ("#JSGF V1.0;\ngrammar spot;\n"
-                   f"public <s> = ( /1/ <phone> | /{keyphrase_weight:g}/ <key> )* ;\n"
+                   "public <s> = ( /1/ <phone> | /"
+                   + np.format_float_positional(keyphrase_weight, trim="-")
+                   + "/ <key> )* ;\n"
                    "<phone> = " + " | ".join(f"ph_{p.lower()}" for p in PHONES) + " ;\n"
-                   "<key> = " + " | ".join(f"kw{i}" for i in range(len(self.keyphrases)))
-                   + " ;\n")
+                   "<key> = " + " | ".join(
+                       "( " + " ".join(f"k{i}_{j}" for j in range(len(kp.units))) + " )"
+                       for i, kp in enumerate(self.keyphrases)) + " ;\n")
         options = dict(hmm=hmm, dict=dict_path, samprate=RATE, loglevel="FATAL", lm=None,
+                       bestpath=False,
                        beam=beam, wbeam=beam, pbeam=beam)
         options.update(config)
-        self.decoder = Decoder(**options)
+        try:
+            self.decoder = Decoder(**options)
+        finally:
+            tmp.cleanup()  # the decoder has read the dictionary
         self.decoder.add_jsgf_string("spot", grammar)
+        # Free phone loop over the same audio: the garbage model each hit is compared with.
+        self.decoder.add_allphone_file("phones", None)
         self.decoder.activate_search("spot")
+
+    def _decode(self, search: str, raw: bytes) -> list:
+        d = self.decoder
+        d.activate_search(search)
+        d.start_utt()
+        d.process_raw(raw, full_utt=True)
+        d.end_utt()
+        return list(d.seg()) if d.hyp() is not None else []
 
     def spot(self, pcm16: np.ndarray, t0_s: float = 0.0) -> list[Hit]:
         """Decode one voiced region (int16 samples at 16 kHz) starting at ``t0_s``."""
-        d = self.decoder
-        d.start_utt()
-        d.process_raw(np.ascontiguousarray(pcm16, dtype=np.int16).tobytes(), full_utt=True)
-        d.end_utt()
+        raw = np.ascontiguousarray(pcm16, dtype=np.int16).tobytes()
+        found = self._phrases(self._decode("spot", raw))
+        if not found:
+            return []
+        # Acoustic log-likelihood per frame of the free phone loop (seg.ascore is
+        # exp(ascr / 1024): scores are stored shifted by 10 bits).
+        loop = np.zeros(len(raw) // 2 // 160 + 2)
+        for seg in self._decode("phones", raw):
+            n = seg.end_frame - seg.start_frame + 1
+            if n > 0:
+                loop[seg.start_frame:seg.end_frame + 1] = _log_score(seg.ascore) / n
         hits: list[Hit] = []
-        if d.hyp() is None:
-            return hits
-        for seg in d.seg():
-            word = seg.word
-            if not word.startswith("kw"):
-                continue
-            idx = int(re.sub(r"\(\d+\)$", "", word)[2:])
-            start = t0_s + seg.start_frame * FRAME_S
-            end = t0_s + (seg.end_frame + 1) * FRAME_S
-            post = float(min(max(seg.prob, 0.0), 1.0))
-            hits.append(Hit(start, end, idx, post, post))
+        for idx, sf, ef, ascr in found:
+            n = max(1, ef - sf + 1)
+            # Per-frame log-likelihood ratio: keyphrase alignment vs free phone sequence.
+            score = (ascr - float(loop[sf:ef + 1].sum())) / n
+            hits.append(Hit(t0_s + sf * FRAME_S, t0_s + (ef + 1) * FRAME_S, idx, score,
+                            _confidence(score)))
         return hits
+
+    @staticmethod
+    def _phrases(segs: list) -> list[tuple[int, int, int, float]]:
+        """Group the decoder's unit words back into phrases: (index, first frame, last frame,
+        acoustic log-likelihood including any pauses inside the phrase)."""
+        out = []
+        current: Optional[list] = None
+        for seg in segs:
+            m = re.match(r"k(\d+)_(\d+)", seg.word)
+            if m is None:
+                if current is not None and seg.word.startswith(("<sil>", "[", "(NULL)")):
+                    current[3] += _log_score(seg.ascore)  # a pause inside the phrase
+                    continue
+                current = None
+                continue
+            idx, unit = int(m.group(1)), int(m.group(2))
+            if unit == 0:
+                current = [idx, seg.start_frame, seg.end_frame, _log_score(seg.ascore)]
+                out.append(current)
+            elif current is not None and current[0] == idx:
+                current[2] = seg.end_frame
+                current[3] += _log_score(seg.ascore)
+        return [tuple(c) for c in out]
+
+
+def _log_score(ascore: float) -> float:
+    return math.log(max(ascore, 1e-300)) * 1024.0
+
+
+def _confidence(score: float) -> float:
+    """Map the per-frame log-likelihood gap to 0-1 (logistic; centre and slope set below)."""
+    return 1.0 / (1.0 + math.exp(-(score - SCORE_CENTRE) * SCORE_SLOPE))
+
+
+SCORE_CENTRE = -1.0
+SCORE_SLOPE = 4.0
+
+
+# --------------------------------------------------------------------------- voice activity
+def voiced_regions(pcm16: np.ndarray, *, pad_s: float = 0.3, min_gap_s: float = 0.6,
+                   min_len_s: float = 0.2, max_len_s: float = 20.0, overlap_s: float = 2.0,
+                   mode: int = 1) -> list[tuple[int, int]]:
+    """Sample ranges [start, stop) of 16 kHz audio that contain speech.
+
+    WebRTC-style frame classification (pocketsphinx ``Vad``), padded by ``pad_s`` so word edges
+    are kept, merged across gaps shorter than ``min_gap_s``; regions longer than ``max_len_s``
+    are cut into overlapping pieces (``overlap_s``) so no phrase is lost at a cut.
+    """
+    from pocketsphinx import Vad
+
+    vad = Vad(mode, RATE)
+    step = vad.frame_bytes // 2
+    n = len(pcm16) // step
+    if n == 0:
+        return []
+    frames = np.ascontiguousarray(pcm16[:n * step], dtype=np.int16).reshape(n, step)
+    voiced = np.fromiter((vad.is_speech(f.tobytes()) for f in frames), bool, n)
+    if not voiced.any():
+        return []
+    # Runs of voiced frames -> padded sample ranges, merged across short gaps.
+    edges = np.flatnonzero(np.diff(np.r_[0, voiced.astype(np.int8), 0]))
+    pad, gap = int(pad_s * RATE), int(min_gap_s * RATE)
+    regions: list[list[int]] = []
+    for a, b in zip(edges[::2], edges[1::2]):
+        s0, s1 = max(0, a * step - pad), min(len(pcm16), b * step + pad)
+        if regions and s0 - regions[-1][1] < gap:
+            regions[-1][1] = s1
+        else:
+            regions.append([s0, s1])
+    out: list[tuple[int, int]] = []
+    max_len, ov = int(max_len_s * RATE), int(overlap_s * RATE)
+    for s0, s1 in regions:
+        if s1 - s0 < min_len_s * RATE:
+            continue
+        while s1 - s0 > max_len:
+            out.append((s0, s0 + max_len))
+            s0 += max_len - ov
+        out.append((s0, s1))
+    return out
+
+
+# --------------------------------------------------------------------------- noise reduction
+HIGHPASS_HZ = 150.0
+
+
+def highpass(samples: np.ndarray, cutoff_hz: Optional[float] = None) -> np.ndarray:
+    """Remove rumble and mains hum below the speech band (4th-order Butterworth, 16 kHz)."""
+    from scipy.signal import butter, sosfiltfilt
+
+    x = np.asarray(samples, dtype=np.float32)
+    if x.size < 64:
+        return x
+    sos = butter(4, cutoff_hz or HIGHPASS_HZ, "highpass", fs=RATE, output="sos")
+    return sosfiltfilt(sos, x).astype(np.float32)
+
+def denoise(samples: np.ndarray, *, n_fft: int = 512, hop: int = 160, block_s: float = 10.0,
+            percentile: float = 20.0, over: float = 1.5, floor: float = 0.1) -> np.ndarray:
+    """Suppress stationary background noise (hiss, hum, suction rumble) at 16 kHz.
+
+    A Wiener-style spectral gain: the noise power per frequency is a low percentile of the frame
+    powers in blocks of ``block_s`` (speech occupies a minority of frames and varies, the room
+    noise does not), and each time-frequency bin keeps ``max(floor, 1 - over * noise / power)``
+    of its amplitude.  The recogniser's model was trained on clean speech; this brings noisy
+    procedure audio closer to it.
+    """
+    from scipy.signal import istft, stft
+
+    x = np.asarray(samples, dtype=np.float32)
+    if x.size < n_fft * 4:
+        return x
+    _, _, spec = stft(x, nperseg=n_fft, noverlap=n_fft - hop, boundary="even", padded=True)
+    power = spec.real ** 2 + spec.imag ** 2
+    n_frames = power.shape[1]
+    block = max(1, int(block_s * RATE / hop))
+    gain = np.empty_like(power)
+    for b0 in range(0, n_frames, block):
+        # Estimate over a block at least `block` long (the last one borrows from before).
+        lo = max(0, min(b0, n_frames - block))
+        noise = np.percentile(power[:, lo:lo + block], percentile, axis=1, keepdims=True)
+        p = power[:, b0:b0 + block]
+        gain[:, b0:b0 + block] = np.maximum(floor, 1.0 - over * noise / np.maximum(p, 1e-20))
+    _, y = istft(spec * np.sqrt(gain), nperseg=n_fft, noverlap=n_fft - hop, boundary=True)
+    return y[:x.size].astype(np.float32)
+
+
+# --------------------------------------------------------------------------- public API
+_SPOTTERS: dict[tuple, KeywordSpotter] = {}
+SPOTTER_OPTIONS: dict[str, object] = {}
+
+
+def get_spotter(labelset: LabelSet) -> KeywordSpotter:
+    """A keyword spotter for a vocabulary (built once per process and reused)."""
+    key = tuple((syn, lid) for syn, lid in labelset.phrases())
+    spotter = _SPOTTERS.get(key)
+    if spotter is None:
+        if len(_SPOTTERS) > 4:
+            _SPOTTERS.clear()
+        spotter = _SPOTTERS[key] = KeywordSpotter(build_keyphrases(labelset),
+                                                  **SPOTTER_OPTIONS)
+    return spotter
+
+
+def to_pcm16(audio: np.ndarray, sample_rate: int, clean: bool = False) -> np.ndarray:
+    """Mono int16 at 16 kHz from float audio of any rate and channel layout (``clean``: with
+    rumble and stationary noise suppressed, see :func:`denoise`).
+
+    Multi-channel input may be (n, channels) or (channels, n); channels are averaged.
+    """
+    from .audio import resample
+
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim == 2:
+        x = x.mean(axis=1 if x.shape[0] >= x.shape[1] else 0)
+    elif x.ndim != 1:
+        raise EUSVoiceLabelError(f"audio must be 1-D or 2-D samples, not {x.ndim}-D")
+    if sample_rate <= 0:
+        raise EUSVoiceLabelError(f"invalid sample rate {sample_rate}")
+    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    x = resample(x, int(sample_rate), RATE)
+    if clean:
+        x = denoise(highpass(x))
+    return (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
+                    progress: bool = False, desc: str = "detect") -> list[Hit]:
+    """Every keyphrase hit in a recording, before thresholds, on the audio clock."""
+    pcm = to_pcm16(audio, sample_rate, clean=True)
+    if len(pcm) < int(0.2 * RATE) or not np.any(pcm):
+        return []
+    spotter = get_spotter(labelset)
+    regions = voiced_regions(pcm)
+    hits: list[Hit] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=round(sum(b - a for a, b in regions) / RATE, 1), desc=desc,
+                   unit="s speech", leave=False)
+    for a, b in regions:
+        hits.extend(spotter.spot(pcm[a:b], a / RATE))
+        if bar is not None:
+            bar.update(round((b - a) / RATE, 1))
+    if bar is not None:
+        bar.close()
+    return _dedupe(hits, spotter.keyphrases)
+
+
+def _dedupe(hits: list[Hit], keyphrases: Sequence[Keyphrase]) -> list[Hit]:
+    """Drop repeats of a hit found twice where long regions were cut with overlap."""
+    out: list[Hit] = []
+    for h in sorted(hits, key=lambda h: -h.score):
+        if not any(keyphrases[o.phrase_index].label == keyphrases[h.phrase_index].label
+                   and o.start_s < h.end_s and h.start_s < o.end_s for o in out):
+            out.append(h)
+    return sorted(out, key=lambda h: h.start_s)
+
+
+def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
+                    thresholds: Optional[Mapping[str, float]] = None,
+                    audio_offset_s: float = 0.0) -> list["Mention"]:
+    """Keep the hits whose confidence reaches their phrase's threshold, as video-clock
+    mentions."""
+    from .mentions import Mention
+
+    keyphrases = build_keyphrases(labelset, thresholds)
+    out = []
+    for h in hits:
+        kp = keyphrases[h.phrase_index]
+        if h.confidence >= kp.threshold:
+            t = round(h.start_s - audio_offset_s, 3)
+            if t < 0:
+                continue  # spoken before the video started
+            out.append(Mention(t, kp.label, round(h.end_s - audio_offset_s, 3), kp.phrase,
+                               round(h.confidence, 4), "auto"))
+    return sorted(out, key=lambda m: m.time_s)
+
+
+def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[LabelSet] = None,
+                    *, audio_offset_s: float = 0.0,
+                    thresholds: Optional[Mapping[str, float]] = None,
+                    progress: bool = False) -> list["Mention"]:
+    """Find spoken landmark mentions in a recording.
+
+    Args:
+        audio: samples (float, -1..1), mono or multi-channel, any rate.
+        sample_rate: their rate in Hz.
+        labelset: the vocabulary (default: the paper's five landmarks); a calibrated vocabulary
+            carries per-phrase thresholds.
+        audio_offset_s: audio time = video time + offset (``procedure.json``).
+        thresholds: minimum confidence per phrase or label id (overrides the vocabulary's).
+        progress: show a progress bar.
+
+    Returns:
+        Mentions on the video clock (``source="auto"``), sorted by time, with the phrase heard
+        as ``text``, the end of the phrase and a confidence in 0-1.  Silent or very short
+        recordings give an empty list.
+    """
+    labelset = labelset or LabelSet.default()
+    hits = spot_candidates(audio, sample_rate, labelset, progress=progress)
+    return select_mentions(hits, labelset, thresholds, audio_offset_s)
+
+
+def detect_procedure(path_or_procedure: Union[str, os.PathLike, "Procedure"],
+                     labelset: Optional[LabelSet] = None,
+                     vocab: Union[str, os.PathLike, LabelSet, None] = None,
+                     progress: bool = False) -> list["Mention"]:
+    """Detect the mentions of a procedure folder (or a loaded :class:`Procedure`).
+
+    ``vocab`` is a calibrated vocabulary (``detect --calibrate`` output) or a LabelSet; it
+    replaces ``labelset``.  Default vocabulary: the procedure's ``labels.json`` or the paper's.
+    """
+    from .procedure import Procedure, load_procedure
+    from .vocabulary import load_labelset
+
+    if isinstance(vocab, LabelSet):
+        labelset = vocab
+    elif vocab is not None:
+        labelset = load_labelset(vocab)
+    if isinstance(path_or_procedure, Procedure):
+        proc = path_or_procedure
+        labelset = labelset or proc.labelset
+    else:
+        labelset = labelset or load_labelset(None, path_or_procedure)
+        proc = load_procedure(path_or_procedure, labelset=labelset)
+    samples, rate = proc._native_audio()
+    return detect_mentions(samples, rate, labelset, audio_offset_s=proc.audio_offset_s,
+                           progress=progress)

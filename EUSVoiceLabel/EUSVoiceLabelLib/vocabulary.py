@@ -36,12 +36,16 @@ class Label:
     synonyms: tuple[str, ...] = ()
     color: tuple[float, float, float] = (1.0, 1.0, 0.0)
     weight: Optional[float] = None
+    # Detection confidence thresholds (0-1) per spoken phrase, from `detect --calibrate`.
+    thresholds: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> dict:
         out = {"id": self.id, "name": self.name, "synonyms": list(self.synonyms),
                "color": [round(c, 4) for c in self.color]}
         if self.weight is not None:
             out["weight"] = self.weight
+        if self.thresholds:
+            out["thresholds"] = {k: v for k, v in self.thresholds}
         return out
 
 
@@ -167,7 +171,15 @@ class LabelSet:
                     raise VocabularyError(f"label {lid!r}: 'weight' must be a positive number",
                                           source)
                 weight = float(weight)
-            labels.append(Label(lid, name, tuple(syns), color, weight))  # type: ignore[arg-type]
+            thresholds = item.get("thresholds", {})
+            if not isinstance(thresholds, Mapping) or not all(
+                    isinstance(k, str) and isinstance(v, (int, float))
+                    and not isinstance(v, bool) and 0.0 <= float(v) <= 1.0
+                    for k, v in thresholds.items()):
+                raise VocabularyError(f"label {lid!r}: 'thresholds' must map phrases to numbers "
+                                      "in 0-1", source)
+            labels.append(Label(lid, name, tuple(syns), color, weight,  # type: ignore[arg-type]
+                                tuple((k, float(v)) for k, v in thresholds.items())))
         try:
             return cls(tuple(labels))
         except VocabularyError as exc:

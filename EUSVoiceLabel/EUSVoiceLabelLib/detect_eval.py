@@ -1,0 +1,220 @@
+"""Measuring and calibrating mention detection on a cohort with hand-made mentions.
+
+A detection is a hit when its label matches a reference mention's and its onset lies within
+:data:`ONSET_TOLERANCE_S` of it (one-to-one, closest pairs first).  Precision, recall and F1 are
+reported per label and overall (pooled counts), with the onset error of the hits (median and
+90th percentile) and the speed (seconds of audio per second of processing).
+
+Calibration picks, per spoken phrase, the confidence threshold that maximises the cohort's
+overall F1 (coordinate ascent from the best single threshold) and stores the thresholds in the
+vocabulary (``"thresholds": {"PD": 0.62, ...}`` per label), which ``detect --vocab`` reads back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .detect import (DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter, select_mentions,
+                     spot_candidates)
+from .mentions import Mention
+from .vocabulary import LabelSet, load_labelset, normalize_words
+
+log = logging.getLogger(__name__)
+
+ONSET_TOLERANCE_S = 0.5
+
+
+@dataclass
+class PatientCandidates:
+    """Un-thresholded detections of one patient, with the reference mentions."""
+
+    name: str
+    hits: list[Hit]
+    reference: list[Mention]
+    audio_offset_s: float
+    audio_s: float
+    seconds: float
+
+
+def match(detected: Sequence[Mention], reference: Sequence[Mention],
+          tolerance_s: float = ONSET_TOLERANCE_S) -> list[tuple[int, int]]:
+    """One-to-one (detected index, reference index) pairs with the same label and onsets within
+    ``tolerance_s``, closest pairs first."""
+    pairs = sorted((abs(d.time_s - r.time_s), i, j)
+                   for i, d in enumerate(detected) for j, r in enumerate(reference)
+                   if d.label == r.label and abs(d.time_s - r.time_s) <= tolerance_s)
+    used_d: set[int] = set()
+    used_r: set[int] = set()
+    out = []
+    for _, i, j in pairs:
+        if i not in used_d and j not in used_r:
+            used_d.add(i)
+            used_r.add(j)
+            out.append((i, j))
+    return out
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4),
+            "tp": tp, "fp": fp, "fn": fn}
+
+
+def score_detections(results: Sequence[tuple[Sequence[Mention], Sequence[Mention]]],
+                     labels: Sequence[str]) -> dict:
+    """Precision/recall/F1 per label and overall, and onset errors, over (detected, reference)
+    pairs of mention lists."""
+    counts = {lid: [0, 0, 0] for lid in labels}
+    errors: list[float] = []
+    for detected, reference in results:
+        pairs = match(detected, reference)
+        hit_d = {i for i, _ in pairs}
+        hit_r = {j for _, j in pairs}
+        for i, d in enumerate(detected):
+            counts.setdefault(d.label, [0, 0, 0])[0 if i in hit_d else 1] += 1
+        for j, r in enumerate(reference):
+            if j not in hit_r:
+                counts.setdefault(r.label, [0, 0, 0])[2] += 1
+        errors.extend(abs(detected[i].time_s - reference[j].time_s) for i, j in pairs)
+    total = [sum(c[k] for c in counts.values()) for k in range(3)]
+    out = {"overall": _prf(*total),
+           "per_label": {lid: _prf(*c) for lid, c in counts.items()},
+           "onset_error_s": {
+               "median": round(float(np.median(errors)), 4) if errors else None,
+               "p90": round(float(np.percentile(errors, 90)), 4) if errors else None,
+               "n": len(errors)}}
+    return out
+
+
+def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
+                       progress: bool = True) -> tuple[list[PatientCandidates], LabelSet]:
+    """Run the spotter (no thresholds) on every patient of a cohort that has mentions."""
+    from .procedure import find_patients, load_procedure
+
+    cohort = Path(cohort)
+    labelset = labelset or load_labelset(None, cohort)
+    patients = find_patients(cohort)
+    get_spotter(labelset)  # build once, outside the timing
+    out: list[PatientCandidates] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(patients, desc="detect", unit="patient")
+    for folder in (bar if bar is not None else patients):
+        proc = load_procedure(folder, labelset=labelset)
+        if proc.mentions_path is None:
+            log.warning("%s has no mentions.csv: skipped", folder)
+            continue
+        samples, rate = proc._native_audio()
+        t0 = time.perf_counter()
+        hits = spot_candidates(samples, rate, labelset)
+        seconds = time.perf_counter() - t0
+        out.append(PatientCandidates(proc.name, hits, list(proc.mentions), proc.audio_offset_s,
+                                     len(samples) / rate, seconds))
+    if not out:
+        from .errors import MentionsError
+        raise MentionsError("no patient has a mentions.csv to compare with", cohort,
+                            "evaluation and calibration need hand-made mentions")
+    return out, labelset
+
+
+def evaluate_candidates(candidates: Sequence[PatientCandidates], labelset: LabelSet,
+                        thresholds: Optional[Mapping[str, float]] = None) -> dict:
+    """Scores of thresholded candidates (see :func:`score_detections`) plus speed."""
+    results = [(select_mentions(c.hits, labelset, thresholds, c.audio_offset_s), c.reference)
+               for c in candidates]
+    report = score_detections(results, labelset.ids)
+    audio_s = sum(c.audio_s for c in candidates)
+    seconds = sum(c.seconds for c in candidates)
+    report["speed"] = {"audio_s": round(audio_s, 2), "processing_s": round(seconds, 2),
+                       "x_real_time": round(audio_s / seconds, 1) if seconds else None}
+    report["n_patients"] = len(candidates)
+    report["n_reference"] = sum(len(c.reference) for c in candidates)
+    return report
+
+
+def evaluate_detection(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
+                       vocab: Union[str, os.PathLike, LabelSet, None] = None,
+                       thresholds: Optional[Mapping[str, float]] = None,
+                       progress: bool = True) -> dict:
+    """Compare automatic detections with each patient's ``mentions.csv``.
+
+    Returns a dict: ``overall`` and ``per_label`` (precision, recall, f1, tp, fp, fn),
+    ``onset_error_s`` (median, p90, n), ``speed`` (audio_s, processing_s, x_real_time),
+    ``n_patients``, ``n_reference`` and ``tolerance_s``.
+    """
+    labelset = _vocab(vocab) or labelset
+    candidates, labelset = collect_candidates(cohort, labelset, progress)
+    report = evaluate_candidates(candidates, labelset, thresholds)
+    report["tolerance_s"] = ONSET_TOLERANCE_S
+    return report
+
+
+def _vocab(vocab: Union[str, os.PathLike, LabelSet, None]) -> Optional[LabelSet]:
+    if vocab is None or isinstance(vocab, LabelSet):
+        return vocab
+    return load_labelset(vocab)
+
+
+def calibrate_candidates(candidates: Sequence[PatientCandidates], labelset: LabelSet,
+                         rounds: int = 3) -> dict[str, float]:
+    """Per-phrase thresholds maximising the pooled F1 of the candidates."""
+    keyphrases = build_keyphrases(labelset)
+    phrases = [kp.phrase for kp in keyphrases]
+
+    def f1(th: Mapping[str, float]) -> float:
+        return evaluate_candidates(candidates, labelset, th)["overall"]["f1"]
+
+    values = sorted({round(h.confidence, 4) for c in candidates for h in c.hits})
+    grid = sorted(set([0.0] + [v for v in values] + [1.0]))
+    # One threshold for all first, then each phrase in turn.
+    best_global = max(grid, key=lambda t: (f1({p: t for p in phrases}), -abs(t - DEFAULT_THRESHOLD)))
+    current = {p: best_global for p in phrases}
+    best = f1(current)
+    for _ in range(rounds):
+        improved = False
+        for i, p in enumerate(phrases):
+            mine = sorted({round(h.confidence, 4) for c in candidates for h in c.hits
+                           if h.phrase_index == i})
+            if not mine:
+                continue
+            for t in [0.0] + mine + [min(1.0, mine[-1] + 1e-4)]:
+                trial = dict(current)
+                trial[p] = t
+                score = f1(trial)
+                if score > best + 1e-9:
+                    best, current, improved = score, trial, True
+        if not improved:
+            break
+    return current
+
+
+def calibrate(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
+              out: Union[str, os.PathLike, None] = None, progress: bool = True
+              ) -> LabelSet:
+    """Choose per-phrase thresholds that maximise F1 on a cohort; return (and optionally save)
+    the vocabulary carrying them."""
+    candidates, labelset = collect_candidates(cohort, labelset, progress)
+    chosen = calibrate_candidates(candidates, labelset)
+    keyphrases = build_keyphrases(labelset)
+    per_label: dict[str, list[tuple[str, float]]] = {lid: [] for lid in labelset.ids}
+    for kp in keyphrases:
+        per_label[kp.label].append((kp.phrase, round(chosen.get(kp.phrase, kp.threshold), 4)))
+    calibrated = LabelSet(tuple(replace(label, thresholds=tuple(per_label[label.id]))
+                                for label in labelset.labels))
+    if out is not None:
+        calibrated.save(out)
+    report = evaluate_candidates(candidates, calibrated)
+    log.info("calibrated on %d patients: F1 %.3f (precision %.3f, recall %.3f)",
+             report["n_patients"], report["overall"]["f1"], report["overall"]["precision"],
+             report["overall"]["recall"])
+    return calibrated
