@@ -200,6 +200,9 @@ class LabelSet:
             raise VocabularyError(f"not valid JSON (line {exc.lineno}: {exc.msg})", path,
                                   "fix the syntax or delete the file to use the default "
                                   "labels") from None
+        except RecursionError:  # a bomb of nested brackets (found by fuzzing, test_fuzz.py)
+            raise VocabularyError("not a valid vocabulary (JSON nested too deeply)", path,
+                                  "fix the file or delete it to use the default labels") from None
         return cls.from_json(data, str(path))
 
     def to_json(self) -> dict:
