@@ -629,7 +629,23 @@ def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
         "model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
     }
     json.dumps({k: v for k, v in data.items() if k != "model"})  # fail early if not JSON-able
+    data["content_sha256"] = checkpoint_digest(data)
     _torch_save_atomic(path, data)
+
+
+def checkpoint_digest(data: dict[str, Any]) -> str:
+    """SHA-256 over a checkpoint's metadata (as JSON) and every weight's name, type, shape and
+    bytes.  torch's zip reader does not check its CRCs, so without this a flipped byte in the
+    weights would load silently (found by fuzzing, test_fuzz.py)."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in data.items() if k not in ("model", "content_sha256")}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    weights = data.get("model")
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(weights[name].shape)}".encode())
+        h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 @dataclass
@@ -672,6 +688,16 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError("not an EUSVoiceLabel model checkpoint", path,
                               "use a file written by 'eusvoicelabel train'")
+    stored_digest = data.get("content_sha256")
+    if stored_digest is not None:  # checkpoints from before the digest load unchecked
+        try:
+            digest = checkpoint_digest(data)
+        except (TypeError, ValueError, AttributeError, RuntimeError):
+            digest = None
+        if digest != stored_digest:
+            raise CheckpointError("the checkpoint is damaged (its content does not match its "
+                                  "checksum)", path,
+                                  "use an undamaged copy or train the model again")
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format {data.get('format_version')} is not "
                               f"supported by this version (expects {FORMAT_VERSION})", path,
@@ -700,7 +726,7 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
         raise CheckpointError(f"weights do not fit the {cfg.variant} network ({first})",
                               path) from None
     model.to(select_device(device)).eval()
-    meta = {k: v for k, v in data.items() if k not in ("model",)}
+    meta = {k: v for k, v in data.items() if k not in ("model", "content_sha256")}
     return LoadedModel(model, cfg, stored, dict(data.get("preprocessing", {})), version, meta)
 
 
