@@ -122,10 +122,11 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     timings["total"] = round(time.perf_counter() - t0, 1)
     report = out / "report.md"
     _write_report(report, s, metrics, label_result, detection, timings, heldout, files)
-    (out / "demo.json").write_text(json.dumps({"settings": asdict(s), "timings_s": timings,
-                                               "metrics": {k: metrics[k] for k in (
-                                                   "accuracy", "precision", "recall", "f1")},
-                                               "detection": detection}, indent=2) + "\n")
+    from .fileio import atomic_write_text
+    atomic_write_text(out / "demo.json", json.dumps({
+        "settings": asdict(s), "timings_s": timings,
+        "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1")},
+        "detection": detection}, indent=2) + "\n")
     return report
 
 
