@@ -406,6 +406,85 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure FLOPs, peak, speed and memory",
+                       description="Benchmark the network and the data path: FLOPs per "
+                                   "branch, the machine's measured matmul peak, inference "
+                                   "latency (with and without Grad-CAM) and training "
+                                   "throughput of the baseline and the optimised path side by "
+                                   "side, data-path and keyword-spotting speed, labelling time "
+                                   "and peak memory.  Exit code 1 when an optimised path is "
+                                   "slower than its baseline.")
+    p.add_argument("--image-size", type=_image_size, default=(350, 690), metavar="HxW",
+                   help="network input size to measure (default: the paper's 350x690)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="channel multiplier of the model measured (default: 1.0)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI check (under 2 minutes on 2 cores): demo size, no data path or "
+                        "labelling; fails when the optimised path is slower than the baseline")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats per case (default: 3, quick: 7)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: all cores of this process)")
+    p.add_argument("--train-batch", type=int, default=None,
+                   help="batch of the training-step cases (default: 8; 2 at the paper size "
+                        "on CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure torch.compile (compilation time is reported apart)")
+    p.add_argument("--no-data", action="store_true",
+                   help="skip the data-path, keyword-spotting and labelling cases")
+    p.add_argument("--label-minutes", type=float, default=20.0,
+                   help="length of the synthetic procedure labelled (default: 20; 0 = skip)")
+    p.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    p.add_argument("--markdown", type=Path, default=None,
+                   help="markdown file whose bench section is replaced by the tables "
+                        "(e.g. docs/benchmarks.md)")
+    p.add_argument("--section", default=None,
+                   help="name of that section (default: quick / full and the device)")
+    _common(p)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .bench import BenchSettings, markdown_report, run_bench, update_markdown, write_result
+
+    device = "cpu" if args.device == "auto" and not _cuda() else args.device
+    if args.quick:
+        s = BenchSettings.quick_settings(device)
+    else:
+        s = BenchSettings(device=device, image_size=tuple(args.image_size), width=args.width,
+                          data=not args.no_data, label_minutes=args.label_minutes)
+    if args.repeats is not None:
+        s.repeats = max(1, args.repeats)
+    s.threads, s.compile, s.seed = args.threads, args.compile, args.seed
+    if args.train_batch is not None:
+        s.train_batch = args.train_batch
+    say = (lambda m: None) if args.quiet else (lambda m: print(f"bench: {m}", file=sys.stderr))
+    result = run_bench(s, progress=say)
+    command = "eusvoicelabel bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
+        if sys.argv[1:2] == ["bench"] else "eusvoicelabel bench"
+    result["command"] = command
+    text = markdown_report(result, command)
+    print(text)
+    if args.out is not None:
+        write_result(args.out, result)
+    if args.markdown is not None:
+        section = args.section or f"{'quick' if s.quick else 'full'}-{result['device']}"
+        update_markdown(args.markdown, section, text)
+    if result["regressions"]:
+        print("bench: optimised path slower than the baseline: " +
+              "; ".join(result["regressions"]), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 _COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "info": (_add_info, _run_info),
     "synth": (_add_synth, _run_synth),
@@ -416,6 +495,7 @@ _COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "label": (_add_label, _run_label),
     "export": (_add_export, _run_export),
     "demo": (_add_demo, _run_demo),
+    "bench": (_add_bench, _run_bench),
 }
 
 

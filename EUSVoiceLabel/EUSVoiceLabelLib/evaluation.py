@@ -272,14 +272,16 @@ def plot_confusion_matrix(path: Path, matrix: Sequence[Sequence[float]],
 # --------------------------------------------------------------------------- a whole run
 def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "auto",
                     progress: bool = True, resume: bool = True,
-                    extra_config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+                    extra_config: Optional[Mapping[str, Any]] = None,
+                    workers: int = 1) -> dict[str, Any]:
     """LOPO over every patient of ``ws``; writes metrics.json, predictions.csv and
     confusion_matrix.png into ``out_dir`` and returns the metrics.  Wall times go to
     timings.json, so metrics.json depends only on the data, the settings and the seed.
 
     Finished folds are cached in ``out_dir/folds/`` (keyed by the configuration and the
     data) and reused when ``resume``; a fold interrupted mid-training resumes from its last
-    saved epoch.
+    saved epoch.  ``workers`` > 1 runs the folds in that many processes (one per GPU when
+    there are several; see :mod:`.parallel`), with the same pooled predictions.
     """
     import torch
     from tqdm import tqdm
@@ -298,12 +300,30 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
            "weights": file_sha256(cfg.weights) if cfg.weights and Path(cfg.weights).is_file()
            else None}
     results: list[FoldResult] = []
+    ready: dict[str, FoldResult] = {}
+    if workers > 1:
+        from .parallel import run_folds
+
+        todo = [f for f in folds
+                if not (resume and _read_fold(fold_dir / f"{_safe_name(f.patient)}.json",
+                                              key, f))]
+        states = {f.patient: fold_dir / f"{_safe_name(f.patient)}.state.pt" for f in todo}
+        if not resume:
+            for st in states.values():
+                st.unlink(missing_ok=True)
+
+        def finished(r: FoldResult) -> None:
+            _write_fold(fold_dir / f"{_safe_name(r.patient)}.json", key, r)
+            ready[r.patient] = r
+
+        if len(todo) > 1:
+            run_folds(ws, todo, cfg, device, workers, states, finished, progress)
     bar = tqdm(folds, desc=f"LOPO {cfg.variant}", unit="fold", disable=not progress,
                dynamic_ncols=True)
     for fold in bar:
         stem = fold_dir / _safe_name(fold.patient)
         done = Path(f"{stem}.json")
-        res = _read_fold(done, key, fold) if resume else None
+        res = ready.get(fold.patient) or (_read_fold(done, key, fold) if resume else None)
         if res is None:
             state = Path(f"{stem}.state.pt")
             if not resume:
@@ -400,7 +420,7 @@ def table_iii_markdown(results: Mapping[str, Optional[Mapping[str, Any]]],
 def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
                  weights: Optional[Mapping[str, Optional[Path]]] = None,
                  variants: Optional[Sequence[str]] = None, device: str = "auto",
-                 progress: bool = True, resume: bool = True,
+                 progress: bool = True, resume: bool = True, workers: int = 1,
                  pretrain_voice: bool = True) -> dict[str, Any]:
     """Run every variant of Table III and write ``OUT/<variant>/...`` plus ``OUT/table_iii.md``
     and ``OUT/summary.json``.
@@ -441,7 +461,8 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
             continue
         shared = {k: v for k, v in settings.items() if k not in ("variant", "weights")}
         cfg = TrainConfig(variant=variant, weights=str(wpath) if wpath else None, **shared)
-        results[variant] = evaluate_cohort(ws, cfg, out_dir / variant, device, progress, resume)
+        results[variant] = evaluate_cohort(ws, cfg, out_dir / variant, device, progress, resume,
+                                           workers=workers)
     table = table_iii_markdown(results, notes)
     atomic_write_text(out_dir / "table_iii.md", table)
     summary = {v: (None if m is None else {k: m[k] for k in ("accuracy", "precision", "recall",

@@ -1,0 +1,855 @@
+"""``eusvoicelabel bench``: measure first, then optimise where the measurements point.
+
+What is measured (docs/benchmarks.md has the figures and the commands that made them):
+
+- **FLOPs** per sample of the image branch, the voice branch, the joint product + head and the
+  whole network, forward and training step (forward + backward), counted with
+  ``torch.utils.flop_counter.FlopCounterMode`` on *meta* tensors (shapes only, nothing runs), at
+  the paper's size (25 x 350 x 690, 1024 x 66) and at the demo / test sizes.  The counter counts
+  matrix products and convolutions (2 FLOPs per multiply-add); BatchNorm, ReLU and pooling are
+  not counted (under 1 % of the total here).
+- **Peak**: a large square matmul in fp32 and in bf16 timed in the same run (the machine's own
+  attainable peak, not a datasheet figure).
+- **Inference latency per window** (batch 1) with and without Grad-CAM and **training
+  throughput** (samples/s of full Adam steps), the baseline (eager fp32, NCHW, trainable
+  weights, ``no_grad``) and the optimised path of :mod:`.fastpath` (frozen weights, BatchNorm
+  folded, channels-last, ``inference_mode``, bf16 autocast where native, ``torch.compile`` on
+  request) timed *interleaved* in one run (A B B A ...), several repeats, median.  Achieved
+  FLOP/s are given as a fraction of the measured peak.
+- **Data path**: windows/s decoded from video by time range vs read from the window cache; the
+  keyword spotter's real-time factor.
+- **Labelling** a long synthetic procedure in a fresh process: seconds per window with and
+  without heat maps, and the process's peak RSS.
+- **Memory**: peak host RSS per case (sampled every 5 ms), and peak CUDA memory on GPUs.
+
+``bench --quick`` (CI, under 2 minutes on 2 cores) measures the reduced sizes only and fails
+(exit code 1) when an optimised path is slower than its baseline by more than
+:data:`QUICK_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .fastpath import (autocast_for, bf16_is_fast, maybe_compile, optimise_for_inference,
+                       prepare_image)
+
+log = logging.getLogger(__name__)
+
+PAPER_SIZE = (350, 690)
+DEMO_SIZE = (64, 128)      # demo.DemoSettings image size (with width 0.25)
+TEST_SIZE = (32, 64)       # the unit tests' windows (with width 0.125)
+FRAMES = 25
+#: An optimised path may be at most this much slower than its baseline before ``--quick``
+#: fails: medians of interleaved repeats on a shared 2-core machine still move by ~10 %.
+QUICK_TOLERANCE = 0.15
+MARK_BEGIN = "<!-- bench:begin -->"
+MARK_END = "<!-- bench:end -->"
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass
+class BenchSettings:
+    """What ``bench`` runs."""
+
+    device: str = "cpu"
+    image_size: tuple[int, int] = PAPER_SIZE
+    width: float = 1.0
+    quick: bool = False
+    repeats: int = 3
+    threads: Optional[int] = None
+    train_batch: Optional[int] = None      # default: 8 (paper) on CUDA, 2 on CPU
+    compile: bool = False
+    data: bool = True
+    label_minutes: float = 20.0
+    label_windows: int = 8
+    num_classes: int = 5
+    seed: int = 0
+
+    @classmethod
+    def quick_settings(cls, device: str = "cpu") -> "BenchSettings":
+        """The CI check: demo size, more repeats, no data-path / labelling cases."""
+        return cls(device=device, image_size=DEMO_SIZE, width=0.25, quick=True, repeats=9,
+                   train_batch=8, data=False, label_minutes=0.0)
+
+
+# --------------------------------------------------------------------------- helpers
+def load_average() -> Optional[list[float]]:
+    """1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_count() -> int:
+    """Cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class PeakMemory:
+    """Peak host RSS (sampled every ``interval`` s in a thread) and peak CUDA memory of a block.
+
+    Use as ``with PeakMemory(device) as pm: ...`` then ``pm.host_mb`` / ``pm.cuda_mb``.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.005) -> None:
+        self.device = torch.device(device)
+        self.interval = interval
+        self.host_mb = 0.0
+        self.cuda_mb: Optional[float] = None
+        self._stop = threading.Event()
+        self._peak = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._peak = _rss_bytes()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, _rss_bytes())
+        self.host_mb = round(self._peak / 2 ** 20, 1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.cuda_mb = round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(cases: dict[str, Callable[[], Any]], repeats: int, device: torch.device,
+                     warmup: int = 1) -> dict[str, dict[str, Any]]:
+    """Time each case ``repeats`` times, interleaved (order reversed every other round so slow
+    drifts of the machine's load hit every case alike).  Returns per case the seconds of every
+    repeat, their median, and the peak memory seen while running it."""
+    names = list(cases)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    mem: dict[str, PeakMemory] = {}
+    for n in names:
+        with PeakMemory(device) as pm:
+            for _ in range(warmup):
+                cases[n]()
+            _sync(device)
+        mem[n] = pm
+    for r in range(repeats):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            _sync(device)
+            t0 = time.perf_counter()
+            cases[n]()
+            _sync(device)
+            times[n].append(time.perf_counter() - t0)
+    return {n: {"seconds": [round(t, 5) for t in times[n]],
+                "median_s": statistics.median(times[n]), "min_s": min(times[n]),
+                "peak_rss_mb": mem[n].host_mb, "peak_cuda_mb": mem[n].cuda_mb} for n in names}
+
+
+# --------------------------------------------------------------------------- FLOPs
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs counted by FlopCounterMode while ``fn`` runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def model_flops(image_size: Sequence[int], width: float = 1.0, frames: int = FRAMES,
+                num_classes: int = 5, variant: str = "proposed", batch: int = 2
+                ) -> dict[str, float]:
+    """FLOPs per sample (GFLOP) of each branch, the joint product + head and the whole
+    network, forward and training step, on meta tensors (nothing is computed)."""
+    from .model import build_model
+    from .training import weighted_loss
+
+    with torch.device("meta"):
+        model = build_model(variant, num_classes, frames, width=width)
+    image = torch.empty(batch, frames, *image_size, device="meta")
+    voice = torch.empty(batch, 1024, 66, device="meta")
+    labels = torch.zeros(batch, dtype=torch.long, device="meta")
+    w = torch.ones(num_classes, device="meta")
+    model.eval()
+    with torch.no_grad():
+        f_img = count_flops(lambda: model.image_branch(image)) if model.image_branch else 0
+        f_voice = count_flops(lambda: model.voice_branch(voice)) if model.voice_branch else 0
+        f_all = count_flops(lambda: model(image, voice))
+    model.train()
+
+    def step() -> None:
+        weighted_loss(model(image, voice), labels, w).backward()
+
+    f_train = count_flops(step)
+    f_img_train = 0
+    if model.image_branch is not None:
+        f_img_train = count_flops(lambda: model.image_branch(image).sum().backward())
+    g = 1e9 * batch
+    return {"image_branch_forward": f_img / g, "voice_branch_forward": f_voice / g,
+            "joint_and_head_forward": (f_all - f_img - f_voice) / g,
+            "total_forward": f_all / g, "total_train_step": f_train / g,
+            "image_branch_train_step": f_img_train / g,
+            "parameters_millions": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+# --------------------------------------------------------------------------- peak
+def measure_peak(device: torch.device, dtype: torch.dtype, min_seconds: float = 0.15,
+                 max_n: int = 4096, repeats: int = 3) -> dict[str, Any]:
+    """Attainable matmul FLOP/s: square matmuls grown until one takes ``min_seconds``, then
+    the best of ``repeats``.  Slow dtypes (emulated bf16) stop growing early."""
+    n = 256
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    while True:
+        a = torch.randn(n, n, generator=gen).to(device, dtype)
+        b = torch.randn(n, n, generator=gen).to(device, dtype)
+        (a @ b)
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        dt = time.perf_counter() - t0
+        if dt >= min_seconds or n >= max_n:
+            break
+        n = min(max_n, n * 2) if dt < min_seconds / 8 else min(max_n, int(n * 1.26))
+    best = dt
+    for _ in range(repeats - 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return {"n": n, "seconds": round(best, 5), "gflops": 2 * n ** 3 / best / 1e9}
+
+
+# --------------------------------------------------------------------------- model cases
+def _inputs(batch: int, image_size: Sequence[int], device: torch.device, seed: int = 0
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, FRAMES, *image_size, generator=g)
+    voice = torch.randn(batch, 1024, 66, generator=g)
+    labels = torch.randint(0, 5, (batch,), generator=g)
+    return image.to(device), voice.to(device), labels.to(device)
+
+
+def _trained_like_batchnorm(model: torch.nn.Module, seed: int) -> None:
+    """Give BatchNorm layers non-trivial statistics and affine parameters, as after training,
+    so the check that folding keeps the predictions is a real one."""
+    g = torch.Generator().manual_seed(seed + 7)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            with torch.no_grad():
+                m.weight.copy_(0.8 + 0.4 * torch.rand(n, generator=g))
+                m.bias.copy_(0.1 * torch.randn(n, generator=g))
+
+
+def inference_cases(image_size: Sequence[int], width: float, device: torch.device,
+                    repeats: int, compile_: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Latency per window (batch 1), baseline vs optimised, with and without Grad-CAM."""
+    from .explain import grad_cam
+    from .model import build_model
+
+    torch.manual_seed(seed)
+    base = build_model("proposed", 5, FRAMES, width=width)
+    _trained_like_batchnorm(base, seed)
+    base = base.to(device).eval()
+    fast = optimise_for_inference(base, device)
+    image, voice, _ = _inputs(1, image_size, device, seed)
+    image_fast = prepare_image(image, device)
+
+    def base_infer() -> None:
+        with torch.no_grad():
+            base(image, voice)
+
+    def fast_infer() -> None:
+        with torch.inference_mode(), autocast_for(device):
+            fast(image_fast, voice)
+
+    def base_cam() -> None:
+        grad_cam(base, image, voice)
+
+    def fast_cam() -> None:
+        with autocast_for(device):
+            grad_cam(fast, image_fast, voice)
+
+    def fast_image_branch() -> None:
+        with torch.inference_mode(), autocast_for(device):
+            fast.image_branch(image_fast)
+
+    # Same answers: the optimisation must not change predictions.
+    with torch.no_grad():
+        ref = torch.softmax(base(image, voice).float(), 1)
+        got = torch.softmax(fast(image_fast, voice).float(), 1)
+    max_diff = float((ref - got).abs().max())
+    cases = {"baseline": base_infer, "optimised": fast_infer, "baseline_cam": base_cam,
+             "optimised_cam": fast_cam, "optimised_image_branch": fast_image_branch}
+    compiled_error = None
+    if compile_:
+        comp = maybe_compile(fast)
+        try:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                comp(image_fast, voice)
+            compile_s = time.perf_counter() - t0
+
+            def comp_infer() -> None:
+                with torch.inference_mode(), autocast_for(device):
+                    comp(image_fast, voice)
+            cases["optimised_compiled"] = comp_infer
+        except Exception as exc:  # the compiler is optional
+            compiled_error = f"{exc.__class__.__name__}: {str(exc)[:200]}"
+    res = time_interleaved(cases, repeats, device)
+    out: dict[str, Any] = {"cases": res, "max_probability_difference": max_diff}
+    if compile_:
+        out["compile"] = {"first_call_s": round(compile_s, 1)} if compiled_error is None \
+            else {"error": compiled_error}
+    return out
+
+
+def training_cases(image_size: Sequence[int], width: float, device: torch.device, batch: int,
+                   repeats: int, compile_: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Seconds per Adam step on a preloaded batch, baseline (eager fp32 NCHW) vs optimised
+    (channels-last, bf16 autocast where native, compiled on request)."""
+    from .model import build_model
+    from .training import weighted_loss
+
+    image, voice, labels = _inputs(batch, image_size, device, seed)
+    weights = torch.ones(5, device=device)
+
+    def make(optimised: bool) -> Callable[[], None]:
+        torch.manual_seed(seed)
+        model = build_model("proposed", 5, FRAMES, width=width).to(device).train()
+        img = image
+        if optimised:
+            model = model.to(memory_format=torch.channels_last)
+            img = prepare_image(image, device)
+        net = maybe_compile(model) if (optimised and compile_) else model
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        ctx = (lambda: autocast_for(device)) if optimised else contextlib.nullcontext
+
+        def step() -> None:
+            with ctx():
+                logits = net(img, voice)
+            loss = weighted_loss(logits, labels, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    res = time_interleaved({"baseline": make(False), "optimised": make(True)}, repeats, device)
+    for r in res.values():
+        r["samples_per_s"] = batch / r["median_s"]
+    return {"batch": batch, "cases": res}
+
+
+# --------------------------------------------------------------------------- synthetic media
+def _clip_frames(n: int, size: tuple[int, int], seed: int = 0) -> Iterator[np.ndarray]:
+    """Smooth moving grey blobs with light speckle (compresses like real EUS, unlike noise)."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    centres = rng.uniform(0, 1, (5, 2)) * (w, h)
+    speed = rng.normal(0, 2, (5, 2))
+    speckle = rng.normal(0, 6, (h, w)).astype(np.float32)
+    for i in range(n):
+        img = np.full((h, w), 30.0, np.float32)
+        for (cx, cy), (vx, vy) in zip(centres, speed):
+            img += 120 * np.exp(-(((xx - cx - vx * i) / 60) ** 2 + ((yy - cy - vy * i) / 40) ** 2))
+        yield np.clip(img + speckle, 0, 255).astype(np.uint8)
+
+
+def write_long_video(path: Path, seconds: float, size: tuple[int, int] = (720, 480),
+                     clip_seconds: float = 10.0, fps: int = 25) -> Path:
+    """A long H.264 video made fast: one short clip is encoded, then its packets are remuxed
+    with shifted timestamps until ``seconds`` are covered."""
+    import av
+
+    clip = path.with_suffix(".clip.mp4")
+    n_clip = int(clip_seconds * fps)
+    with av.open(str(clip), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height = size
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "30", "g": str(fps)}
+        for i, img in enumerate(_clip_frames(n_clip, size)):
+            vf = av.VideoFrame.from_ndarray(img, format="gray").reformat(format="yuv420p")
+            vf.pts = i
+            for p in vs.encode(vf):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    repeats = int(math.ceil(seconds / clip_seconds))
+    with av.open(str(clip)) as src:
+        sv = src.streams.video[0]
+        packets = [p for p in src.demux(sv) if p.size]
+        span = int(round(n_clip / (fps * sv.time_base)))
+        with av.open(str(path), "w") as out:
+            ov = out.add_stream_from_template(sv)
+            for r in range(repeats):
+                for p in packets:
+                    q = av.Packet(bytes(p))
+                    q.stream = ov
+                    q.pts = p.pts + r * span
+                    q.dts = p.dts + r * span
+                    q.time_base = sv.time_base
+                    q.is_keyframe = p.is_keyframe
+                    out.mux(q)
+    clip.unlink()
+    return path
+
+
+def make_procedure(folder: Path, seconds: float, n_mentions: int, seed: int = 0,
+                   size: tuple[int, int] = (720, 480)) -> Path:
+    """A procedure folder for timing: long video, a 48 kHz wav with quiet room noise and a
+    spoken landmark phrase (flite TTS) at each mention, and mentions.csv."""
+    from .fileio import atomic_write_text
+    from .vocabulary import LabelSet
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_long_video(folder / "video.mp4", seconds, size)
+    rate = 48000
+    rng = np.random.default_rng(seed)
+    audio = (0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+    labels = LabelSet.default()
+    times = np.linspace(5.0, max(6.0, seconds - 8.0), n_mentions)
+    rows = ["time_s,label,end_s"]
+    try:
+        from .synth.speech import speak
+        have_tts = True
+    except Exception:  # pragma: no cover - TTS engines missing: silent mentions
+        have_tts = False
+    for k, t in enumerate(times):
+        lab = labels.labels[k % len(labels)]
+        end = t + 1.0
+        if have_tts:
+            try:
+                x = 0.5 * speak(f"this is the {lab.name}", "flite_slt")
+                i = int(t * rate)
+                x = x[: len(audio) - i]
+                audio[i:i + len(x)] += x
+                end = t + len(x) / rate
+            except Exception:  # pragma: no cover
+                pass
+        rows.append(f"{t:.3f},{lab.id},{end:.3f}")
+    atomic_write_text(folder / "mentions.csv", "\n".join(rows) + "\n")
+    import wave
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(folder / "audio.wav"), "wb") as wf:
+        wf.setnchannels(1)
+        wf.setsampwidth(2)
+        wf.setframerate(rate)
+        wf.writeframes(pcm.tobytes())
+    return folder
+
+
+def data_cases(workdir: Path, image_size: Sequence[int], seconds: float = 120.0,
+               n_mentions: int = 8, kws_seconds: float = 60.0) -> dict[str, Any]:
+    """Windows/s from video (seek + decode + crop + resize + spectrogram) vs from the cache,
+    and the keyword spotter's real-time factor."""
+    from .dataset import WindowSettings, load_windows_cached
+    from .detect import detect_mentions
+    from .procedure import load_procedure
+    from .vocabulary import LabelSet
+
+    folder = make_procedure(workdir / "data_proc", seconds, n_mentions)
+    labels = LabelSet.default()
+    settings = WindowSettings(image_size=tuple(image_size), frames=FRAMES)
+    cache = workdir / "cache"
+    out: dict[str, Any] = {"procedure_seconds": seconds, "windows": n_mentions,
+                           "image_size": list(image_size)}
+    with PeakMemory() as pm:
+        t0 = time.perf_counter()
+        load_windows_cached(folder, labels, settings, cache)  # miss: decodes, writes the cache
+        dt_video = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    w = load_windows_cached(folder, labels, settings, cache)   # hit
+    dt_cache = time.perf_counter() - t0
+    assert len(w.labels) == n_mentions
+    out["video_windows_per_s"] = n_mentions / dt_video
+    out["cache_windows_per_s"] = n_mentions / dt_cache
+    out["video_peak_rss_mb"] = pm.host_mb
+    proc = load_procedure(folder, labelset=labels)
+    n = int(min(kws_seconds, proc.duration_s) * proc.sample_rate)
+    t0 = time.perf_counter()
+    found = detect_mentions(proc.audio[:n], proc.sample_rate, labels)
+    dt = time.perf_counter() - t0
+    out["kws"] = {"audio_seconds": n / proc.sample_rate, "seconds": round(dt, 2),
+                  "real_time_factor": dt / (n / proc.sample_rate),
+                  "mentions_found": len(found)}
+    return out
+
+
+# --------------------------------------------------------------------------- labelling
+def _paper_checkpoint(path: Path, image_size: Sequence[int], width: float, seed: int) -> Path:
+    """A random-init model saved as a checkpoint (labelling cost does not depend on weights)."""
+    from .dataset import WindowSettings
+    from .model import build_model
+    from .training import TrainConfig, TrainResult, save_checkpoint
+    from .vocabulary import LabelSet
+
+    labels = LabelSet.default()
+    cfg = TrainConfig(variant="proposed", epochs=0, image_size=tuple(image_size),
+                      frames=FRAMES, width=width, seed=seed)
+    torch.manual_seed(seed)
+    model = build_model("proposed", len(labels), FRAMES, width=width).eval()
+    pre = WindowSettings(image_size=tuple(image_size), frames=FRAMES).to_json()
+    pre["voice_shape"] = [1024, 66]
+    save_checkpoint(path, TrainResult(model, cfg, [1.0] * len(labels)), labels, pre)
+    return path
+
+
+def _label_child(folder: str, model_path: str, out_dir: str, device: str, threads: int,
+                 queue: Any) -> None:
+    """Runs in a fresh process: label with heat maps (all outputs written), then without."""
+    import resource
+
+    from .labelling import LabelModel, label_procedure, label_to_folder
+    from .procedure import load_procedure
+
+    torch.set_num_threads(threads)
+    def rss() -> float:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    try:
+        # The whole 'label' command first (all outputs streamed to disk): its peak RSS.
+        t0 = time.perf_counter()
+        result, _ = label_to_folder(folder, model_path, out_dir, device=device, with_cam=True,
+                                    progress=False)
+        command_s = time.perf_counter() - t0
+        rss_command = rss()
+        model = LabelModel.load(model_path, device)
+        proc = load_procedure(folder, labelset=model.labelset)
+        label_procedure(proc, model, proc.mentions[:1], with_cam=True)  # warm-up
+        times = {}
+        for cam in (True, False):
+            t0 = time.perf_counter()
+            label_procedure(proc, model, with_cam=cam)
+            times[cam] = time.perf_counter() - t0
+        n = len(result.windows)
+        queue.put({"windows": n, "with_cam_s_per_window": times[True] / n,
+                   "without_cam_s_per_window": times[False] / n,
+                   "label_command_s_per_window": command_s / n,
+                   "peak_rss_mb_label_command": rss_command, "peak_rss_mb_total": rss()})
+    except BaseException as exc:  # report, never hang the parent
+        queue.put({"error": f"{exc.__class__.__name__}: {exc}"})
+
+
+def labelling_case(workdir: Path, minutes: float, n_windows: int, image_size: Sequence[int],
+                   width: float, device: str, threads: int, seed: int = 0) -> dict[str, Any]:
+    """Label a ``minutes`` long synthetic procedure (``label`` with heat maps and all outputs)
+    in a fresh process; seconds per window with / without heat maps and its peak RSS."""
+    import multiprocessing as mp
+
+    folder = make_procedure(workdir / "long_proc", minutes * 60.0, n_windows, seed)
+    model_path = _paper_checkpoint(workdir / "paper_random.pt", image_size, width, seed)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_label_child, args=(str(folder), str(model_path),
+                                               str(workdir / "label_out"), device, threads, q))
+    p.start()
+    import queue as queue_mod
+    while True:  # never wait forever on a child that died before reporting
+        try:
+            res = q.get(timeout=2.0)
+            break
+        except queue_mod.Empty:
+            if not p.is_alive():
+                res = {"error": f"labelling process exited with code {p.exitcode}"}
+                break
+    p.join()
+    res.update({"minutes": minutes, "image_size": list(image_size), "width": width})
+    return res
+
+
+# --------------------------------------------------------------------------- the run
+def _summaries(res: dict[str, Any], flops: dict[str, float], peak_gflops: float,
+               peak_name: str) -> None:
+    """Add speed-ups and achieved FLOP/s (fraction of ``peak``) to an inference result."""
+    c = res["cases"]
+    for name, f in (("baseline", flops["total_forward"]), ("optimised", flops["total_forward"]),
+                    ("optimised_compiled", flops["total_forward"]),
+                    ("optimised_image_branch", flops["image_branch_forward"])):
+        if name in c:
+            g = f / c[name]["median_s"]
+            c[name]["achieved_gflops"] = g
+            c[name]["fraction_of_peak"] = g / peak_gflops
+    res["peak_used"] = peak_name
+    res["speedup"] = c["baseline"]["median_s"] / c["optimised"]["median_s"]
+    res["speedup_cam"] = c["baseline_cam"]["median_s"] / c["optimised_cam"]["median_s"]
+    if "optimised_compiled" in c:
+        res["speedup_compiled"] = c["baseline"]["median_s"] / c["optimised_compiled"]["median_s"]
+
+
+def run_bench(s: BenchSettings, progress: Callable[[str], None] = lambda m: None
+              ) -> dict[str, Any]:
+    """Run the benchmark and return its JSON-able result (see the module docstring)."""
+    from . import __version__
+    from .training import select_device
+
+    device = select_device(s.device)
+    threads = s.threads or cpu_count()
+    torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    out: dict[str, Any] = {
+        "package_version": __version__, "torch": torch.__version__,
+        "python": platform.python_version(), "machine": platform.machine(),
+        "processor": _cpu_name(), "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+        "cores": cpu_count(), "torch_threads": threads, "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
+        "load_average_start": load_average(), "bf16_native": bf16_is_fast(device),
+    }
+    small_size, small_width = (DEMO_SIZE, 0.25)
+    sizes = {"paper": (PAPER_SIZE, 1.0), "demo": (DEMO_SIZE, 0.25), "test": (TEST_SIZE, 0.125)}
+    if tuple(s.image_size) not in {v[0] for v in sizes.values()} or \
+            s.width not in {v[1] for v in sizes.values()}:
+        sizes["chosen"] = (tuple(s.image_size), s.width)
+    progress("FLOPs (meta tensors)")
+    out["flops_gflop_per_sample"] = {
+        k: {"image_size": list(sz), "frames": FRAMES, "width": w, **model_flops(sz, w)}
+        for k, (sz, w) in sizes.items()}
+
+    progress("matmul peak fp32 / bf16")
+    out["peak"] = {"fp32": measure_peak(device, torch.float32),
+                   "bf16": measure_peak(device, torch.bfloat16,
+                                        min_seconds=0.15 if bf16_is_fast(device) else 0.05,
+                                        max_n=8192 if device.type == "cuda" else 4096)}
+    peak_name = "bf16" if bf16_is_fast(device) else "fp32"
+    peak = out["peak"][peak_name]["gflops"]
+
+    # The chosen size (default: the paper's) and, unless it is already that, the demo size.
+    runs = [("chosen", tuple(s.image_size), s.width)]
+    if not s.quick and (tuple(s.image_size), s.width) != (small_size, small_width):
+        runs.append(("demo", small_size, small_width))
+    flops_of = {tuple(v["image_size"]) + (v["width"],): v
+                for v in out["flops_gflop_per_sample"].values()}
+    out["inference"] = {}
+    out["training"] = {}
+    for key, size, width in runs:
+        fl = flops_of[tuple(size) + (width,)]
+        progress(f"inference {size[0]}x{size[1]} width {width}")
+        rep = s.repeats if key == "chosen" or s.quick else max(s.repeats, 5)
+        inf = inference_cases(size, width, device, rep, s.compile, s.seed)
+        _summaries(inf, fl, peak, peak_name)
+        inf.update({"image_size": list(size), "width": width})
+        out["inference"][key] = inf
+        batch = s.train_batch or (8 if device.type == "cuda" or min(size) < 200 else 2)
+        progress(f"training {size[0]}x{size[1]} width {width}, batch {batch}")
+        tr = training_cases(size, width, device, batch, rep, s.compile, s.seed)
+        for name, c in tr["cases"].items():
+            g = fl["total_train_step"] * c["samples_per_s"]
+            c["achieved_gflops"] = g
+            c["fraction_of_peak"] = g / peak
+        tr["speedup"] = tr["cases"]["optimised"]["samples_per_s"] / \
+            tr["cases"]["baseline"]["samples_per_s"]
+        tr.update({"image_size": list(size), "width": width, "peak_used": peak_name})
+        if device.type == "cuda":
+            # One LOPO fold of the paper: 131 training windows x 200 epochs.
+            tr["paper_fold_estimate_s"] = 131 * 200 / tr["cases"]["optimised"]["samples_per_s"]
+        out["training"][key] = tr
+
+    if s.data and not s.quick:
+        with tempfile.TemporaryDirectory(prefix="eusvl_bench_") as tmp:
+            progress("data path and keyword spotting")
+            out["data"] = data_cases(Path(tmp), s.image_size)
+            if s.label_minutes > 0:
+                progress(f"labelling a {s.label_minutes:g}-minute procedure in a fresh process")
+                out["labelling"] = labelling_case(Path(tmp), s.label_minutes, s.label_windows,
+                                                  s.image_size, s.width, str(device), threads,
+                                                  s.seed)
+    out["load_average_end"] = load_average()
+    out["wall_time_s"] = round(time.perf_counter() - t_start, 1)
+    out["regressions"] = check_regressions(out)
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _slower(c: dict[str, Any], base: str, opt: str, tolerance: float) -> Optional[float]:
+    """Time ratio opt/base when the optimised case is slower beyond ``tolerance`` both by the
+    medians and by the fastest repeats (a load spike on a shared machine moves one of them,
+    a real regression moves both); else None."""
+    med = c[opt]["median_s"] / c[base]["median_s"]
+    best = c[opt]["min_s"] / c[base]["min_s"]
+    return med if min(med, best) > 1 + tolerance else None
+
+
+def check_regressions(result: dict[str, Any], tolerance: float = QUICK_TOLERANCE) -> list[str]:
+    """Optimised paths slower than their baseline by more than ``tolerance`` (see
+    :func:`_slower`), and optimised predictions that differ from the baseline's."""
+    bad = []
+    for key, inf in result.get("inference", {}).items():
+        c = inf["cases"]
+        for base, opt in (("baseline", "optimised"), ("baseline_cam", "optimised_cam")):
+            ratio = _slower(c, base, opt, tolerance)
+            if ratio is not None:
+                bad.append(f"inference {key}: {opt} takes {ratio:.2f}x the time of {base}")
+        if inf.get("max_probability_difference", 0) > 1e-3:
+            bad.append(f"inference {key}: optimised probabilities differ by "
+                       f"{inf['max_probability_difference']:.2g}")
+    for key, tr in result.get("training", {}).items():
+        ratio = _slower(tr["cases"], "baseline", "optimised", tolerance)
+        if ratio is not None:
+            bad.append(f"training {key}: optimised step takes {ratio:.2f}x the baseline's")
+    return bad
+
+
+# --------------------------------------------------------------------------- report
+def markdown_report(r: dict[str, Any], command: str) -> str:
+    """The markdown tables of a result (what goes between the markers in docs/benchmarks.md)."""
+    L = [f"Command: `{command}`", "",
+         f"Machine: {r['processor']} ({r['cpu_capability']}), {r['cores']} cores, "
+         f"{r['torch_threads']} torch threads, device {r['device']}"
+         + (f" ({r['gpu']})" if r.get("gpu") else "")
+         + f"; torch {r['torch']}; load average {r['load_average_start']} at the start, "
+           f"{r['load_average_end']} at the end; {r['wall_time_s']} s.", ""]
+    L += ["**FLOPs per sample** (GFLOP, FlopCounterMode; convolutions and matmuls):", "",
+          "| size | frames x H x W | width | params (M) | image fwd | voice fwd | joint+head fwd "
+          "| total fwd | image train step | total train step |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, f in r["flops_gflop_per_sample"].items():
+        h, w = f["image_size"]
+        L.append(f"| {k} | {f['frames']} x {h} x {w} | {f['width']} | "
+                 f"{f['parameters_millions']:.1f} | {f['image_branch_forward']:.3f} | "
+                 f"{f['voice_branch_forward']:.3f} | {f['joint_and_head_forward']:.4f} | "
+                 f"{f['total_forward']:.3f} | {f['image_branch_train_step']:.3f} | "
+                 f"{f['total_train_step']:.3f} |")
+    p = r["peak"]
+    L += ["", f"**Measured matmul peak**: fp32 {p['fp32']['gflops']:.1f} GFLOP/s "
+              f"(n = {p['fp32']['n']}), bf16 {p['bf16']['gflops']:.2f} GFLOP/s "
+              f"(n = {p['bf16']['n']}); bf16 native here: {r['bf16_native']}.", ""]
+    L += ["**Inference per window** (batch 1; median of interleaved repeats):", "",
+          "| size | width | case | median s | GFLOP/s | of peak | peak RSS MB |",
+          "|---|---|---|---|---|---|---|"]
+    for k, inf in r["inference"].items():
+        h, w = inf["image_size"]
+        for name, c in inf["cases"].items():
+            g = c.get("achieved_gflops")
+            gs = "" if g is None else f"{g:.1f}"
+            fs = "" if g is None else f"{100 * c['fraction_of_peak']:.0f} %"
+            L.append(f"| {h}x{w} | {inf['width']} | {name} | {c['median_s']:.4f} | {gs} | "
+                     f"{fs} | {c['peak_rss_mb']:.0f}"
+                     + (f" (CUDA {c['peak_cuda_mb']:.0f})" if c.get("peak_cuda_mb") else "")
+                     + " |")
+        L.append(f"| {h}x{w} | {inf['width']} | **speed-up** | optimised {inf['speedup']:.2f}x, "
+                 f"with Grad-CAM {inf['speedup_cam']:.2f}x"
+                 + (f", compiled {inf['speedup_compiled']:.2f}x" if "speedup_compiled" in inf
+                    else "") + f" | | | max prob. diff {inf['max_probability_difference']:.1e} |")
+    L += ["", "**Training** (Adam steps on a preloaded batch):", "",
+          "| size | width | batch | case | samples/s | GFLOP/s | of peak | peak RSS MB |",
+          "|---|---|---|---|---|---|---|---|"]
+    for k, tr in r["training"].items():
+        h, w = tr["image_size"]
+        for name, c in tr["cases"].items():
+            L.append(f"| {h}x{w} | {tr['width']} | {tr['batch']} | {name} | "
+                     f"{c['samples_per_s']:.2f} | {c['achieved_gflops']:.1f} | "
+                     f"{100 * c['fraction_of_peak']:.0f} % | {c['peak_rss_mb']:.0f}"
+                     + (f" (CUDA {c['peak_cuda_mb']:.0f})" if c.get("peak_cuda_mb") else "")
+                     + " |")
+        L.append(f"| {h}x{w} | {tr['width']} | {tr['batch']} | **speed-up** | "
+                 f"{tr['speedup']:.2f}x | | | |")
+    if "data" in r:
+        d = r["data"]
+        k = d["kws"]
+        L += ["", f"**Data path** ({d['windows']} windows of a {d['procedure_seconds']:g}-s "
+                  f"720x480 H.264 procedure, {d['image_size'][0]}x{d['image_size'][1]}): "
+                  f"{d['video_windows_per_s']:.2f} windows/s from video by time range, "
+                  f"{d['cache_windows_per_s']:.1f} windows/s from the window cache "
+                  f"({d['cache_windows_per_s'] / d['video_windows_per_s']:.0f}x); keyword "
+                  f"spotting real-time factor {k['real_time_factor']:.3f} "
+                  f"({k['audio_seconds']:.0f} s of audio in {k['seconds']:.1f} s)."]
+    if "labelling" in r:
+        lb = r["labelling"]
+        if "error" in lb:
+            L += ["", f"**Labelling**: failed: {lb['error']}"]
+        else:
+            L += ["", f"**Labelling** a {lb['minutes']:g}-minute procedure ({lb['windows']} "
+                      f"windows, {lb['image_size'][0]}x{lb['image_size'][1]}, width "
+                      f"{lb['width']}, fresh process, all outputs written): "
+                      f"{lb['with_cam_s_per_window']:.2f} s per window with heat maps, "
+                      f"{lb['without_cam_s_per_window']:.2f} s without; the whole `label` "
+                      f"command (decoding, heat maps, every output file) "
+                      f"{lb['label_command_s_per_window']:.2f} s per window with a peak RSS "
+                      f"of {lb['peak_rss_mb_label_command']:.0f} MB."]
+    L += ["", "Regressions (optimised slower than baseline by more than "
+              f"{100 * QUICK_TOLERANCE:.0f} %): "
+              + ("; ".join(r["regressions"]) if r["regressions"] else "none") + "."]
+    return "\n".join(L) + "\n"
+
+
+def update_markdown(path: Path, section: str, text: str) -> None:
+    """Replace the ``section`` block between the bench markers of ``path`` (append if absent)."""
+    from .fileio import atomic_write_text
+
+    begin = f"{MARK_BEGIN[:-4]} {section} -->"
+    end = f"{MARK_END[:-4]} {section} -->"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    block = f"{begin}\n{text}{end}"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
+    atomic_write_text(path, new)
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """The JSON result, written atomically."""
+    from .fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(result, indent=2, default=float) + "\n")
+
+
+__all__ = ["BenchSettings", "run_bench", "model_flops", "measure_peak", "inference_cases",
+           "training_cases", "data_cases", "labelling_case", "time_interleaved", "PeakMemory",
+           "check_regressions", "markdown_report", "update_markdown", "write_result",
+           "make_procedure", "write_long_video", "QUICK_TOLERANCE", "PAPER_SIZE", "DEMO_SIZE"]
