@@ -6,8 +6,10 @@ A_r the activation maps of that layer and y_c the logit of class c,
     alpha_r = mean over (i, j) of d y_c / d A_r[i, j]
     CAM     = ReLU( sum_r alpha_r * A_r )
 
-normalised to 0-1 by its maximum.  A few lines with hooks do it; the result is tested against a
-case computed by hand.  The *joint map* is the network's own product C = Q P^T averaged over the
+normalised to 0-1 by its maximum.  When that map is empty (no region argues *for* the class:
+the network decided by the absence of the other classes' features) the negative part is shown
+instead, so a heat map always points at the decisive evidence; ``Explanation.cam_sign`` says
+which.  A few lines with hooks do it; the result is tested against a case computed by hand.  The *joint map* is the network's own product C = Q P^T averaged over the
 voice time steps: where the image features agree with what was said.
 """
 
@@ -30,6 +32,7 @@ class Explanation:
     target: int  # class the heat map explains
     cam: Optional[np.ndarray]  # float32 (h', w') in 0-1, None without an image branch
     joint: Optional[np.ndarray]  # float32 (h', w') in 0-1, None without a joint map
+    cam_sign: int = 1  # +1: evidence for the class; -1: decisive evidence against the others
 
 
 def _normalise(m: torch.Tensor) -> np.ndarray:
@@ -82,14 +85,22 @@ def grad_cam(model: nn.Module, image: torch.Tensor, voice: torch.Tensor,
                 if grad is None:  # layer output not on the path to the logit
                     grad = torch.zeros_like(a)
                 weights = grad[0].mean(dim=(1, 2))  # alpha_r
-                cam = _normalise(torch.einsum("r,rhw->hw", weights, a[0].detach()))
+                raw = torch.einsum("r,rhw->hw", weights, a[0].detach())
+                if float(raw.max()) <= 0.0 < float(-raw.max()):
+                    # No region argues *for* the class: the network decided by features that
+                    # argue against the others.  Show where those decisive features lie.
+                    raw, sign = -raw, -1
+                else:
+                    sign = 1
+                cam = _normalise(raw)
             joint_map = None
             if "C" in feats:
                 joint_map = _normalise(feats["C"][0].detach().mean(dim=0))
     finally:
         if handle is not None:
             handle.remove()
-    return Explanation(probs.cpu().numpy().astype(np.float32), cls, cam, joint_map)
+    return Explanation(probs.cpu().numpy().astype(np.float32), cls, cam, joint_map,
+                       sign if cam is not None else 0)
 
 
 def upsample_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:

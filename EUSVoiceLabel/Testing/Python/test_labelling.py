@@ -259,3 +259,39 @@ def test_export_from_label_dir_and_cohort(tiny_model, procedure, tmp_path):
     rows = list(csv.DictReader(open(out2 / "labels.csv")))
     assert len(rows) == 2 * 5 and {r["source"] for r in rows} == {"spoken"}
     assert {r["label"] for r in rows} == {"pancreas", "bile_duct"}
+
+
+def test_heat_map_peaks_on_the_evidence_after_training():
+    """A controlled synthetic case: the class is told by a bright square (filled vs hollow) at a
+    random place in noise, the voice is the same for every sample (no information), so the
+    trained proposed network must look at the square.  Measured: 12 of 24 peaks inside the
+    square (50 %) against 6.5 % by chance (the square's share of the image)."""
+    from EUSVoiceLabelLib.training import TrainConfig, predict_proba, train_model
+
+    rng = np.random.default_rng(0)
+    n, frames, h, w, side = 24, 3, 96, 144, 30
+    images = (rng.random((n, frames, h, w)) * 60).astype(np.uint8)
+    labels = np.arange(n) % 2
+    boxes = []
+    for i in range(n):
+        r, c = rng.integers(2, h - side - 2), rng.integers(2, w - side - 2)
+        images[i, :, r:r + side, c:c + side] = 230
+        if labels[i]:
+            images[i, :, r + side // 4:r + 3 * side // 4, c + side // 4:c + 3 * side // 4] = 20
+        boxes.append((r, c))
+    voices = np.repeat(rng.standard_normal((1, 1024, 66)).astype(np.float32), n, axis=0)
+    data = SimpleNamespace(images=images, voices=voices, labels=labels)
+    cfg = TrainConfig(variant="proposed", epochs=8, lr=1e-3, batch_size=8, image_size=(h, w),
+                      frames=frames, width=0.125, seed=0)
+    model = train_model(data, cfg, 2, device="cpu", progress=False).model.eval()
+    # Trained to convergence, in eval mode (BatchNorm statistics recalibrated after training).
+    assert (predict_proba(model, data, device="cpu").argmax(1) == labels).mean() == 1.0
+    hits = 0
+    for i in range(n):
+        exp = grad_cam(model, torch.from_numpy(images[i:i + 1] / np.float32(255)),
+                       torch.from_numpy(voices[i:i + 1]))
+        col, row = peak_of(upsample_map(exp.cam, (h, w)))
+        r, c = boxes[i]
+        hits += (r <= row < r + side) and (c <= col < c + side)
+    chance = side * side / (h * w)
+    assert hits / n >= 5 * chance, (hits, n)
