@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -150,8 +151,17 @@ def _run_train(args: argparse.Namespace) -> int:
                       **_train_settings(args))
     if args.out.is_dir():
         raise ConfigError("--out must be a checkpoint file, not a folder", args.out)
+    from .distributed import init_from_env, shutdown
+
     labelset = load_labelset(args.labels, args.cohort)
+    # torchrun --nproc_per_node=K -m EUSVoiceLabelLib train ...: data-parallel training.  The
+    # first process builds the window cache, the others then read it.
+    ctx = init_from_env(args.device)
+    if ctx is not None and not ctx.is_main:
+        ctx.barrier()
     ws = _window_set(args, labelset)
+    if ctx is not None and ctx.is_main:
+        ctx.barrier()
     state = args.out.with_name(args.out.name + ".resume.pt")
     # keep_state: the finished weights stay in the resume file until the checkpoint is written,
     # so a failing disk costs a re-run of the same command, not the training.
@@ -160,7 +170,13 @@ def _run_train(args: argparse.Namespace) -> int:
                          keep_state=True)
     extra = {"cohort": str(args.cohort), "patients": ws.patient_ids, "n_windows": len(ws),
              "label_counts": ws.label_counts(), "wall_time_s": round(result.wall_time_s, 1),
-             "device": result.device}
+             "device": result.device,
+             "data_parallel_processes": ctx.world if ctx is not None else 1}
+    if ctx is not None:
+        ctx.barrier()
+        if not ctx.is_main:  # the replicas are identical: the first process saves
+            shutdown()
+            return 0
     try:
         save_checkpoint(args.out, result, labelset, preprocessing_settings(ws, cfg), extra)
     except OutputError as exc:
@@ -172,7 +188,10 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"trained {cfg.variant} on {len(ws)} windows of {len(ws.patient_ids)} patients "
           f"({cfg.epochs} epochs, final loss {last.get('loss', float('nan')):.4f}, train "
           f"accuracy {last.get('train_accuracy', float('nan')):.2f}, "
-          f"{result.wall_time_s:.0f} s on {result.device}) -> {args.out}")
+          f"{result.wall_time_s:.0f} s on {result.device}"
+          + (f" x {ctx.world} processes" if ctx is not None else "") + f") -> {args.out}")
+    if ctx is not None:
+        shutdown()
     return 0
 
 
@@ -188,14 +207,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         weights = {"vgg16": args.vgg16_weights, "resnet50": args.resnet50_weights,
                    "voice": args.voice_weights}
         res = evaluate_all(ws, settings, args.out, weights=weights, device=args.device,
-                           progress=not args.quiet, resume=not args.restart)
+                           progress=not args.quiet, resume=not args.restart,
+                           workers=args.workers)
         print(res["table"])
         print(f"wrote {args.out}/<variant>/metrics.json ... and {args.out}/table_iii.md")
         return 0
     cfg = TrainConfig(variant=args.variant, weights=_weights_for(args, args.variant), **settings)
     ws = _window_set(args, labelset)
     m = evaluate_cohort(ws, cfg, args.out, device=args.device, progress=not args.quiet,
-                        resume=not args.restart)
+                        resume=not args.restart, workers=args.workers)
     b = m["bootstrap"]
     print(f"{cfg.variant}: LOPO over {m['n_patients']} patients, {m['n_samples']} windows: "
           f"accuracy {m['accuracy']:.3f}, precision {m['precision']:.3f}, recall "
@@ -317,6 +337,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--restart", action="store_true",
                    help="ignore finished folds and resume files in OUT from an earlier run")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run the folds in N parallel processes: one per GPU when there are "
+                        "several, else N CPU workers with cores/N torch threads each "
+                        "(default: 1 = in turn)")
     _training_options(p)
     _common(p)
 
@@ -524,6 +548,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .outputlock import output_lock
 
     out = getattr(args, "out", None)
+    if int(os.environ.get("RANK", "0")) > 0:
+        out = None  # torchrun: only the first process writes outputs, so only it locks them
     try:
         # One writer per output: a second run on the same --out is refused, not interleaved.
         with output_lock(out if isinstance(out, Path) else None, f"eusvoicelabel {args.command}"):

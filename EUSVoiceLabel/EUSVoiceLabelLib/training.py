@@ -349,8 +349,14 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
     """
     from tqdm import tqdm
 
+    from .distributed import init_from_env
+
     t0 = time.time()
     dev = select_device(device)
+    # Under torchrun (WORLD_SIZE > 1): data-parallel over the processes (distributed.py).
+    ctx = init_from_env(str(device))
+    if ctx is not None:
+        dev = ctx.device
     check_data_shape(data, cfg)
     seed_everything(cfg.seed, dev)
     model = build_model(cfg.variant, num_classes, cfg.frames, weights=cfg.weights,
@@ -365,6 +371,7 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
         model = model.to(dev, memory_format=torch.channels_last)
     else:
         model = model.to(dev)
+    net = ctx.wrap(model) if ctx is not None else model  # DDP: gradients averaged
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -396,12 +403,15 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
 
     n_frames = d.images.shape[1]
     bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=desc,
-               unit="epoch", disable=not progress, position=position, leave=position == 0,
+               unit="epoch", disable=not progress or (ctx is not None and not ctx.is_main),
+               position=position, leave=position == 0,
                dynamic_ncols=True)
     last_save = time.time()
 
     def save_state(epoch_done: int, batch: int = 0, epoch_gen: Optional[torch.Tensor] = None,
                    acc: Optional[dict] = None) -> bool:
+        if ctx is not None and not ctx.is_main:
+            return True  # one resume file, written by the first process
         try:
             _write_state(Path(state_path), model, opt, gen, epoch_done, history, signature,
                          dev, batch=batch, epoch_generator=epoch_gen, partial=acc)
@@ -413,8 +423,8 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
 
     with _deferred_interrupt() as stop:
         for epoch in bar:
-            stats = _run_epoch(epoch, model, opt, d, cfg, gen, w_t, dev, n_frames, stop,
-                               skip_batches, partial, save_state, state_path, desc)
+            stats = _run_epoch(epoch, net, opt, d, cfg, gen, w_t, dev, n_frames, stop,
+                               skip_batches, partial, save_state, state_path, desc, ctx)
             skip_batches, partial = 0, {"loss": 0.0, "correct": 0, "seen": 0}
             history.append(stats)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['train_accuracy']:.2f}",
@@ -480,8 +490,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, d: DeviceData, batch_size: int
 def _run_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, d: DeviceData,
                cfg: TrainConfig, gen: torch.Generator, w_t: torch.Tensor, dev: torch.device,
                n_frames: int, stop: threading.Event, skip_batches: int, partial: dict,
-               save_state: Callable[..., bool], state_path: Optional[Path], desc: str
-               ) -> dict[str, float]:
+               save_state: Callable[..., bool], state_path: Optional[Path], desc: str,
+               ctx: Any = None) -> dict[str, float]:
     """One epoch of training; returns its stats (with ``seen``).
 
     Raises TrainingInterrupted after a batch when ``stop`` is set (saving the position first)
@@ -502,6 +512,9 @@ def _run_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, d
     for k, b in enumerate(_batches(order, cfg.batch_size)):
         if k < skip_batches:
             continue
+        n_batch = len(b)
+        if ctx is not None:
+            b = ctx.shard(b)  # this process's share of the global batch
         ib = image_of[b]
         img = d.images[ib.to(dev)]
         if frame_sel is not None:
@@ -523,6 +536,8 @@ def _run_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, d
                 f"{desc}: the loss became {loss_value} at epoch {epoch + 1}, batch {k + 1}; "
                 f"training stopped{kept}", None,
                 "lower --lr, or check the inputs for corrupt audio or frames")
+        if ctx is not None:
+            loss = loss * ctx.loss_scale(len(b), n_batch)  # DDP's mean = global batch loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -537,6 +552,8 @@ def _run_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, d
                     "resume" if saved else "no progress saved"
             raise TrainingInterrupted(f"{desc} stopped at epoch {epoch + 1}, batch {k + 1}: "
                                       f"{where}", state_path if saved else None, epoch)
+    if ctx is not None:
+        total_loss, correct, seen = ctx.sum([total_loss, correct, seen])
     return {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
             "seconds": time.time() - t_ep, "seen": seen}
 
