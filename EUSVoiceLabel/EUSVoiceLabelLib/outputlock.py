@@ -135,7 +135,7 @@ def remove_stale_parts(out: os.PathLike | str) -> list[Path]:
         candidates = (p for p in out.rglob(".*.part*") if p.is_file())
     else:
         prefix = f".{out.name}."
-        candidates = (p for p in out.parent.glob(f".{glob_escape(out.name)}.*.part*")
+        candidates = (p for p in out.parent.glob(f".{_glob_escape(out.name)}.*.part*")
                       if p.name.startswith(prefix)) if out.parent.is_dir() else iter(())
     for p in candidates:
         if _PART_RE.match(p.name):
@@ -145,7 +145,7 @@ def remove_stale_parts(out: os.PathLike | str) -> list[Path]:
     return removed
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     """``name`` with glob wildcards escaped."""
     return re.sub(r"([*?\[])", r"[\1]", name)
 

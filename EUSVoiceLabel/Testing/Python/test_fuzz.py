@@ -137,7 +137,8 @@ def worker_main(memory_limit: int) -> None:
 
 # =========================================================================== the parent side
 class Worker:
-    """A worker process that survives nothing: a timeout or a death restarts it."""
+    """The loader process: cases go in one at a time; after a timeout (killed) or a death
+    the next case starts a fresh one."""
 
     def __init__(self, memory_limit: int, log_path: Path, preload: str = ""):
         self.memory_limit = memory_limit
@@ -415,7 +416,6 @@ def make_case(i: int, seeds: dict, cases_dir: Path, rng: random.Random
         shutil.copytree(seed, target_dir)
         if kind == "frames":
             victim = rng.choice(sorted(p for p in target_dir.iterdir()))
-            special = special
         else:
             victim = target_dir / rng.choice(PROCEDURE_FILES)
             special = {"audio.wav": [patch_wav], "mentions.csv": [odd_mentions],
