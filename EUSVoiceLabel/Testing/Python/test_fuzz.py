@@ -23,6 +23,7 @@ printed (``pytest -s``) and written to ``$EUSVOICELABEL_FUZZ_REPORT`` (JSON) whe
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import math
@@ -519,6 +520,7 @@ def test_corrupted_checkpoints(tmp_path):
 HYP = settings(max_examples=N_EXAMPLES, deadline=2000, derandomize=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 _TMP = Path(tempfile.mkdtemp(prefix="eusvoicelabel fuzz ü "))
+atexit.register(shutil.rmtree, _TMP, True)
 
 
 def _write(name: str, content: str | bytes) -> Path:
