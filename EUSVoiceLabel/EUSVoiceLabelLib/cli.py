@@ -313,11 +313,73 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _add_detect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="find spoken landmark mentions automatically",
-                       description="Keyword spotting of landmark names in a procedure's audio.")
-    p.add_argument("procedure", type=Path, help="procedure (or cohort with --evaluate)")
-    p.add_argument("--out", type=Path, help="mentions CSV to write")
+    p = sub.add_parser(
+        "detect", help="find spoken landmark mentions automatically",
+        description="Keyword spotting of the vocabulary's landmark names in a procedure's audio "
+                    "(pocketsphinx, offline).  With --evaluate or --calibrate the folder is a "
+                    "cohort whose mentions.csv files are the reference.")
+    p.add_argument("procedure", type=Path, help="procedure folder (a cohort with --evaluate or "
+                                                "--calibrate)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="file to write: mentions CSV (detect), report JSON (--evaluate) or "
+                        "calibrated vocabulary JSON (--calibrate)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--evaluate", action="store_true",
+                      help="compare detections with each patient's mentions.csv")
+    mode.add_argument("--calibrate", action="store_true",
+                      help="choose per-phrase thresholds maximising F1 on the cohort")
+    p.add_argument("--vocab", type=Path, default=None,
+                   help="calibrated vocabulary from --calibrate (its thresholds are used)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="label vocabulary JSON (default: the folder's labels.json or the "
+                        "paper's five)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes (default: up to 2 on long recordings)")
     _common(p)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    import json
+
+    from .detect import detect_procedure
+    from .detect_eval import calibrate, evaluate_detection
+    from .errors import ConfigError
+    from .fileio import atomic_write_text
+    from .mentions import write_mentions_csv
+    from .vocabulary import load_labelset
+
+    labelset = load_labelset(args.vocab or args.labels, args.procedure)
+    progress = not args.quiet
+    if args.calibrate:
+        if args.out is None:
+            raise ConfigError("--calibrate needs --out VOCAB.json")
+        calibrate(args.procedure, labelset, out=args.out, progress=progress,
+                  workers=args.workers)
+        print(f"calibrated vocabulary written to {args.out}")
+        return 0
+    if args.evaluate:
+        report = evaluate_detection(args.procedure, labelset, progress=progress,
+                                    workers=args.workers)
+        text = json.dumps(report, indent=2)
+        if args.out is not None:
+            atomic_write_text(args.out, text + "\n")
+        o, e, sp = report["overall"], report["onset_error_s"], report["speed"]
+        print(f"precision {o['precision']:.3f}  recall {o['recall']:.3f}  F1 {o['f1']:.3f}  "
+              f"({o['tp']} hits, {o['fp']} false, {o['fn']} missed of "
+              f"{report['n_reference']})")
+        if e["n"]:
+            print(f"onset error median {e['median']:.3f} s, 90th percentile {e['p90']:.3f} s")
+        print(f"speed {sp['x_real_time']}x real time")
+        for lid, v in report["per_label"].items():
+            print(f"  {lid:>26}: P {v['precision']:.3f}  R {v['recall']:.3f}  F1 {v['f1']:.3f}")
+        return 0
+    if args.out is None:
+        raise ConfigError("detect needs --out MENTIONS.csv")
+    mentions = detect_procedure(args.procedure, labelset, progress=progress,
+                                workers=args.workers)
+    write_mentions_csv(args.out, mentions)
+    print(f"{len(mentions)} mentions written to {args.out}")
+    return 0
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -512,7 +574,7 @@ def _cuda() -> bool:
 _COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "info": (_add_info, _run_info),
     "synth": (_add_synth, _run_synth),
-    "detect": (_add_detect, _not_yet("detect")),
+    "detect": (_add_detect, _run_detect),
     "train": (_add_train, _run_train),
     "evaluate": (_add_evaluate, _run_evaluate),
     "pretrain-voice": (_add_pretrain_voice, _run_pretrain_voice),

@@ -258,16 +258,15 @@ class Hit:
 
 
 class KeywordSpotter:
-    """A pocketsphinx decoder whose grammar is ``( phone | keyphrase )*`` (see module doc).
+    """pocketsphinx keyphrase search over the vocabulary (see the module doc).
 
-    Args:
-        keyphrases: from :func:`build_keyphrases`.
-        keyphrase_weight: prior weight of entering a keyphrase instead of a phone; higher finds
-            more (and more false) candidates.  Confidence thresholds do the final selection.
+    Every phrase is a chain of phone HMMs scored against a free phone loop, frame by frame; a
+    phrase is reported where its path beats the loop by more than ``candidate_threshold``
+    (a likelihood ratio; permissive, since the confidence thresholds make the final choice).
     """
 
-    def __init__(self, keyphrases: Sequence[Keyphrase], keyphrase_weight: float = 1e-3,
-                 beam: float = 1e-48, **config: object):
+    def __init__(self, keyphrases: Sequence[Keyphrase], candidate_threshold: float = 1e-30,
+                 **config: object):
         from pocketsphinx import Decoder
 
         if not keyphrases:
@@ -276,90 +275,47 @@ class KeywordSpotter:
                                        "in capitals")
         self.keyphrases = list(keyphrases)
         hmm, _ = _model_paths()
-        tmp = tempfile.TemporaryDirectory(prefix="eusvoicelabel_kws_")
-        dict_path = os.path.join(tmp.name, "keyphrases.dict")
-        # One dictionary word per unit of each phrase ("k3_0", "k3_1", ...) so that the
-        # decoder may put a pause between words and letters, yet the phrase stays identifiable.
-        lines = [f"ph_{p.lower()} {p}" for p in PHONES]
+        # One dictionary word per unit of each phrase ("k3_0", "k3_1", ...): letters and
+        # words keep their own pronunciation variants and the phrase stays identifiable.
+        lines, phrases = [], []
         for i, kp in enumerate(self.keyphrases):
             for j, prons in enumerate(kp.units):
                 for v, pron in enumerate(prons):
                     lines.append(f"k{i}_{j}{'' if v == 0 else f'({v + 1})'} {pron}")
-        with open(dict_path, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        grammar = ("#JSGF V1.0;\ngrammar spot;\n"
-                   "public <s> = ( /1/ <phone> | /"
-                   + np.format_float_positional(keyphrase_weight, trim="-")
-                   + "/ <key> )* ;\n"
-                   "<phone> = " + " | ".join(f"ph_{p.lower()}" for p in PHONES) + " ;\n"
-                   "<key> = " + " | ".join(
-                       "( " + " ".join(f"k{i}_{j}" for j in range(len(kp.units))) + " )"
-                       for i, kp in enumerate(self.keyphrases)) + " ;\n")
-        options = dict(hmm=hmm, dict=dict_path, samprate=RATE, loglevel="FATAL", lm=None,
-                       bestpath=False,
-                       beam=beam, wbeam=beam, pbeam=beam)
+            threshold = np.format_float_scientific(candidate_threshold, trim="-")
+            phrases.append(" ".join(f"k{i}_{j}" for j in range(len(kp.units)))
+                           + f" /{threshold}/")
+        options = dict(hmm=hmm, samprate=RATE, loglevel="FATAL", lm=None)
         options.update(config)
-        try:
-            self.decoder = Decoder(**options)
-        finally:
-            tmp.cleanup()  # the decoder has read the dictionary
-        self.decoder.add_jsgf_string("spot", grammar)
-        # Free phone loop over the same audio: the garbage model each hit is compared with.
-        self.decoder.add_allphone_file("phones", None)
+        with tempfile.TemporaryDirectory(prefix="eusvoicelabel_kws_") as tmp:
+            dict_path = os.path.join(tmp, "keyphrases.dict")
+            kws_path = os.path.join(tmp, "keyphrases.kws")
+            with open(dict_path, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            with open(kws_path, "w", encoding="utf-8") as f:
+                f.write("\n".join(phrases) + "\n")
+            self.decoder = Decoder(dict=dict_path, **options)
+            self.decoder.add_kws("spot", kws_path)
         self.decoder.activate_search("spot")
 
-    def _decode(self, search: str, raw: bytes) -> list:
-        d = self.decoder
-        d.activate_search(search)
-        d.start_utt()
-        d.process_raw(raw, full_utt=True)
-        d.end_utt()
-        return list(d.seg()) if d.hyp() is not None else []
-
     def spot(self, pcm16: np.ndarray, t0_s: float = 0.0) -> list[Hit]:
-        """Decode one voiced region (int16 samples at 16 kHz) starting at ``t0_s``."""
-        raw = np.ascontiguousarray(pcm16, dtype=np.int16).tobytes()
-        found = self._phrases(self._decode("spot", raw))
-        if not found:
-            return []
-        # Acoustic log-likelihood per frame of the free phone loop (seg.ascore is
-        # exp(ascr / 1024): scores are stored shifted by 10 bits).
-        loop = np.zeros(len(raw) // 2 // 160 + 2)
-        for seg in self._decode("phones", raw):
-            n = seg.end_frame - seg.start_frame + 1
-            if n > 0:
-                loop[seg.start_frame:seg.end_frame + 1] = _log_score(seg.ascore) / n
+        """Candidate phrases in one voiced region (int16 samples at 16 kHz) from ``t0_s``."""
+        d = self.decoder
+        d.start_utt()
+        d.process_raw(np.ascontiguousarray(pcm16, dtype=np.int16).tobytes(), full_utt=True)
+        d.end_utt()
         hits: list[Hit] = []
-        for idx, sf, ef, ascr in found:
-            n = max(1, ef - sf + 1)
-            # Per-frame log-likelihood ratio: keyphrase alignment vs free phone sequence.
-            score = (ascr - float(loop[sf:ef + 1].sum())) / n
-            hits.append(Hit(t0_s + sf * FRAME_S, t0_s + (ef + 1) * FRAME_S, idx, score,
-                            _confidence(score)))
-        return hits
-
-    @staticmethod
-    def _phrases(segs: list) -> list[tuple[int, int, int, float]]:
-        """Group the decoder's unit words back into phrases: (index, first frame, last frame,
-        acoustic log-likelihood including any pauses inside the phrase)."""
-        out = []
-        current: Optional[list] = None
-        for seg in segs:
-            m = re.match(r"k(\d+)_(\d+)", seg.word)
+        for seg in d.seg() or ():
+            m = re.match(r"k(\d+)_", seg.word)
             if m is None:
-                if current is not None and seg.word.startswith(("<sil>", "[", "(NULL)")):
-                    current[3] += _log_score(seg.ascore)  # a pause inside the phrase
-                    continue
-                current = None
                 continue
-            idx, unit = int(m.group(1)), int(m.group(2))
-            if unit == 0:
-                current = [idx, seg.start_frame, seg.end_frame, _log_score(seg.ascore)]
-                out.append(current)
-            elif current is not None and current[0] == idx:
-                current[2] = seg.end_frame
-                current[3] += _log_score(seg.ascore)
-        return [tuple(c) for c in out]
+            sf, ef = seg.start_frame, seg.end_frame
+            # Per-frame log-likelihood ratio of the phrase against the phone loop
+            # (seg.prob is exp(score / 1024): scores are stored shifted by 10 bits).
+            score = _log_score(seg.prob) / max(1, ef - sf + 1)
+            hits.append(Hit(t0_s + sf * FRAME_S, t0_s + (ef + 1) * FRAME_S, int(m.group(1)),
+                            score, _confidence(score)))
+        return hits
 
 
 def _log_score(ascore: float) -> float:
@@ -371,8 +327,12 @@ def _confidence(score: float) -> float:
     return 1.0 / (1.0 + math.exp(-(score - SCORE_CENTRE) * SCORE_SLOPE))
 
 
-SCORE_CENTRE = -1.0
-SCORE_SLOPE = 4.0
+# Confidence 0.5 at a per-frame log-likelihood ratio of -4 (the best single threshold on our
+# own development recordings: TTS voices in white + brown noise at 15 dB, not the synth
+# cohorts), rising to 0.95 at -2.
+SCORE_CENTRE = -4.0
+SCORE_SLOPE = 1.5
+OVERLAP_S = 0.05  # phrases overlapping less than this are both kept
 
 
 # --------------------------------------------------------------------------- voice activity
@@ -465,63 +425,125 @@ def denoise(samples: np.ndarray, *, n_fft: int = 512, hop: int = 160, block_s: f
 # --------------------------------------------------------------------------- public API
 _SPOTTERS: dict[tuple, KeywordSpotter] = {}
 SPOTTER_OPTIONS: dict[str, object] = {}
+CHUNK_S = 60.0          # recordings are decoded in pieces of this length ...
+CHUNK_OVERLAP_S = 3.0   # ... overlapping so that no phrase is lost at a cut
+PARALLEL_MIN_S = 120.0  # recordings shorter than this are decoded in one process
 
 
-def get_spotter(labelset: LabelSet) -> KeywordSpotter:
+def get_spotter(keyphrases: Union[LabelSet, Sequence[Keyphrase]]) -> KeywordSpotter:
     """A keyword spotter for a vocabulary (built once per process and reused)."""
-    key = tuple((syn, lid) for syn, lid in labelset.phrases())
+    if isinstance(keyphrases, LabelSet):
+        keyphrases = build_keyphrases(keyphrases)
+    key = tuple((kp.phrase, kp.label, kp.units) for kp in keyphrases)
     spotter = _SPOTTERS.get(key)
     if spotter is None:
         if len(_SPOTTERS) > 4:
             _SPOTTERS.clear()
-        spotter = _SPOTTERS[key] = KeywordSpotter(build_keyphrases(labelset),
-                                                  **SPOTTER_OPTIONS)
+        spotter = _SPOTTERS[key] = KeywordSpotter(keyphrases, **SPOTTER_OPTIONS)
     return spotter
 
 
-def to_pcm16(audio: np.ndarray, sample_rate: int, clean: bool = False) -> np.ndarray:
-    """Mono int16 at 16 kHz from float audio of any rate and channel layout (``clean``: with
-    rumble and stationary noise suppressed, see :func:`denoise`).
-
-    Multi-channel input may be (n, channels) or (channels, n); channels are averaged.
-    """
-    from .audio import resample
-
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """Float32 mono samples; multi-channel input may be (n, channels) or (channels, n)."""
     x = np.asarray(audio, dtype=np.float32)
     if x.ndim == 2:
         x = x.mean(axis=1 if x.shape[0] >= x.shape[1] else 0)
     elif x.ndim != 1:
         raise EUSVoiceLabelError(f"audio must be 1-D or 2-D samples, not {x.ndim}-D")
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def to_pcm16(audio: np.ndarray, sample_rate: int, clean: bool = False) -> np.ndarray:
+    """Mono int16 at 16 kHz from float audio of any rate and channel layout (``clean``: with
+    rumble and stationary noise suppressed, see :func:`denoise`)."""
+    from .audio import resample
+
     if sample_rate <= 0:
         raise EUSVoiceLabelError(f"invalid sample rate {sample_rate}")
-    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    x = resample(x, int(sample_rate), RATE)
+    x = resample(to_mono(audio), int(sample_rate), RATE)
     if clean:
         x = denoise(highpass(x))
     return (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
-def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
-                    progress: bool = False, desc: str = "detect") -> list[Hit]:
-    """Every keyphrase hit in a recording, before thresholds, on the audio clock."""
-    pcm = to_pcm16(audio, sample_rate, clean=True)
+def _spot_chunk(keyphrases: Sequence[Keyphrase], samples: np.ndarray, sample_rate: int,
+                t0_s: float) -> list[Hit]:
+    """Clean, segment and decode one piece of a recording (runs in worker processes too)."""
+    pcm = to_pcm16(samples, sample_rate, clean=True)
     if len(pcm) < int(0.2 * RATE) or not np.any(pcm):
         return []
-    spotter = get_spotter(labelset)
-    regions = voiced_regions(pcm)
+    spotter = get_spotter(keyphrases)
     hits: list[Hit] = []
+    for a, b in voiced_regions(pcm):
+        hits.extend(spotter.spot(pcm[a:b], t0_s + a / RATE))
+    return hits
+
+
+def _default_workers(duration_s: float) -> int:
+    return min(2, os.cpu_count() or 1) if duration_s >= PARALLEL_MIN_S else 1
+
+
+def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
+                    progress: bool = False, workers: Optional[int] = None,
+                    desc: str = "detect") -> list[Hit]:
+    """Every keyphrase hit in a recording, before thresholds, on the audio clock.
+
+    The recording is cut into overlapping pieces of :data:`CHUNK_S` decoded by ``workers``
+    processes (default: 2 on recordings of two minutes or more when the machine has 2 cores).
+    """
+    x = to_mono(audio)
+    if sample_rate <= 0:
+        raise EUSVoiceLabelError(f"invalid sample rate {sample_rate}")
+    duration = len(x) / sample_rate
+    if duration < 0.2 or not np.any(x):
+        return []
+    keyphrases = build_keyphrases(labelset)
+    step = int((CHUNK_S - CHUNK_OVERLAP_S) * sample_rate)
+    size = int(CHUNK_S * sample_rate)
+    starts = list(range(0, max(1, len(x) - int(CHUNK_OVERLAP_S * sample_rate)), step))
+    pieces = [(x[s:s + size], s / sample_rate) for s in starts]
+    workers = _default_workers(duration) if workers is None else max(1, int(workers))
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=round(sum(b - a for a, b in regions) / RATE, 1), desc=desc,
-                   unit="s speech", leave=False)
-    for a, b in regions:
-        hits.extend(spotter.spot(pcm[a:b], a / RATE))
-        if bar is not None:
-            bar.update(round((b - a) / RATE, 1))
+        bar = tqdm(total=round(duration), desc=desc, unit="s audio", leave=False)
+    hits: list[Hit] = []
+    done = False
+    if workers > 1 and len(pieces) > 1:
+        try:
+            hits = _spot_parallel(keyphrases, pieces, sample_rate, workers, bar)
+            done = True
+        except (OSError, RuntimeError, ImportError) as exc:  # e.g. no process spawning
+            log.warning("parallel decoding unavailable (%s); decoding in one process", exc)
+            hits = []
+            if bar is not None:
+                bar.reset()
+    if not done:
+        for piece, t0 in pieces:
+            hits.extend(_spot_chunk(keyphrases, piece, sample_rate, t0))
+            if bar is not None:
+                bar.update(round(len(piece) / sample_rate))
     if bar is not None:
         bar.close()
-    return _dedupe(hits, spotter.keyphrases)
+    return _dedupe(hits, keyphrases)
+
+
+def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: int,
+                   workers: int, bar) -> list[Hit]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    hits: list[Hit] = []
+    # "spawn": safe in any host (no forked copies of GUI or torch threads).
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(pieces)), mp_context=ctx) as pool:
+        futures = {pool.submit(_spot_chunk, keyphrases, piece, sample_rate, t0): len(piece)
+                   for piece, t0 in pieces}
+        for fut in as_completed(futures):
+            hits.extend(fut.result())
+            if bar is not None:
+                bar.update(round(futures[fut] / sample_rate))
+    return hits
 
 
 def _dedupe(hits: list[Hit], keyphrases: Sequence[Keyphrase]) -> list[Hit]:
@@ -542,22 +564,31 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
     from .mentions import Mention
 
     keyphrases = build_keyphrases(labelset, thresholds)
+    kept: list[Hit] = []
+    # Phrases spotted on the same stretch of speech compete: the most confident one wins
+    # (then the longer, e.g. "common bile duct" over "bile duct").
+    for h in sorted(hits, key=lambda h: (-h.confidence, h.start_s - h.end_s)):
+        if h.confidence < keyphrases[h.phrase_index].threshold:
+            continue
+        if any(h.start_s < k.end_s - OVERLAP_S and k.start_s < h.end_s - OVERLAP_S
+               for k in kept):
+            continue
+        kept.append(h)
     out = []
-    for h in hits:
+    for h in kept:
         kp = keyphrases[h.phrase_index]
-        if h.confidence >= kp.threshold:
-            t = round(h.start_s - audio_offset_s, 3)
-            if t < 0:
-                continue  # spoken before the video started
-            out.append(Mention(t, kp.label, round(h.end_s - audio_offset_s, 3), kp.phrase,
-                               round(h.confidence, 4), "auto"))
+        t = round(h.start_s - audio_offset_s, 3)
+        if t < 0:
+            continue  # spoken before the video started
+        out.append(Mention(t, kp.label, round(h.end_s - audio_offset_s, 3), kp.phrase,
+                           round(h.confidence, 4), "auto"))
     return sorted(out, key=lambda m: m.time_s)
 
 
 def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[LabelSet] = None,
                     *, audio_offset_s: float = 0.0,
                     thresholds: Optional[Mapping[str, float]] = None,
-                    progress: bool = False) -> list["Mention"]:
+                    progress: bool = False, workers: Optional[int] = None) -> list["Mention"]:
     """Find spoken landmark mentions in a recording.
 
     Args:
@@ -568,6 +599,8 @@ def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[Labe
         audio_offset_s: audio time = video time + offset (``procedure.json``).
         thresholds: minimum confidence per phrase or label id (overrides the vocabulary's).
         progress: show a progress bar.
+        workers: decoding processes (default: 2 on long recordings, see
+            :func:`spot_candidates`).
 
     Returns:
         Mentions on the video clock (``source="auto"``), sorted by time, with the phrase heard
@@ -575,14 +608,15 @@ def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[Labe
         recordings give an empty list.
     """
     labelset = labelset or LabelSet.default()
-    hits = spot_candidates(audio, sample_rate, labelset, progress=progress)
+    hits = spot_candidates(audio, sample_rate, labelset, progress=progress, workers=workers)
     return select_mentions(hits, labelset, thresholds, audio_offset_s)
 
 
 def detect_procedure(path_or_procedure: Union[str, os.PathLike, "Procedure"],
                      labelset: Optional[LabelSet] = None,
                      vocab: Union[str, os.PathLike, LabelSet, None] = None,
-                     progress: bool = False) -> list["Mention"]:
+                     progress: bool = False, workers: Optional[int] = None
+                     ) -> list["Mention"]:
     """Detect the mentions of a procedure folder (or a loaded :class:`Procedure`).
 
     ``vocab`` is a calibrated vocabulary (``detect --calibrate`` output) or a LabelSet; it
@@ -603,4 +637,4 @@ def detect_procedure(path_or_procedure: Union[str, os.PathLike, "Procedure"],
         proc = load_procedure(path_or_procedure, labelset=labelset)
     samples, rate = proc._native_audio()
     return detect_mentions(samples, rate, labelset, audio_offset_s=proc.audio_offset_s,
-                           progress=progress)
+                           progress=progress, workers=workers)

@@ -96,7 +96,8 @@ def score_detections(results: Sequence[tuple[Sequence[Mention], Sequence[Mention
 
 
 def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
-                       progress: bool = True) -> tuple[list[PatientCandidates], LabelSet]:
+                       progress: bool = True, workers: Optional[int] = None
+                       ) -> tuple[list[PatientCandidates], LabelSet]:
     """Run the spotter (no thresholds) on every patient of a cohort that has mentions."""
     from .procedure import find_patients, load_procedure
 
@@ -116,7 +117,7 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
             continue
         samples, rate = proc._native_audio()
         t0 = time.perf_counter()
-        hits = spot_candidates(samples, rate, labelset)
+        hits = spot_candidates(samples, rate, labelset, workers=workers)
         seconds = time.perf_counter() - t0
         out.append(PatientCandidates(proc.name, hits, list(proc.mentions), proc.audio_offset_s,
                                      len(samples) / rate, seconds))
@@ -145,7 +146,7 @@ def evaluate_candidates(candidates: Sequence[PatientCandidates], labelset: Label
 def evaluate_detection(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
                        vocab: Union[str, os.PathLike, LabelSet, None] = None,
                        thresholds: Optional[Mapping[str, float]] = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, workers: Optional[int] = None) -> dict:
     """Compare automatic detections with each patient's ``mentions.csv``.
 
     Returns a dict: ``overall`` and ``per_label`` (precision, recall, f1, tp, fp, fn),
@@ -153,7 +154,7 @@ def evaluate_detection(cohort: Union[str, os.PathLike], labelset: Optional[Label
     ``n_patients``, ``n_reference`` and ``tolerance_s``.
     """
     labelset = _vocab(vocab) or labelset
-    candidates, labelset = collect_candidates(cohort, labelset, progress)
+    candidates, labelset = collect_candidates(cohort, labelset, progress, workers)
     report = evaluate_candidates(candidates, labelset, thresholds)
     report["tolerance_s"] = ONSET_TOLERANCE_S
     return report
@@ -199,11 +200,11 @@ def calibrate_candidates(candidates: Sequence[PatientCandidates], labelset: Labe
 
 
 def calibrate(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
-              out: Union[str, os.PathLike, None] = None, progress: bool = True
-              ) -> LabelSet:
+              out: Union[str, os.PathLike, None] = None, progress: bool = True,
+              workers: Optional[int] = None) -> LabelSet:
     """Choose per-phrase thresholds that maximise F1 on a cohort; return (and optionally save)
     the vocabulary carrying them."""
-    candidates, labelset = collect_candidates(cohort, labelset, progress)
+    candidates, labelset = collect_candidates(cohort, labelset, progress, workers)
     chosen = calibrate_candidates(candidates, labelset)
     keyphrases = build_keyphrases(labelset)
     per_label: dict[str, list[tuple[str, float]]] = {lid: [] for lid in labelset.ids}
