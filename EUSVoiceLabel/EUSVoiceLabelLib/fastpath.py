@@ -88,12 +88,13 @@ def prepare_image(image: torch.Tensor, device: torch.device | str) -> torch.Tens
 
 
 def optimise_for_inference(model: nn.Module, device: torch.device | str = "cpu",
-                           fold_bn: bool = True, channels_last: bool = True) -> nn.Module:
+                           fold_bn: bool = True, channels_last: bool = True,
+                           inplace: bool = False) -> nn.Module:
     """A copy of ``model`` for inference and Grad-CAM: eval mode, parameters frozen, BatchNorm
     folded, channels-last (see the module docstring).  Outputs equal the original's to float
-    rounding; the original model is not changed."""
+    rounding; the original model is not changed unless ``inplace`` (no copy of the weights)."""
     device = torch.device(device)
-    fast = copy.deepcopy(model).eval()
+    fast = (model if inplace else copy.deepcopy(model)).eval()
     for p in fast.parameters():
         p.requires_grad_(False)
     if fold_bn:
