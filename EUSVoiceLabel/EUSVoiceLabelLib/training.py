@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -475,13 +475,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, d: DeviceData, batch_size: int
         m.reset_running_stats()
         m.momentum = None
     try:
-        with torch.no_grad():
-            for i in range(0, len(d), batch_size):
-                img = d.images[i:i + batch_size].float().div_(255.0)
-                if dev.type == "cuda":
-                    img = img.contiguous(memory_format=torch.channels_last)
-                with _autocast(dev):
-                    model(img, d.voices[i:i + batch_size])
+        for _ in _forward_batches(model, d, batch_size, dev):
+            pass
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
@@ -623,21 +618,26 @@ def _read_state(path: Path) -> Optional[dict]:
 
 
 # --------------------------------------------------------------------------- inference
-def predict_proba(model: torch.nn.Module, data: Any, indices: Optional[Sequence[int]] = None,
-                  device: str | torch.device = "auto", batch_size: int = 16) -> np.ndarray:
-    """Class probabilities (N, K) float32 for windows ``data[indices]``."""
-    dev = select_device(device)
-    d = to_device_data(data, indices, dev)
-    model = model.to(dev).eval()
-    out: list[np.ndarray] = []
+def _forward_batches(model: torch.nn.Module, d: DeviceData, batch_size: int,
+                     dev: torch.device) -> Iterator[torch.Tensor]:
+    """Logits of ``d`` batch by batch, without gradients, as inference feeds the network."""
     with torch.no_grad():
         for i in range(0, len(d), batch_size):
             img = d.images[i:i + batch_size].float().div_(255.0)
             if dev.type == "cuda":
                 img = img.contiguous(memory_format=torch.channels_last)
             with _autocast(dev):
-                logits = model(img, d.voices[i:i + batch_size])
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                yield model(img, d.voices[i:i + batch_size])
+
+
+def predict_proba(model: torch.nn.Module, data: Any, indices: Optional[Sequence[int]] = None,
+                  device: str | torch.device = "auto", batch_size: int = 16) -> np.ndarray:
+    """Class probabilities (N, K) float32 for windows ``data[indices]``."""
+    dev = select_device(device)
+    d = to_device_data(data, indices, dev)
+    model = model.to(dev).eval()
+    out = [torch.softmax(logits.float(), dim=1).cpu().numpy()
+           for logits in _forward_batches(model, d, batch_size, dev)]
     if not out:
         k = getattr(model, "num_classes", 0)
         return np.zeros((0, k), np.float32)
