@@ -240,7 +240,7 @@ def _labelset_thresholds(labelset: LabelSet) -> dict[tuple[str, ...], float]:
     """Per-phrase thresholds a calibrated vocabulary carries (``Label.thresholds``)."""
     out: dict[tuple[str, ...], float] = {}
     for label in labelset.labels:
-        for phrase, value in (getattr(label, "thresholds", None) or {}).items():
+        for phrase, value in dict(getattr(label, "thresholds", None) or ()).items():
             out[tuple(normalize_words(phrase))] = float(value)
     return out
 
@@ -285,7 +285,9 @@ class KeywordSpotter:
             threshold = np.format_float_scientific(candidate_threshold, trim="-")
             phrases.append(" ".join(f"k{i}_{j}" for j in range(len(kp.units)))
                            + f" /{threshold}/")
-        options = dict(hmm=hmm, samprate=RATE, loglevel="FATAL", lm=None)
+        # Batch cepstral mean normalisation: each region is normalised on its own, so results
+        # do not depend on what was decoded before.
+        options = dict(hmm=hmm, samprate=RATE, loglevel="FATAL", lm=None, cmn="batch")
         options.update(config)
         with tempfile.TemporaryDirectory(prefix="eusvoicelabel_kws_") as tmp:
             dict_path = os.path.join(tmp, "keyphrases.dict")
@@ -297,10 +299,15 @@ class KeywordSpotter:
             self.decoder = Decoder(dict=dict_path, **options)
             self.decoder.add_kws("spot", kws_path)
         self.decoder.activate_search("spot")
+        self._cmn = self.decoder.get_cmn()
 
     def spot(self, pcm16: np.ndarray, t0_s: float = 0.0) -> list[Hit]:
         """Candidate phrases in one voiced region (int16 samples at 16 kHz) from ``t0_s``."""
         d = self.decoder
+        # Every region starts from the same front-end state, so results do not depend on
+        # what was decoded before.
+        d.reinit_feat()
+        d.set_cmn(self._cmn)
         d.start_utt()
         d.process_raw(np.ascontiguousarray(pcm16, dtype=np.int16).tobytes(), full_utt=True)
         d.end_utt()
@@ -564,14 +571,21 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
     from .mentions import Mention
 
     keyphrases = build_keyphrases(labelset, thresholds)
+    words = [tuple(normalize_words(kp.phrase)) for kp in keyphrases]
     kept: list[Hit] = []
-    # Phrases spotted on the same stretch of speech compete: the most confident one wins
-    # (then the longer, e.g. "common bile duct" over "bile duct").
+    # Phrases spotted on the same stretch of speech compete: the most confident one wins,
+    # except that a longer phrase containing it wins over it ("portal venous confluence"
+    # over "confluence"), as in text matching.
     for h in sorted(hits, key=lambda h: (-h.confidence, h.start_s - h.end_s)):
         if h.confidence < keyphrases[h.phrase_index].threshold:
             continue
-        if any(h.start_s < k.end_s - OVERLAP_S and k.start_s < h.end_s - OVERLAP_S
-               for k in kept):
+        clash = [k for k in kept
+                 if h.start_s < k.end_s - OVERLAP_S and k.start_s < h.end_s - OVERLAP_S]
+        if clash and all(_contains(words[h.phrase_index], words[k.phrase_index])
+                         and h.start_s <= k.start_s + OVERLAP_S
+                         and h.end_s >= k.end_s - OVERLAP_S for k in clash):
+            kept = [k for k in kept if k not in clash]
+        elif clash:
             continue
         kept.append(h)
     out = []
@@ -583,6 +597,13 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
         out.append(Mention(t, kp.label, round(h.end_s - audio_offset_s, 3), kp.phrase,
                            round(h.confidence, 4), "auto"))
     return sorted(out, key=lambda m: m.time_s)
+
+
+def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
+    """Whether ``shorter`` is a proper contiguous part of ``longer`` (as word sequences)."""
+    n = len(shorter)
+    return len(longer) > n and any(longer[i:i + n] == shorter
+                                   for i in range(len(longer) - n + 1))
 
 
 def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[LabelSet] = None,
