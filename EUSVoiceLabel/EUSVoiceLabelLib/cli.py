@@ -475,7 +475,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "report.md.  About 10 minutes on 2 CPU cores.")
     p.add_argument("--out", type=Path, default=Path("demo_out"),
                    help="output folder (default: demo_out)")
-    p.add_argument("--patients", type=int, default=5, help="training patients (default: 5)")
+    p.add_argument("--patients", type=int, default=6, help="training patients (default: 6)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
     p.add_argument("--force", action="store_true", help="replace an earlier demo in OUT")
     _common(p)

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 class DemoSettings:
     """Sizes of the demo run (small enough for a laptop CPU)."""
 
-    patients: int = 5
-    mentions_per_patient: int = 6
+    patients: int = 6
+    mentions_per_patient: int = 8
     frame_size: tuple[int, int] = (360, 240)  # (W, H) of the synthetic video
     image_size: tuple[int, int] = (64, 128)  # (H, W) network input
     frames: int = 25
