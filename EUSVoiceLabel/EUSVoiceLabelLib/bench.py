@@ -708,6 +708,23 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] = lambda m: None
                 out["labelling"] = labelling_case(Path(tmp), s.label_minutes, s.label_windows,
                                                   s.image_size, s.width, str(device), threads,
                                                   s.seed)
+    # The peak again at the end: on a shared machine one measurement can catch a busy moment,
+    # and a fraction of a too-low "peak" would exceed 100 %.  The attainable peak is the best.
+    progress("matmul peak again")
+    out["peak_start"] = out["peak"]
+    end_peak = {"fp32": measure_peak(device, torch.float32),
+                "bf16": measure_peak(device, torch.bfloat16,
+                                     min_seconds=0.15 if bf16_is_fast(device) else 0.05,
+                                     max_n=8192 if device.type == "cuda" else 4096)}
+    out["peak_end"] = end_peak
+    out["peak"] = {k: max(out["peak_start"][k], end_peak[k], key=lambda v: v["gflops"])
+                   for k in end_peak}
+    peak = out["peak"][peak_name]["gflops"]
+    for group in ("inference", "training"):
+        for res in out[group].values():
+            for c in res["cases"].values():
+                if "achieved_gflops" in c:
+                    c["fraction_of_peak"] = c["achieved_gflops"] / peak
     out["load_average_end"] = load_average()
     out["wall_time_s"] = round(time.perf_counter() - t_start, 1)
     out["regressions"] = check_regressions(out)
@@ -774,9 +791,11 @@ def markdown_report(r: dict[str, Any], command: str) -> str:
                  f"{f['total_forward']:.3f} | {f['image_branch_train_step']:.3f} | "
                  f"{f['total_train_step']:.3f} |")
     p = r["peak"]
-    L += ["", f"**Measured matmul peak**: fp32 {p['fp32']['gflops']:.1f} GFLOP/s "
-              f"(n = {p['fp32']['n']}), bf16 {p['bf16']['gflops']:.2f} GFLOP/s "
-              f"(n = {p['bf16']['n']}); bf16 native here: {r['bf16_native']}.", ""]
+    L += ["", f"**Measured matmul peak** (best of the start and the end of the run): fp32 "
+              f"{p['fp32']['gflops']:.1f} GFLOP/s (n = {p['fp32']['n']}), bf16 "
+              f"{p['bf16']['gflops']:.2f} GFLOP/s (n = {p['bf16']['n']}); bf16 native here: "
+              f"{r['bf16_native']}.  Fractions of peak can still pass 100 % when the machine "
+              f"was busier during both peak measurements than during a case.", ""]
     L += ["**Inference per window** (batch 1; median of interleaved repeats):", "",
           "| size | width | case | median s | GFLOP/s | of peak | peak RSS MB |",
           "|---|---|---|---|---|---|---|"]
