@@ -20,9 +20,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used: importing this module stays cheap
+    import torch
 
 SAMPLE_RATE = 48_000
 FRAME_LENGTH = 1200
@@ -78,7 +81,7 @@ def fit_one_second(samples: np.ndarray, length: int = SAMPLE_RATE) -> np.ndarray
     return out
 
 
-def stft_magnitude_torch(waves: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+def stft_magnitude_torch(waves: "torch.Tensor") -> "torch.Tensor":
     """Magnitude STFT of a batch of 1-s waves (B, 48000) -> (B, 1024, 66), on their device."""
     import torch
 
@@ -90,7 +93,7 @@ def stft_magnitude_torch(waves: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
 
 
 def scale_spectrogram_torch(mag: "torch.Tensor",
-                            settings: SpectrogramSettings) -> "torch.Tensor":  # noqa: F821
+                            settings: SpectrogramSettings) -> "torch.Tensor":
     """Apply the settings' scaling to magnitudes (B, F, T)."""
     import torch
 

@@ -30,18 +30,16 @@ What is measured (docs/benchmarks.md has the figures and the commands that made 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -428,11 +426,19 @@ def write_long_video(path: Path, seconds: float, size: tuple[int, int] = (720, 4
                 out.mux(p)
         for p in vs.encode(None):
             out.mux(p)
+    return repeat_clip(clip, path, seconds, clip_seconds)
+
+
+def repeat_clip(clip: Path, path: Path, seconds: float, clip_seconds: float) -> Path:
+    """Remux the packets of a short H.264 ``clip`` again and again with shifted timestamps
+    into ``path`` until ``seconds`` are covered (no re-encoding), then delete the clip."""
+    import av
+
     repeats = int(math.ceil(seconds / clip_seconds))
     with av.open(str(clip)) as src:
         sv = src.streams.video[0]
         packets = [p for p in src.demux(sv) if p.size]
-        span = int(round(n_clip / (fps * sv.time_base)))
+        span = int(round(clip_seconds / sv.time_base))  # the clip's length in stream ticks
         with av.open(str(path), "w") as out:
             ov = out.add_stream_from_template(sv)
             for r in range(repeats):

@@ -185,7 +185,6 @@ def _write_report(path: Path, s: DemoSettings, metrics: dict, result, detection:
                   timings: dict, heldout: Path, files: dict) -> None:
     from .fileio import atomic_write_text
 
-    ids = result.labelset.ids
     b = metrics["bootstrap"]
     lines = [
         "# EUSVoiceLabel demo report", "",

@@ -32,12 +32,16 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from .errors import EUSVoiceLabelError, VocabularyError
 from .vocabulary import LabelSet, normalize_words
+
+if TYPE_CHECKING:
+    from .mentions import Mention
+    from .procedure import Procedure
 
 log = logging.getLogger(__name__)
 

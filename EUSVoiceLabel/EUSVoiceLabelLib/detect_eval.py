@@ -24,7 +24,7 @@ import numpy as np
 from .detect import (DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter, select_mentions,
                      spot_candidates)
 from .mentions import Mention
-from .vocabulary import LabelSet, load_labelset, normalize_words
+from .vocabulary import LabelSet, load_labelset
 
 log = logging.getLogger(__name__)
 

@@ -145,27 +145,8 @@ def write_long_video(path: Path, seconds: float, size: tuple[int, int] = (720, 4
                      clip_seconds: float = 10.0, fps: int = 25) -> Path:
     """A long H.264 video made fast: one short clip is encoded, then its packets are remuxed
     again and again with shifted timestamps (frame i shows ``frame_level(i % clip_frames)``)."""
-    import av
+    from EUSVoiceLabelLib.bench import repeat_clip
 
     clip = path.with_suffix(".clip.mp4")
-    clip_frames = int(clip_seconds * fps)
-    write_video(clip, clip_frames, fps=fps, size=size, lossless=False)
-    repeats = int(np.ceil(seconds / clip_seconds))
-    with av.open(str(clip)) as src:
-        sv = src.streams.video[0]
-        packets = [p for p in src.demux(sv) if p.size]
-        span = clip_frames * int(round(1 / (fps * sv.time_base)))
-        with av.open(str(path), "w") as out:
-            ov = out.add_stream_from_template(sv)
-            for r in range(repeats):
-                for p in packets:
-                    p.stream = ov
-                    q = av.Packet(bytes(p))
-                    q.stream = ov
-                    q.pts = p.pts + r * span
-                    q.dts = p.dts + r * span
-                    q.time_base = sv.time_base
-                    q.is_keyframe = p.is_keyframe
-                    out.mux(q)
-    clip.unlink()
-    return path
+    write_video(clip, int(clip_seconds * fps), fps=fps, size=size, lossless=False)
+    return repeat_clip(clip, path, seconds, clip_seconds)
