@@ -472,7 +472,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                        description="Run the whole pipeline on a small synthetic cohort: "
                                    "synth, LOPO evaluate, train, label a held-out procedure "
                                    "with automatic mention detection, export, and write "
-                                   "report.md.  About 10 minutes on 2 CPU cores.")
+                                   "report.md.  About 5 minutes on 2 CPU cores.")
     p.add_argument("--out", type=Path, default=Path("demo_out"),
                    help="output folder (default: demo_out)")
     p.add_argument("--patients", type=int, default=6, help="training patients (default: 6)")

@@ -11,7 +11,7 @@
    their heat maps.
 
 The reduced settings (frame size, image size, width, epochs) are chosen so the whole demo runs
-in about 10 minutes on 2 CPU cores; they are written into the report.  The numbers it reports
+in about 5 minutes on 2 CPU cores (well inside 10); they are written into the report.  The numbers it reports
 are those of a tiny cohort trained briefly: the demo shows the pipeline working end to end, the
 benchmarks and ``evaluate`` on a paper-scale cohort measure accuracy.
 """
