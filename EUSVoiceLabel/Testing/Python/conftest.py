@@ -2,7 +2,21 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 # The tests import their media factory as a plain module.
 sys.path.insert(0, str(Path(__file__).parent))
 # Keep torch from oversubscribing the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch thread: other processes share the 2 cores and
+    oversubscription stalls small models."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

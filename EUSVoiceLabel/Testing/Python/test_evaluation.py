@@ -8,7 +8,6 @@ import types
 
 import numpy as np
 import pytest
-import torch
 
 from EUSVoiceLabelLib import evaluation as ev
 from EUSVoiceLabelLib.errors import ConfigError
@@ -19,12 +18,8 @@ SIZE = (32, 64)
 FRAMES = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread (fixture in conftest.py): the 2 cores are shared.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fake_window_set(n_patients: int = 3, per_patient: int = 4, seed: int = 0):

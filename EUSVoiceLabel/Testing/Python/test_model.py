@@ -11,13 +11,8 @@ from EUSVoiceLabelLib.model import (VARIANTS, count_layers, evenly_spaced, featu
                                     voice_time_steps)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Other processes share the 2 cores; one thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread (fixture in conftest.py): the 2 cores are shared.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_shapes_at_the_papers_input_size():

@@ -20,12 +20,8 @@ SIZE = (32, 64)
 FRAMES = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread (fixture in conftest.py): the 2 cores are shared.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_windows(n: int = 20, k: int = 5, seed: int = 0, frames: int = FRAMES,
