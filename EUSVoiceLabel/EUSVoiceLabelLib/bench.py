@@ -488,13 +488,9 @@ def make_procedure(folder: Path, seconds: float, n_mentions: int, seed: int = 0,
                 pass
         rows.append(f"{t:.3f},{lab.id},{end:.3f}")
     atomic_write_text(folder / "mentions.csv", "\n".join(rows) + "\n")
-    import wave
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(folder / "audio.wav"), "wb") as wf:
-        wf.setnchannels(1)
-        wf.setsampwidth(2)
-        wf.setframerate(rate)
-        wf.writeframes(pcm.tobytes())
+    from .media import write_wav
+
+    write_wav(folder / "audio.wav", audio, rate)
     return folder
 
 

@@ -421,6 +421,23 @@ def load_audio(path: os.PathLike | str) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
+def write_wav(path: os.PathLike | str, samples: np.ndarray, rate: int) -> Path:
+    """Write mono float samples (-1..1) as a 16-bit PCM WAV file, atomically."""
+    import wave
+
+    from .fileio import atomic_path
+
+    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1, 1) * 32767).astype("<i2")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with wave.open(str(tmp), "wb") as wf:
+            wf.setnchannels(1)
+            wf.setsampwidth(2)
+            wf.setframerate(int(rate))
+            wf.writeframes(pcm.tobytes())
+    return path
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     return text[:200]

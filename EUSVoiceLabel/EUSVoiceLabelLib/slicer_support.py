@@ -30,7 +30,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .errors import ConfigError, MediaError, ProcedureError
-from .media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames
+from .media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames,
+                    write_wav)
 from .mentions import Mention, read_mentions
 from .procedure import FPS, Procedure, default_crop, is_procedure_folder, load_procedure
 from .vocabulary import LabelSet, load_labelset
@@ -612,8 +613,6 @@ def write_tiny_procedure(folder: os.PathLike | str, seconds: float = 8.0,
     on the label, and the audio plays a tone whose pitch depends on the label, so a model
     trained for a few steps can tell them apart.
     """
-    import wave
-
     from .slicer_files import write_frame_sequence
 
     folder = Path(folder)
@@ -641,11 +640,6 @@ def write_tiny_procedure(folder: os.PathLike | str, seconds: float = 8.0,
         audio[a0:a0 + len(tone)] += tone[:len(audio) - a0]
         rows.append(f"{t0:.3f},{label},{t0 + 0.6:.3f},{label.replace('_', ' ')}")
     write_frame_sequence(folder / "frames.seq.nrrd", frames, np.arange(n) / FPS)
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(folder / "audio.wav"), "wb") as fh:
-        fh.setnchannels(1)
-        fh.setsampwidth(2)
-        fh.setframerate(rate)
-        fh.writeframes(pcm.tobytes())
+    write_wav(folder / "audio.wav", audio, rate)
     (folder / "mentions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return folder
