@@ -81,6 +81,29 @@ def atomic_write_with(path: os.PathLike | str, writer: Callable[[Path], None]) -
         writer(tmp)
 
 
+def load_untrusted_torch(path: os.PathLike | str, missing: tuple[str, str],
+                         unreadable: tuple[str, str]):
+    """Read a torch file that may come from anyone: ``weights_only=True`` unpickles tensors and
+    plain containers only, so no code in the file can run.
+
+    Args:
+        missing: (message, hint) of the CheckpointError when the file does not exist.
+        unreadable: (message, hint); ``{error}`` in the message becomes the exception's name.
+    """
+    import torch
+
+    from .errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(missing[0], path, missing[1])
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for damaged or foreign files
+        raise CheckpointError(unreadable[0].format(error=exc.__class__.__name__), path,
+                              unreadable[1]) from None
+
+
 def file_sha256(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's content, read in chunks (never the whole file in memory)."""
     h = hashlib.sha256()

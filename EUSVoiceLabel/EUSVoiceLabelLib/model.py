@@ -271,16 +271,13 @@ def evenly_spaced(n: int, k: int) -> list[int]:
 
 def load_state_dict_file(path: Path, what: str) -> dict[str, torch.Tensor]:
     """Read a plain state_dict (tensors only) with ``weights_only=True``."""
+    from .fileio import load_untrusted_torch
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("weights file not found", path,
-                              f"give a local {what} state_dict (.pth) with --weights")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for bad files
-        raise CheckpointError(f"cannot read weights ({exc.__class__.__name__})", path,
-                              "the file must be a torch state_dict saved with torch.save") \
-            from None
+    data = load_untrusted_torch(
+        path, ("weights file not found", f"give a local {what} state_dict (.pth) with --weights"),
+        ("cannot read weights ({error})",
+         "the file must be a torch state_dict saved with torch.save"))
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

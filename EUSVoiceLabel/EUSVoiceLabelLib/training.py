@@ -728,15 +728,14 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     from . import __version__
     from .vocabulary import LabelSet
 
+    from .fileio import load_untrusted_torch
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("model checkpoint not found", path,
-                              "train one with 'eusvoicelabel train COHORT --out MODEL'")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read the checkpoint ({exc.__class__.__name__})", path,
-                              "it must be a file written by 'eusvoicelabel train'") from None
+    data = load_untrusted_torch(
+        path, ("model checkpoint not found",
+               "train one with 'eusvoicelabel train COHORT --out MODEL'"),
+        ("cannot read the checkpoint ({error})",
+         "it must be a file written by 'eusvoicelabel train'"))
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError("not an EUSVoiceLabel model checkpoint", path,
                               "use a file written by 'eusvoicelabel train'")

@@ -118,15 +118,12 @@ def save_keyword_checkpoint(path: Path, model: KeywordNet, words: Sequence[str],
 
 def read_keyword_checkpoint(path: Path) -> dict[str, Any]:
     """Read and check a keyword checkpoint; CheckpointError when it is not one."""
+    from .fileio import load_untrusted_torch
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("keyword network checkpoint not found", path,
-                              "make one with 'eusvoicelabel pretrain-voice --out FILE'")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read ({exc.__class__.__name__})", path,
-                              "make one with 'eusvoicelabel pretrain-voice --out FILE'") from None
+    hint = "make one with 'eusvoicelabel pretrain-voice --out FILE'"
+    data = load_untrusted_torch(path, ("keyword network checkpoint not found", hint),
+                                ("cannot read ({error})", hint))
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError("not a keyword network checkpoint (made by 'pretrain-voice')", path)
     if data.get("format_version") != FORMAT_VERSION:
