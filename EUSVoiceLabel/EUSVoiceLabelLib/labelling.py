@@ -120,12 +120,7 @@ class LabelResult:
 
     def frame_owners(self) -> dict[int, int]:
         """Frame index -> index (in ``windows``) of the window that labels it."""
-        owners: dict[int, int] = {}
-        for k, w in enumerate(self.windows):  # later windows take over overlapping frames
-            for f in w.frame_indices:
-                if 0 <= f < self.procedure.n_frames:
-                    owners[int(f)] = k
-        return dict(sorted(owners.items()))
+        return frame_owners([w.frame_indices for w in self.windows], self.procedure.n_frames)
 
     def frame_labels(self) -> list[dict]:
         """One row per labelled frame: frame_index, time_s, label, confidence, window,
@@ -137,6 +132,18 @@ class LabelResult:
                          "label": w.predicted, "confidence": w.confidence, "window": w.index,
                          "spoken_label": w.spoken_label or ""})
         return rows
+
+
+def frame_owners(windows: Sequence[np.ndarray], n_frames: int) -> dict[int, int]:
+    """Frame index -> position in ``windows`` (frame-index arrays in onset order) of the window
+    that labels it, sorted by frame: a later window takes over overlapping frames, frames past
+    the recording belong to none."""
+    owners: dict[int, int] = {}
+    for k, indices in enumerate(windows):
+        for f in indices:
+            if 0 <= f < n_frames:
+                owners[int(f)] = k
+    return dict(sorted(owners.items()))
 
 
 def window_frame_indices(mention: Mention, frames: int, fps: float) -> np.ndarray:
@@ -271,14 +278,11 @@ class LabelOutputWriter:
         self.labelset = labelset
         self.cam_threshold = cam_threshold
         mentions = sorted(mentions, key=lambda m: m.time_s)
-        # Which frames each window writes (later windows own overlapping frames).
-        owner: dict[int, int] = {}
-        for k, m in enumerate(mentions):
-            for f in window_frame_indices(m, frames_per_window, proc.fps):
-                if 0 <= f < proc.n_frames:
-                    owner[int(f)] = k
+        # Which frames each window writes.
+        owner = frame_owners([window_frame_indices(m, frames_per_window, proc.fps)
+                              for m in mentions], proc.n_frames)
         self._owned: dict[int, list[int]] = {}
-        for f, k in sorted(owner.items()):
+        for f, k in owner.items():
             self._owned.setdefault(k, []).append(f)
         self.frame_indices = sorted(owner)
         times = [f / proc.fps for f in self.frame_indices]
