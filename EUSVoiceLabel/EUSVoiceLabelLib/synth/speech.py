@@ -190,15 +190,23 @@ def synthesize_many(items: Sequence[tuple[str, "Speaker | str"]]) -> None:
 
 
 def trim_silence(x: np.ndarray, sample_rate: int = SAMPLE_RATE, rel_db: float = -38.0,
-                 margin_s: float = 0.005) -> np.ndarray:
+                 floor_db: float = 10.0, margin_s: float = 0.005) -> np.ndarray:
     """Cut leading/trailing silence: keep from the first to the last 5 ms frame whose RMS is
-    within ``rel_db`` of the loudest frame (plus a tiny margin)."""
+    within ``rel_db`` of the loudest frame and ``floor_db`` above the clip's background level
+    (plus a tiny margin).
+
+    The background term matters for engines that pad their output with low-level noise rather
+    than digital silence (some flite and festival voices sit 34-40 dB below their peak): a
+    peak-relative rule alone keeps that noise, and the labelled word onsets come out early.
+    """
     hop = max(1, int(0.005 * sample_rate))
     n = len(x) // hop
     if n == 0:
         return x
     rms = np.sqrt(np.mean(x[:n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
-    on = np.nonzero(rms > rms.max() * 10 ** (rel_db / 20))[0]
+    background = np.percentile(rms, 10)
+    level = max(rms.max() * 10 ** (rel_db / 20), background * 10 ** (floor_db / 20))
+    on = np.nonzero(rms > level)[0]
     if on.size == 0:
         return x[:0]
     m = int(margin_s * sample_rate)

@@ -108,6 +108,37 @@ def test_speakers_and_word_timing():
     assert clips.shape == (2, 16000) and np.abs(clips).max() > 0.3
 
 
+def test_trim_keeps_the_word_not_the_engines_padding_noise():
+    from EUSVoiceLabelLib.synth.speech import trim_silence
+
+    rng = np.random.default_rng(0)
+    sr = 48000
+    pad = 0.015 * rng.standard_normal(int(0.25 * sr))            # -36 dB below the word's peak
+    t = np.arange(int(0.4 * sr)) / sr
+    word = 0.9 * np.sin(2 * np.pi * 220 * t) * np.minimum(1, t / 0.01)
+    x = np.concatenate([pad, word, pad]).astype(np.float32)
+    y = trim_silence(x, sr)
+    # a peak-relative rule alone (-38 dB) would keep the 0.25 s of padding noise
+    assert abs(len(y) / sr - 0.4) < 0.02
+    onset = int(np.flatnonzero(np.abs(y) > 0.1)[0])
+    assert onset < int(0.015 * sr)
+    # digital silence around a quiet word: nothing of the word is cut
+    quiet = np.concatenate([np.zeros(4800), 0.05 * word, np.zeros(4800)]).astype(np.float32)
+    assert abs(len(trim_silence(quiet, sr)) / sr - 0.4) < 0.02
+
+
+@pytest.mark.parametrize("speaker", [s.name for s in list_speakers()])
+def test_word_onsets_are_where_the_speech_starts(speaker):
+    """Every voice's trimmed clip starts within 40 ms of its first loud (-30 dB) frame, so
+    labelled onsets are not early by the engine's leading noise (flite rms: was 0.2 s)."""
+    x = speak("portal vein", speaker)
+    hop = 240
+    n = len(x) // hop
+    rms = np.sqrt(np.mean(x[:n * hop].reshape(n, hop) ** 2, axis=1))
+    loud = int(np.flatnonzero(rms > rms.max() * 10 ** (-30 / 20))[0]) * hop / 48000
+    assert loud < 0.04, f"{speaker}: speech starts {loud:.3f} s after the labelled onset"
+
+
 # --------------------------------------------------------------------------- cohort files
 def test_tiny_cohort_layout_and_readback(tiny):
     import av
