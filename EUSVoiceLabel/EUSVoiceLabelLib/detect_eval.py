@@ -95,32 +95,82 @@ def score_detections(results: Sequence[tuple[Sequence[Mention], Sequence[Mention
     return out
 
 
+def _warm_worker(labelset: LabelSet) -> None:
+    get_spotter(labelset)
+
+
+def _patient_candidates(folder: Path, labelset: LabelSet, workers: Optional[int] = None
+                        ) -> Optional[PatientCandidates]:
+    """Un-thresholded detections of one patient (None when it has no mentions.csv)."""
+    from .procedure import load_procedure
+
+    proc = load_procedure(folder, labelset=labelset)
+    if proc.mentions_path is None:
+        log.warning("%s has no mentions.csv: skipped", folder)
+        return None
+    samples, rate = proc._native_audio()
+    t0 = time.perf_counter()
+    hits = spot_candidates(samples, rate, labelset, workers=workers)
+    return PatientCandidates(proc.name, hits, list(proc.mentions), proc.audio_offset_s,
+                             len(samples) / rate, time.perf_counter() - t0)
+
+
 def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
                        progress: bool = True, workers: Optional[int] = None
                        ) -> tuple[list[PatientCandidates], LabelSet]:
-    """Run the spotter (no thresholds) on every patient of a cohort that has mentions."""
-    from .procedure import find_patients, load_procedure
+    """Run the spotter (no thresholds) on every patient of a cohort that has mentions.
+
+    Patients are decoded ``workers`` at a time in separate processes (default: one per core, at
+    most 2), each patient in one process; a patient's ``seconds`` is then its share of the
+    wall-clock time, so the summed speed is that of the whole machine.  A single patient is
+    decoded in this process (its long recording cut into pieces decoded in parallel).
+    """
+    from .procedure import find_patients
 
     cohort = Path(cohort)
     labelset = labelset or load_labelset(None, cohort)
     patients = find_patients(cohort)
-    get_spotter(labelset)  # build once, outside the timing
-    out: list[PatientCandidates] = []
+    n_workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    n_workers = min(n_workers, len(patients))
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(patients, desc="detect", unit="patient")
-    for folder in (bar if bar is not None else patients):
-        proc = load_procedure(folder, labelset=labelset)
-        if proc.mentions_path is None:
-            log.warning("%s has no mentions.csv: skipped", folder)
-            continue
-        samples, rate = proc._native_audio()
-        t0 = time.perf_counter()
-        hits = spot_candidates(samples, rate, labelset, workers=workers)
-        seconds = time.perf_counter() - t0
-        out.append(PatientCandidates(proc.name, hits, list(proc.mentions), proc.audio_offset_s,
-                                     len(samples) / rate, seconds))
+        bar = tqdm(total=len(patients), desc="detect", unit="patient")
+    found: list[Optional[PatientCandidates]] = []
+    if n_workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")  # safe in any host (see detect.py)
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+            # Warm the workers (imports, decoder set-up) outside the timing.
+            list(pool.map(_warm_worker, [labelset] * n_workers))
+            t0 = time.perf_counter()
+            futures = [pool.submit(_patient_candidates, f, labelset, 1) for f in patients]
+            try:
+                for fut in futures:
+                    found.append(fut.result())
+                    if bar is not None:
+                        bar.update(1)
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+            wall = time.perf_counter() - t0
+        out = [c for c in found if c is not None]
+        total = sum(c.audio_s for c in out) or 1.0
+        out = [replace(c, seconds=wall * c.audio_s / total) for c in out]
+    else:
+        get_spotter(labelset)  # build once, outside the timing
+        for folder in patients:
+            # One patient at a time: its own long recordings may still be cut into pieces
+            # decoded in parallel (see spot_candidates).
+            found.append(_patient_candidates(folder, labelset, workers))
+            if bar is not None:
+                bar.update(1)
+        out = [c for c in found if c is not None]
+    if bar is not None:
+        bar.close()
     if not out:
         from .errors import MentionsError
         raise MentionsError("no patient has a mentions.csv to compare with", cohort,
