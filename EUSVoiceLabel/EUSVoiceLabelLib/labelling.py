@@ -228,17 +228,22 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def labels_csv(result: LabelResult) -> str:
-    """One row per window: times, spoken and predicted labels, confidence, probabilities."""
+    """One row per window: times, spoken and predicted labels, the network's confidence, the
+    mention's source, phrase and detector confidence (automatic mentions), the heat-map peak and
+    the class probabilities."""
     ids = result.labelset.ids
     header = ["window", "time_s", "end_s", "spoken_label", "predicted_label", "confidence",
-              "agrees", "source", "text", "peak_col", "peak_row", *[f"p_{i}" for i in ids]]
+              "agrees", "source", "text", "mention_confidence", "peak_col", "peak_row",
+              *[f"p_{i}" for i in ids]]
     rows = []
     for w in result.windows:
         spoken = w.spoken_label or ""
         rows.append([w.index, f"{w.time_s:.3f}", "" if w.end_s is None else f"{w.end_s:.3f}",
                      spoken, w.predicted, f"{w.confidence:.4f}",
                      "" if not spoken else int(spoken == w.predicted), w.mention.source,
-                     w.mention.text, "" if w.peak is None else w.peak[0],
+                     w.mention.text,
+                     "" if w.mention.confidence is None else f"{w.mention.confidence:.4f}",
+                     "" if w.peak is None else w.peak[0],
                      "" if w.peak is None else w.peak[1],
                      *[f"{p:.4f}" for p in w.probabilities]])
     return _csv_text(header, rows)

@@ -22,6 +22,8 @@ def test_demo_end_to_end_at_tiny_size(tmp_path):
         assert (out / "evaluate" / name).is_file()
     labels = list(csv.DictReader(open(out / "labels" / "labels.csv")))
     assert labels and all(r["source"] == "auto" for r in labels)  # --mentions auto
+    # the detector's phrase and confidence are kept for review beside the prediction
+    assert all(r["text"] and 0.0 < float(r["mention_confidence"]) <= 1.0 for r in labels)
     assert (out / "labels" / "scene.mrml").is_file()
     assert (out / "labelled_frames.png").stat().st_size > 1000
     exported = list(csv.DictReader(open(out / "export" / "labels.csv")))

@@ -114,6 +114,7 @@ def test_label_outputs_read_back(tiny_model, procedure, tmp_path):
 
     windows = list(csv.DictReader(open(out / "labels.csv")))
     assert [w["spoken_label"] for w in windows] == ["pancreas", "bile_duct", "portal_vein"]
+    assert all(w["mention_confidence"] == "" for w in windows)  # hand-made mentions
     for w in windows:
         probs = [float(w[f"p_{k}"]) for k in ("pancreas", "portal_vein", "pancreatic_duct",
                                               "portal_venous_confluence", "bile_duct")]
