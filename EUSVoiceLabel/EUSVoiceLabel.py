@@ -346,9 +346,15 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                     labelText=_("Listening..."), maximum=100)
         try:
             with slicer.util.tryWithErrorDisplay(_("Failed to detect mentions."), waitCursor=True):
-                p.mentionsTable = self.logic.detectMentions(
+                table = self.logic.detectMentions(
                     p.inputSequence, p.mentionsTable,
-                    progressCallback=self._progressReporter(progress))
+                    progressCallback=self._progressReporter(progress),
+                    shouldStop=lambda: progress.wasCanceled)
+                if table is None:
+                    slicer.util.showStatusMessage(_("Detection cancelled: the mentions are "
+                                                    "unchanged."), 5000)
+                else:
+                    p.mentionsTable = table
         finally:
             progress.close()
 
@@ -917,16 +923,26 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         proc.check_mentions(mentions)
         return self.mentionsToTable(mentions, sequenceNode, tableNode)
 
-    def detectMentions(self, sequenceNode, tableNode=None, progressCallback=None
-                       ) -> vtkMRMLTableNode:
+    def detectMentions(self, sequenceNode, tableNode=None, progressCallback=None,
+                       shouldStop=None) -> Optional[vtkMRMLTableNode]:
         """Find spoken landmark names in the sequence's audio (offline keyword spotting) and
-        put them in a mentions table."""
-        from EUSVoiceLabelLib.detect import detect_mentions
+        put them in a mentions table.
+
+        ``progressCallback(done, total)`` gets seconds of audio; when ``shouldStop()`` returns
+        True detection stops, the table is left as it was and None is returned.
+        """
+        from EUSVoiceLabelLib.detect import DetectionCancelled, detect_mentions
 
         proc = self.procedureForSequence(sequenceNode)
-        found = detect_mentions(proc.audio, proc.sample_rate, proc.labelset,
-                                audio_offset_s=proc.audio_offset_s,
-                                progress=progressCallback or False)
+        try:
+            # In this process (workers=1): worker processes would be started from Slicer's
+            # own executable.
+            found = detect_mentions(proc.audio, proc.sample_rate, proc.labelset,
+                                    audio_offset_s=proc.audio_offset_s,
+                                    progress=progressCallback or False, workers=1,
+                                    should_stop=shouldStop)
+        except DetectionCancelled:
+            return None
         found = [m for m in found if 0 <= m.time_s < proc.duration_s]
         return self.mentionsToTable(found, sequenceNode, tableNode)
 
@@ -1480,6 +1496,15 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         frames.GetNthDataNode(0).GetIJKToRASMatrix(matrix)
         self.assertEqual((matrix.GetElement(0, 0), matrix.GetElement(1, 1)), (-1.0, -1.0))
         mentions = logic.mentionsFromFile(frames, cohort / "p1" / "mentions.csv")
+        self.assertEqual(mentions.GetNumberOfRows(), 4)
+
+        self.delayDisplay("Detecting mentions")
+        heard = []
+        detected = logic.detectMentions(frames, progressCallback=lambda d, t: heard.append((d, t)))
+        self.assertIsNotNone(detected)
+        self.assertEqual(heard[-1], (8, 8))  # seconds of audio listened to, of all
+        # Cancelling leaves the mentions table as it was.
+        self.assertIsNone(logic.detectMentions(frames, mentions, shouldStop=lambda: True))
         self.assertEqual(mentions.GetNumberOfRows(), 4)
 
         self.delayDisplay("Labelling")

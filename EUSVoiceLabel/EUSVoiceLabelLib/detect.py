@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -499,13 +499,24 @@ def _default_workers(duration_s: float) -> int:
     return min(2, os.cpu_count() or 1) if duration_s >= PARALLEL_MIN_S else 1
 
 
+class DetectionCancelled(Exception):
+    """Detection was stopped by its ``should_stop`` callback (nothing is returned)."""
+
+
+Progress = Union[bool, Callable[[int, int], None]]
+
+
 def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
-                    progress: bool = False, workers: Optional[int] = None,
-                    desc: str = "detect") -> list[Hit]:
+                    progress: Progress = False, workers: Optional[int] = None,
+                    desc: str = "detect",
+                    should_stop: Optional[Callable[[], bool]] = None) -> list[Hit]:
     """Every keyphrase hit in a recording, before thresholds, on the audio clock.
 
     The recording is cut into overlapping pieces of :data:`CHUNK_S` decoded by ``workers``
     processes (default: 2 on recordings of two minutes or more when the machine has 2 cores).
+    ``progress`` is True for a progress bar or a callback ``(seconds done, seconds in all)``
+    called after each piece; ``should_stop`` is checked after each piece and raises
+    :class:`DetectionCancelled` when it returns True.
     """
     x = to_mono(audio)
     if sample_rate <= 0:
@@ -519,33 +530,62 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
     starts = list(range(0, max(1, len(x) - int(CHUNK_OVERLAP_S * sample_rate)), step))
     pieces = [(x[s:s + size], s / sample_rate) for s in starts]
     workers = _default_workers(duration) if workers is None else max(1, int(workers))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=round(duration), desc=desc, unit="s audio", leave=False)
+    report = _progress_reporter(progress, round(duration), desc)
     hits: list[Hit] = []
     done = False
-    if workers > 1 and len(pieces) > 1:
-        try:
-            hits = _spot_parallel(keyphrases, pieces, sample_rate, workers, bar)
-            done = True
-        except (OSError, RuntimeError, ImportError) as exc:  # e.g. no process spawning
-            log.warning("parallel decoding unavailable (%s); decoding in one process", exc)
-            hits = []
-            if bar is not None:
-                bar.reset()
-    if not done:
-        for piece, t0 in pieces:
-            hits.extend(_spot_chunk(keyphrases, piece, sample_rate, t0))
-            if bar is not None:
-                bar.update(round(len(piece) / sample_rate))
-    if bar is not None:
-        bar.close()
+    try:
+        if workers > 1 and len(pieces) > 1:
+            try:
+                hits = _spot_parallel(keyphrases, pieces, sample_rate, workers, report,
+                                      should_stop)
+                done = True
+            except (OSError, RuntimeError, ImportError) as exc:  # e.g. no process spawning
+                log.warning("parallel decoding unavailable (%s); decoding in one process", exc)
+                hits = []
+                report(None)
+        if not done:
+            for piece, t0 in pieces:
+                hits.extend(_spot_chunk(keyphrases, piece, sample_rate, t0))
+                report(len(piece) / sample_rate)
+                if should_stop is not None and should_stop():
+                    raise DetectionCancelled("detection cancelled")
+    finally:
+        report(-1.0)
     return _dedupe(hits, keyphrases)
 
 
+def _progress_reporter(progress: Progress, total_s: int, desc: str
+                       ) -> Callable[[Optional[float]], None]:
+    """A function taking the seconds of audio just decoded (None: start again; -1: finished)
+    that drives a tqdm bar (``progress=True``) or calls ``progress(done_s, total_s)``."""
+    if callable(progress):
+        done = [0.0]
+
+        def report(seconds: Optional[float]) -> None:
+            if seconds is None:
+                done[0] = 0.0
+            elif seconds >= 0:
+                done[0] = min(float(total_s), done[0] + seconds)
+                progress(round(done[0]), total_s)
+        return report
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_s, desc=desc, unit="s audio", leave=False)
+
+        def report(seconds: Optional[float]) -> None:
+            if seconds is None:
+                bar.reset()
+            elif seconds < 0:
+                bar.close()
+            else:
+                bar.update(round(seconds))
+        return report
+    return lambda seconds: None
+
+
 def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: int,
-                   workers: int, bar) -> list[Hit]:
+                   workers: int, report: Callable[[Optional[float]], None],
+                   should_stop: Optional[Callable[[], bool]] = None) -> list[Hit]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -555,10 +595,16 @@ def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: i
     with ProcessPoolExecutor(max_workers=min(workers, len(pieces)), mp_context=ctx) as pool:
         futures = {pool.submit(_spot_chunk, keyphrases, piece, sample_rate, t0): len(piece)
                    for piece, t0 in pieces}
-        for fut in as_completed(futures):
-            hits.extend(fut.result())
-            if bar is not None:
-                bar.update(round(futures[fut] / sample_rate))
+        try:
+            for fut in as_completed(futures):
+                hits.extend(fut.result())
+                report(futures[fut] / sample_rate)
+                if should_stop is not None and should_stop():
+                    raise DetectionCancelled("detection cancelled")
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
     return hits
 
 
@@ -626,7 +672,8 @@ def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
 def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[LabelSet] = None,
                     *, audio_offset_s: float = 0.0,
                     thresholds: Optional[Mapping[str, float]] = None,
-                    progress: bool = False, workers: Optional[int] = None) -> list["Mention"]:
+                    progress: Progress = False, workers: Optional[int] = None,
+                    should_stop: Optional[Callable[[], bool]] = None) -> list["Mention"]:
     """Find spoken landmark mentions in a recording.
 
     Args:
@@ -636,9 +683,11 @@ def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[Labe
             carries per-phrase thresholds.
         audio_offset_s: audio time = video time + offset (``procedure.json``).
         thresholds: minimum confidence per phrase or label id (overrides the vocabulary's).
-        progress: show a progress bar.
+        progress: True for a progress bar, or a callback ``(seconds done, seconds in all)``.
         workers: decoding processes (default: 2 on long recordings, see
             :func:`spot_candidates`).
+        should_stop: checked as the decoding goes; returning True raises
+            :class:`DetectionCancelled`.
 
     Returns:
         Mentions on the video clock (``source="auto"``), sorted by time, with the phrase heard
@@ -646,7 +695,8 @@ def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[Labe
         recordings give an empty list.
     """
     labelset = labelset or LabelSet.default()
-    hits = spot_candidates(audio, sample_rate, labelset, progress=progress, workers=workers)
+    hits = spot_candidates(audio, sample_rate, labelset, progress=progress, workers=workers,
+                           should_stop=should_stop)
     return select_mentions(hits, labelset, thresholds, audio_offset_s)
 
 

@@ -263,3 +263,26 @@ def test_dedupe_keeps_the_best_of_overlapping_hits_of_one_label():
         by_label.setdefault(kps[h.phrase_index].label, []).append(h)
     for group in by_label.values():  # no two kept hits of one label overlap
         assert all(a.end_s <= b.start_s for a, b in zip(group, group[1:]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_callback_and_cancel(speech, workers):
+    from EUSVoiceLabelLib.detect import DetectionCancelled
+
+    audio, _ = speech
+    long = np.tile(audio, 7)  # 133 s: three 60 s pieces
+    seen: list[tuple[int, int]] = []
+    found = detect_mentions(long, RATE, LABELS, workers=workers,
+                            progress=lambda done, total: seen.append((done, total)))
+    assert len(found) == 7 * len(EXPECTED_LABELS)
+    assert len(seen) == 3 and seen[-1] == (133, 133)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return True
+
+    with pytest.raises(DetectionCancelled):
+        detect_mentions(long, RATE, LABELS, workers=workers, should_stop=stop)
+    assert len(asked) == 1  # stopped after the first piece
