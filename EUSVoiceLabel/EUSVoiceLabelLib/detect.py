@@ -3,21 +3,21 @@
 An offline recogniser that ships its own model, pocketsphinx 5 (en-US acoustic model and CMU
 dictionary inside the wheel), finds every synonym of the label vocabulary in a procedure's audio:
 
-1. The audio is resampled to 16 kHz and cut into voiced regions by pocketsphinx's voice-activity
-   endpointer, so silence costs nothing.
-2. Each region is decoded with a small grammar, ``( phone | keyphrase )*``: a free loop over the 39
-   English phones competes with one dictionary entry per vocabulary phrase.  This is keyword
-   spotting in which the keyphrases also compete with each other, so "common bile duct" wins over
-   "bile duct" and "CBD" over "PD" on the same audio without any overlap rules.  Acronyms are
-   spelled ("PD" -> "P D"), out-of-dictionary words come from a small medical lexicon or from
-   espeak-ng's letter-to-sound rules when it is installed.
-3. Each hit is rescored: the acoustic log-likelihood of the phrase's forced alignment against that
-   of the best free phone sequence over the same frames (a per-frame likelihood ratio), combined
-   with the decoder's lattice posterior into a confidence in 0-1.  A hit is kept when its
-   confidence reaches the phrase's threshold (:data:`DEFAULT_THRESHOLD` unless a calibrated
-   vocabulary says otherwise, see :mod:`.detect_eval`).
+1. The audio is averaged to mono, resampled to 16 kHz, high-passed and passed through a
+   stationary-noise suppressor (:func:`denoise`), then cut into voiced regions by pocketsphinx's
+   voice-activity detector, so silence costs nothing.
+2. Each region is searched by pocketsphinx's keyphrase spotter: every vocabulary phrase is a
+   chain of phone HMMs scored frame by frame against a free loop over the 39 English phones.
+   Acronyms are spelled ("PD" -> "P D"); words missing from the dictionary come from a small
+   medical lexicon or from espeak-ng's letter-to-sound rules when it is installed.
+3. Each hit's score is the log-likelihood ratio of the phrase against the phone loop over the
+   phrase's own frames, per frame; a logistic curve maps it to a confidence in 0-1.  A hit is
+   kept when its confidence reaches the phrase's threshold (:data:`DEFAULT_THRESHOLD` unless a
+   calibrated vocabulary says otherwise, see :mod:`.detect_eval`); overlapping hits compete
+   (:func:`select_mentions`).
 
-Onsets are the Viterbi start of the phrase (10 ms frames) on the video clock.
+Onsets are the spotter's start frame of the phrase (10 ms frames), on the video clock.
+Measured accuracy and speed, and what limits them: ``docs/detection.md``.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ class Hit:
     start_s: float
     end_s: float
     phrase_index: int
-    score: float       # mean per-frame acoustic log-likelihood vs the best senone (<= 0)
+    score: float       # per-frame log-likelihood ratio of the phrase vs the phone loop
     confidence: float  # in 0-1
 
 
