@@ -104,6 +104,46 @@ def load_untrusted_torch(path: os.PathLike | str, missing: tuple[str, str],
                               unreadable[1]) from None
 
 
+DIGEST_KEY = "content_sha256"
+
+
+def weights_digest(data: dict, weights_key: str) -> str:
+    """SHA-256 over a checkpoint's metadata (as JSON) and every tensor's name, type, shape and
+    bytes under ``data[weights_key]``.  torch's zip reader does not check its CRCs, so without
+    this a flipped byte in the weights would load silently (found by fuzzing, test_fuzz.py)."""
+    import json
+
+    import torch
+
+    h = hashlib.sha256()
+    meta = {k: v for k, v in data.items() if k not in (weights_key, DIGEST_KEY)}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    weights = data.get(weights_key)
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(weights[name].shape)}".encode())
+        h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def check_weights_digest(data: dict, weights_key: str, path: os.PathLike | str,
+                         hint: str) -> None:
+    """Raise CheckpointError when a checkpoint's stored digest does not match its content
+    (files written before digests existed carry none and pass)."""
+    from .errors import CheckpointError
+
+    stored = data.get(DIGEST_KEY)
+    if stored is None:
+        return
+    try:
+        digest = weights_digest(data, weights_key)
+    except (TypeError, ValueError, AttributeError, RuntimeError):
+        digest = None
+    if digest != stored:
+        raise CheckpointError("the checkpoint is damaged (its content does not match its "
+                              "checksum)", path, hint)
+
+
 def file_sha256(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's content, read in chunks (never the whole file in memory)."""
     h = hashlib.sha256()

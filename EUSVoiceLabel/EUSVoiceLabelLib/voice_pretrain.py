@@ -105,20 +105,21 @@ class KeywordNet(nn.Module):
 # --------------------------------------------------------------------------- checkpoints
 def save_keyword_checkpoint(path: Path, model: KeywordNet, words: Sequence[str],
                             info: dict[str, Any]) -> None:
-    """Write a keyword checkpoint atomically (tensors + JSON-able metadata)."""
+    """Write a keyword checkpoint atomically (tensors + JSON-able metadata + a checksum)."""
     from . import __version__
-    from .fileio import atomic_path
+    from .fileio import DIGEST_KEY, atomic_path, weights_digest
 
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
             "words": list(words), "info": info,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    data[DIGEST_KEY] = weights_digest(data, "state_dict")
     with atomic_path(path) as tmp:
         torch.save(data, tmp)
 
 
 def read_keyword_checkpoint(path: Path) -> dict[str, Any]:
-    """Read and check a keyword checkpoint; CheckpointError when it is not one."""
-    from .fileio import load_untrusted_torch
+    """Read and check a keyword checkpoint; CheckpointError when it is not one or is damaged."""
+    from .fileio import check_weights_digest, load_untrusted_torch
 
     path = Path(path)
     hint = "make one with 'eusvoicelabel pretrain-voice --out FILE'"
@@ -126,6 +127,8 @@ def read_keyword_checkpoint(path: Path) -> dict[str, Any]:
                                 ("cannot read ({error})", hint))
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError("not a keyword network checkpoint (made by 'pretrain-voice')", path)
+    check_weights_digest(data, "state_dict", path, "use an undamaged copy or make a new one "
+                                                    "with 'eusvoicelabel pretrain-voice'")
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"keyword checkpoint format {data.get('format_version')} is not "
                               f"supported (expected {FORMAT_VERSION})", path,

@@ -168,6 +168,31 @@ def test_damaged_checkpoint_is_refused(tmp_path):
     assert load_checkpoint(tmp_path / "old.pt").config.variant == "proposed"
 
 
+def test_damaged_keyword_checkpoint_is_refused(tmp_path):
+    """The pretrained keyword network (voice_pretrained variant) carries the same checksum."""
+    from EUSVoiceLabelLib.voice_pretrain import (COMMAND_WORDS, KeywordNet, load_keyword_model,
+                                                 save_keyword_checkpoint)
+
+    path = tmp_path / "keyword.pt"
+    torch.manual_seed(0)
+    net = KeywordNet(len(COMMAND_WORDS))
+    save_keyword_checkpoint(path, net, COMMAND_WORDS, {"epochs": 1})
+    loaded = load_keyword_model(path)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 loaded.state_dict().values()))
+    for damage in ("weight", "words"):
+        data = torch.load(path, weights_only=True)
+        if damage == "weight":
+            name = next(k for k, v in data["state_dict"].items() if v.is_floating_point())
+            data["state_dict"][name].view(-1)[0] += 1e-3
+        else:
+            data["words"][0] = "spleen"
+        bad = tmp_path / f"bad {damage}.pt"
+        torch.save(data, bad)
+        with pytest.raises(CheckpointError, match="damaged"):
+            load_keyword_model(bad)
+
+
 # =========================================================================== training faults
 def _interrupt_at(monkeypatch, calls: set[int], signals: int = 1) -> None:
     """Deliver a real SIGINT (``signals`` of them) during the given loss computations."""
