@@ -1320,6 +1320,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         from EUSVoiceLabelLib.export import export_dataset
         from EUSVoiceLabelLib.fileio import atomic_write_text
         from EUSVoiceLabelLib.labelling import write_label_outputs
+        from EUSVoiceLabelLib.outputlock import output_lock
         from EUSVoiceLabelLib.review import labels_csv_with_review
 
         result = self._results.get(resultsTable.GetID())
@@ -1329,12 +1330,17 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                                      name=resultsTable.GetName()))
         review = self.reviewTable(resultsTable)
         outputFolder = pathlib.Path(outputFolder)
-        files = write_label_outputs(result, outputFolder)
-        labelsCsv = outputFolder / "labels.csv"
-        atomic_write_text(labelsCsv, labels_csv_with_review(labelsCsv.read_text(encoding="utf-8"),
-                                                            review.reviewed_labels()))
-        if datasetFolder is not None:
-            files["dataset labels.csv"] = export_dataset(outputFolder, datasetFolder)
+        datasetFolder = None if datasetFolder is None else pathlib.Path(datasetFolder)
+        # The same one-writer-per-output lock as the command line: a concurrent
+        # 'eusvoicelabel label --out' on these folders is refused instead of interleaved.
+        with output_lock(outputFolder, "3D Slicer EUSVoiceLabel export"), \
+                output_lock(datasetFolder, "3D Slicer EUSVoiceLabel export"):
+            files = write_label_outputs(result, outputFolder)
+            labelsCsv = outputFolder / "labels.csv"
+            atomic_write_text(labelsCsv, labels_csv_with_review(
+                labelsCsv.read_text(encoding="utf-8"), review.reviewed_labels()))
+            if datasetFolder is not None:
+                files["dataset labels.csv"] = export_dataset(outputFolder, datasetFolder)
         return {k: str(v) for k, v in files.items()}
 
     def addToCohort(self, resultsTable, cohortFolder, name: Optional[str] = None):

@@ -338,3 +338,19 @@ def test_readme_batch_script_uses_real_logic_methods_and_arguments():
         assert len(call.args) <= len(params), name
         for kw in call.keywords:
             assert kw.arg in params, f"logic.{name} has no argument {kw.arg!r}"
+
+
+def test_slicer_export_holds_the_output_lock_of_both_folders():
+    """exportResults writes under the same one-writer lock as the command line, for the label
+    outputs and the dataset, so a concurrent 'eusvoicelabel label --out' cannot interleave."""
+    logic = _class(_module_ast(), "EUSVoiceLabelLogic")
+    method = next(f for f in logic.body
+                  if isinstance(f, ast.FunctionDef) and f.name == "exportResults")
+    withs = [n for n in ast.walk(method) if isinstance(n, ast.With)]
+    locked = [ast.unparse(item.context_expr.args[0]) for w in withs for item in w.items
+              if isinstance(item.context_expr, ast.Call)
+              and ast.unparse(item.context_expr.func) == "output_lock"]
+    assert locked == ["outputFolder", "datasetFolder"]
+    body = ast.unparse(withs[0])
+    for call in ("write_label_outputs(", "atomic_write_text(", "export_dataset("):
+        assert call in body, call  # every write happens inside the lock
