@@ -85,6 +85,12 @@ class DistContext:
         dist.all_reduce(t)
         return [float(v) for v in t.cpu()]
 
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is True on any of them, so that all of them take
+        the same branch: a process stopping alone leaves the others in the next gradient
+        all-reduce (gloo then fails with "Connection closed by peer", NCCL waits)."""
+        return self.sum([1.0 if flag else 0.0])[0] > 0
+
     def barrier(self) -> None:
         import torch.distributed as dist
 

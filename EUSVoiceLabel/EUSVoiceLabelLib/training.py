@@ -524,11 +524,16 @@ def _run_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, d
             logits = model(img, voice)
         loss = weighted_loss(logits, y, w_t)
         loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
+        diverged = not math.isfinite(loss_value)
+        if ctx is not None:  # every process stops together (see DistContext.any)
+            diverged = ctx.any(diverged)
+        if diverged:
             kept = f"; the last good resume state is kept in {state_path}" \
                 if state_path is not None and Path(state_path).is_file() else ""
+            what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
+                "the loss became NaN or infinite in another process"
             raise TrainingError(
-                f"{desc}: the loss became {loss_value} at epoch {epoch + 1}, batch {k + 1}; "
+                f"{desc}: {what} at epoch {epoch + 1}, batch {k + 1}; "
                 f"training stopped{kept}", None,
                 "lower --lr, or check the inputs for corrupt audio or frames")
         if ctx is not None:

@@ -159,6 +159,55 @@ def test_ddp_training_two_gloo_processes_keeps_replicas_identical(tmp_path):
     assert (tmp_path / "hist0.txt").read_text() == (tmp_path / "hist1.txt").read_text()
 
 
+_DDP_NAN_SCRIPT = textwrap.dedent("""
+    import os, sys, types, numpy as np, torch
+    sys.path.insert(0, {root!r})
+    from EUSVoiceLabelLib import distributed, training
+    from EUSVoiceLabelLib.errors import TrainingError
+    rank = int(os.environ["RANK"])
+    calls = [0]
+    real_loss = training.weighted_loss
+    def loss_nan_on_rank1(*args):
+        calls[0] += 1
+        loss = real_loss(*args)
+        return loss * float("nan") if rank == 1 and calls[0] == 2 else loss
+    training.weighted_loss = loss_nan_on_rank1
+    rng = np.random.default_rng(0)
+    n = 16
+    data = types.SimpleNamespace(
+        images=rng.integers(0, 255, size=(n, 5, 32, 64)).astype(np.uint8),
+        voices=rng.standard_normal((n, 1024, 66)).astype(np.float32),
+        labels=(np.arange(n) % 5).astype(np.int64))
+    cfg = training.TrainConfig(variant="proposed", epochs=2, image_size=(32, 64), frames=5,
+                               width=0.125, batch_size=4, seed=1)
+    try:
+        training.train_model(data, cfg, 5, device="cpu", progress=False)
+        outcome = "finished"
+    except TrainingError as exc:
+        outcome = str(exc)
+    with open({out!r} + f"/outcome{{rank}}.txt", "w") as fh:
+        fh.write(outcome)
+    distributed.shutdown()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_ddp_loss_nan_in_one_process_stops_all_of_them(tmp_path):
+    """A non-finite loss in one process stops every process at the same batch with the same
+    clear error.  Before, the others went on into the next gradient all-reduce: with gloo they
+    crashed there ("Connection closed by peer") once the first had left; with NCCL they would
+    wait for it."""
+    script = tmp_path / "ddp_nan.py"
+    script.write_text(_DDP_NAN_SCRIPT.format(root=str(PKG_ROOT), out=str(tmp_path)))
+    proc = _torchrun([str(script)], tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    mine = (tmp_path / "outcome1.txt").read_text()
+    other = (tmp_path / "outcome0.txt").read_text()
+    assert "the loss became nan at epoch 1, batch 2" in mine
+    assert "in another process at epoch 1, batch 2" in other
+
+
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory):
     from EUSVoiceLabelLib.synth import synth_cohort
