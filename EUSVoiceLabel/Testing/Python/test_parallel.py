@@ -112,19 +112,23 @@ def test_shard_and_loss_scale_rebuild_the_global_batch():
     assert len(one) == 1
 
 
-_DDP_SCRIPT = textwrap.dedent("""
-    import sys, types, numpy as np, torch
+# Both torchrun scripts: random windows and a tiny configuration (``n`` is formatted in).
+_DDP_PRELUDE = """
+    import os, sys, types, numpy as np, torch
     sys.path.insert(0, {root!r})
+    from EUSVoiceLabelLib import distributed, training
     from EUSVoiceLabelLib.training import TrainConfig, train_model
-    from EUSVoiceLabelLib import distributed
     rng = np.random.default_rng(0)
-    n = 10
+    n = {n}
     data = types.SimpleNamespace(
         images=rng.integers(0, 255, size=(n, 5, 32, 64)).astype(np.uint8),
         voices=rng.standard_normal((n, 1024, 66)).astype(np.float32),
         labels=(np.arange(n) % 5).astype(np.int64))
     cfg = TrainConfig(variant="proposed", epochs=2, image_size=(32, 64), frames=5,
                       width=0.125, batch_size=4, seed=1)
+"""
+
+_DDP_SCRIPT = textwrap.dedent(_DDP_PRELUDE + """
     res = train_model(data, cfg, 5, device="cpu", progress=False)
     ctx = distributed.current()
     torch.save({{k: v.detach().clone() for k, v in res.model.state_dict().items()}},
@@ -147,7 +151,7 @@ def _torchrun(args: list[str], tmp_path: Path, timeout: int = 150) -> subprocess
 @pytest.mark.timeout(200)
 def test_ddp_training_two_gloo_processes_keeps_replicas_identical(tmp_path):
     script = tmp_path / "ddp_train.py"
-    script.write_text(_DDP_SCRIPT.format(root=str(PKG_ROOT), out=str(tmp_path)))
+    script.write_text(_DDP_SCRIPT.format(root=str(PKG_ROOT), out=str(tmp_path), n=10))
     proc = _torchrun([str(script)], tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -159,10 +163,7 @@ def test_ddp_training_two_gloo_processes_keeps_replicas_identical(tmp_path):
     assert (tmp_path / "hist0.txt").read_text() == (tmp_path / "hist1.txt").read_text()
 
 
-_DDP_NAN_SCRIPT = textwrap.dedent("""
-    import os, sys, types, numpy as np, torch
-    sys.path.insert(0, {root!r})
-    from EUSVoiceLabelLib import distributed, training
+_DDP_NAN_SCRIPT = textwrap.dedent(_DDP_PRELUDE + """
     from EUSVoiceLabelLib.errors import TrainingError
     rank = int(os.environ["RANK"])
     calls = [0]
@@ -172,16 +173,8 @@ _DDP_NAN_SCRIPT = textwrap.dedent("""
         loss = real_loss(*args)
         return loss * float("nan") if rank == 1 and calls[0] == 2 else loss
     training.weighted_loss = loss_nan_on_rank1
-    rng = np.random.default_rng(0)
-    n = 16
-    data = types.SimpleNamespace(
-        images=rng.integers(0, 255, size=(n, 5, 32, 64)).astype(np.uint8),
-        voices=rng.standard_normal((n, 1024, 66)).astype(np.float32),
-        labels=(np.arange(n) % 5).astype(np.int64))
-    cfg = training.TrainConfig(variant="proposed", epochs=2, image_size=(32, 64), frames=5,
-                               width=0.125, batch_size=4, seed=1)
     try:
-        training.train_model(data, cfg, 5, device="cpu", progress=False)
+        train_model(data, cfg, 5, device="cpu", progress=False)
         outcome = "finished"
     except TrainingError as exc:
         outcome = str(exc)
@@ -199,7 +192,7 @@ def test_ddp_loss_nan_in_one_process_stops_all_of_them(tmp_path):
     crashed there ("Connection closed by peer") once the first had left; with NCCL they would
     wait for it."""
     script = tmp_path / "ddp_nan.py"
-    script.write_text(_DDP_NAN_SCRIPT.format(root=str(PKG_ROOT), out=str(tmp_path)))
+    script.write_text(_DDP_NAN_SCRIPT.format(root=str(PKG_ROOT), out=str(tmp_path), n=16))
     proc = _torchrun([str(script)], tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     mine = (tmp_path / "outcome1.txt").read_text()

@@ -151,17 +151,10 @@ def test_damaged_checkpoint_is_refused(tmp_path):
 
     path = tiny_checkpoint(tmp_path / "model.pt")
     good = torch.load(path, weights_only=True)
-    for damage in ("weight", "label"):
-        data = torch.load(path, weights_only=True)
-        if damage == "weight":
-            name = next(k for k, v in data["model"].items() if v.is_floating_point())
-            data["model"][name].view(-1)[0] += 1e-3
-        else:
-            data["labelset"]["labels"][0]["id"] = "spleen"
-        bad = tmp_path / f"bad {damage}.pt"
-        torch.save(data, bad)
-        with pytest.raises(CheckpointError, match="damaged"):
-            load_checkpoint(bad)
+
+    def relabel(data):
+        data["labelset"]["labels"][0]["id"] = "spleen"
+    _assert_damage_is_refused(path, "model", relabel, load_checkpoint)
     # a checkpoint written before checksums existed still loads
     good.pop("content_sha256")
     torch.save(good, tmp_path / "old.pt")
@@ -180,17 +173,26 @@ def test_damaged_keyword_checkpoint_is_refused(tmp_path):
     loaded = load_keyword_model(path)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
                                                  loaded.state_dict().values()))
-    for damage in ("weight", "words"):
+
+    def reword(data):
+        data["words"][0] = "spleen"
+    _assert_damage_is_refused(path, "state_dict", reword, load_keyword_model)
+
+
+def _assert_damage_is_refused(path, weights_key, damage_metadata, load) -> None:
+    """A changed weight, and a changed piece of metadata, make ``load`` refuse the file as
+    damaged."""
+    for damage in ("weight", "metadata"):
         data = torch.load(path, weights_only=True)
         if damage == "weight":
-            name = next(k for k, v in data["state_dict"].items() if v.is_floating_point())
-            data["state_dict"][name].view(-1)[0] += 1e-3
+            name = next(k for k, v in data[weights_key].items() if v.is_floating_point())
+            data[weights_key][name].view(-1)[0] += 1e-3
         else:
-            data["words"][0] = "spleen"
-        bad = tmp_path / f"bad {damage}.pt"
+            damage_metadata(data)
+        bad = path.with_name(f"bad {damage}.pt")
         torch.save(data, bad)
         with pytest.raises(CheckpointError, match="damaged"):
-            load_keyword_model(bad)
+            load(bad)
 
 
 # =========================================================================== training faults
