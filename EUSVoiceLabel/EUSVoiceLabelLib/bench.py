@@ -58,6 +58,8 @@ FRAMES = 25
 #: An optimised path may be at most this much slower than its baseline before ``--quick``
 #: fails: medians of interleaved repeats on a shared 2-core machine still move by ~10 %.
 QUICK_TOLERANCE = 0.15
+#: (baseline, optimised) inference cases compared by the speed check.
+INFERENCE_PAIRS = (("baseline", "optimised"), ("baseline_cam", "optimised_cam"))
 MARK_BEGIN = "<!-- bench:begin -->"
 MARK_END = "<!-- bench:end -->"
 
@@ -683,8 +685,8 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] = lambda m: None
         rep = s.repeats if key == "chosen" or s.quick else max(s.repeats, 5)
         inf = _timed_twice_if_slower(
             lambda: inference_cases(size, width, device, rep, s.compile, s.seed),
-            lambda r: any(_slower(r["cases"], b, o, QUICK_TOLERANCE) is not None for b, o in
-                          (("baseline", "optimised"), ("baseline_cam", "optimised_cam"))),
+            lambda r: any(_slower(r["cases"], b, o, QUICK_TOLERANCE) is not None
+                          for b, o in INFERENCE_PAIRS),
             progress)
         _summaries(inf, fl, peak, peak_name)
         inf.update({"image_size": list(size), "width": width})
@@ -781,7 +783,7 @@ def check_regressions(result: dict[str, Any], tolerance: float = QUICK_TOLERANCE
     bad = []
     for key, inf in result.get("inference", {}).items():
         c = inf["cases"]
-        for base, opt in (("baseline", "optimised"), ("baseline_cam", "optimised_cam")):
+        for base, opt in INFERENCE_PAIRS:
             ratio = _slower(c, base, opt, tolerance)
             if ratio is not None:
                 bad.append(f"inference {key}: {opt} takes {ratio:.2f}x the time of {base}")
