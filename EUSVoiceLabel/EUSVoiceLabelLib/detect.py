@@ -530,7 +530,7 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
     starts = list(range(0, max(1, len(x) - int(CHUNK_OVERLAP_S * sample_rate)), step))
     pieces = [(x[s:s + size], s / sample_rate) for s in starts]
     workers = _default_workers(duration) if workers is None else max(1, int(workers))
-    report = _progress_reporter(progress, round(duration), desc)
+    report = _AudioProgress(progress, round(duration), desc)
     hits: list[Hit] = []
     done = False
     try:
@@ -542,49 +542,50 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
             except (OSError, RuntimeError, ImportError) as exc:  # e.g. no process spawning
                 log.warning("parallel decoding unavailable (%s); decoding in one process", exc)
                 hits = []
-                report(None)
+                report.restart()
         if not done:
             for piece, t0 in pieces:
                 hits.extend(_spot_chunk(keyphrases, piece, sample_rate, t0))
-                report(len(piece) / sample_rate)
+                report.add(len(piece) / sample_rate)
                 if should_stop is not None and should_stop():
                     raise DetectionCancelled("detection cancelled")
     finally:
-        report(-1.0)
+        report.close()
     return _dedupe(hits, keyphrases)
 
 
-def _progress_reporter(progress: Progress, total_s: int, desc: str
-                       ) -> Callable[[Optional[float]], None]:
-    """A function taking the seconds of audio just decoded (None: start again; -1: finished)
-    that drives a tqdm bar (``progress=True``) or calls ``progress(done_s, total_s)``."""
-    if callable(progress):
-        done = [0.0]
+class _AudioProgress:
+    """Seconds of audio decoded so far (at most the recording's length: pieces overlap), shown
+    as a tqdm bar (``progress=True``) or passed to ``progress(done_s, total_s)``."""
 
-        def report(seconds: Optional[float]) -> None:
-            if seconds is None:
-                done[0] = 0.0
-            elif seconds >= 0:
-                done[0] = min(float(total_s), done[0] + seconds)
-                progress(round(done[0]), total_s)
-        return report
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total_s, desc=desc, unit="s audio", leave=False)
+    def __init__(self, progress: Progress, total_s: int, desc: str) -> None:
+        self.total_s = total_s
+        self.done_s = 0.0
+        self.callback = progress if callable(progress) else None
+        self.bar = None
+        if progress and self.callback is None:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total_s, desc=desc, unit="s audio", leave=False)
 
-        def report(seconds: Optional[float]) -> None:
-            if seconds is None:
-                bar.reset()
-            elif seconds < 0:
-                bar.close()
-            else:
-                bar.update(round(seconds))
-        return report
-    return lambda seconds: None
+    def add(self, seconds: float) -> None:
+        self.done_s = min(float(self.total_s), self.done_s + seconds)
+        if self.callback is not None:
+            self.callback(round(self.done_s), self.total_s)
+        elif self.bar is not None:
+            self.bar.update(round(self.done_s) - self.bar.n)
+
+    def restart(self) -> None:
+        self.done_s = 0.0
+        if self.bar is not None:
+            self.bar.reset()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: int,
-                   workers: int, report: Callable[[Optional[float]], None],
+                   workers: int, report: _AudioProgress,
                    should_stop: Optional[Callable[[], bool]] = None) -> list[Hit]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -598,7 +599,7 @@ def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: i
         try:
             for fut in as_completed(futures):
                 hits.extend(fut.result())
-                report(futures[fut] / sample_rate)
+                report.add(futures[fut] / sample_rate)
                 if should_stop is not None and should_stop():
                     raise DetectionCancelled("detection cancelled")
         except BaseException:
