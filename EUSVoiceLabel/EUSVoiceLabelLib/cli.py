@@ -369,7 +369,8 @@ def _run_detect(args: argparse.Namespace) -> int:
               f"{report['n_reference']})")
         if e["n"]:
             print(f"onset error median {e['median']:.3f} s, 90th percentile {e['p90']:.3f} s")
-        print(f"speed {sp['x_real_time']}x real time")
+        print(f"speed {sp['x_real_time']}x real time "
+              f"(noise suppressor: {report['noise_suppressor']})")
         for lid, v in report["per_label"].items():
             print(f"  {lid:>26}: P {v['precision']:.3f}  R {v['recall']:.3f}  F1 {v['f1']:.3f}")
         return 0

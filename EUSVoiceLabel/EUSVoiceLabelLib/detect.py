@@ -3,8 +3,9 @@
 An offline recogniser that ships its own model, pocketsphinx 5 (en-US acoustic model and CMU
 dictionary inside the wheel), finds every synonym of the label vocabulary in a procedure's audio:
 
-1. The audio is averaged to mono, resampled to 16 kHz, high-passed and passed through a
-   stationary-noise suppressor (:func:`denoise`), then cut into voiced regions by pocketsphinx's
+1. The audio is averaged to mono, resampled to 16 kHz, high-passed and passed through a noise
+   suppressor (:func:`suppress_noise`: WebRTC's where the ``webrtc-noise-gain`` wheel exists,
+   else a stationary Wiener gain), then cut into voiced regions by pocketsphinx's
    voice-activity detector, so silence costs nothing.
 2. Each region is searched by pocketsphinx's keyphrase spotter: every vocabulary phrase is a
    chain of phone HMMs scored frame by frame against a free loop over the 39 English phones.
@@ -269,6 +270,7 @@ class KeywordSpotter:
     (a likelihood ratio over the whole phrase; permissive, since the per-frame confidence makes
     the final choice.  At the decoder's usual 1e-30 long phrases such as "body of the pancreas"
     spoken slowly in noise fell below it and were lost entirely).
+
     """
 
     def __init__(self, keyphrases: Sequence[Keyphrase], candidate_threshold: float = 1e-60,
@@ -341,11 +343,13 @@ def _confidence(score: float) -> float:
 
 
 # Confidence 0.5 at a per-frame log-likelihood ratio of -3.4, rising to 0.95 at -1.4.  The
-# centre is the value that gave the best F1 across five synthetic conditions at once (two
-# cohorts at 15 dB room noise, one with broadband hiss only, one with room noise without beeps, one
-# clean), not the optimum of any one of them; per-frame ratios of true mentions fall as the
-# noise rises, so noisier rooms trade recall for precision here and ``detect --calibrate``
-# adapts the thresholds to a site's own recordings.
+# centre was chosen on eight synthetic conditions at once (two cohorts at 15 dB room noise, one
+# each at 10 dB, 20 dB and clean, and the clean speech under broadband hiss, white noise, and
+# room noise without beeps), with either noise suppressor: it is the highest-F1 value whose
+# precision stays >= 0.85 in all eight with WebRTC's, and within 0.001 of the best mean F1
+# with the Wiener fallback; it is not the optimum of any one of them (docs/detection.md).  Per-frame ratios
+# of true mentions fall as the noise rises, so noisier rooms trade recall for precision here
+# and ``detect --calibrate`` adapts the thresholds to a site's own recordings.
 SCORE_CENTRE = -3.4
 SCORE_SLOPE = 1.5
 OVERLAP_S = 0.05  # phrases overlapping less than this are both kept
@@ -408,6 +412,7 @@ def highpass(samples: np.ndarray, cutoff_hz: Optional[float] = None) -> np.ndarr
     sos = butter(4, cutoff_hz or HIGHPASS_HZ, "highpass", fs=RATE, output="sos")
     return sosfiltfilt(sos, x).astype(np.float32)
 
+
 def denoise(samples: np.ndarray, *, n_fft: int = 512, hop: int = 160, block_s: float = 10.0,
             percentile: float = 20.0, over: float = 1.5, floor: float = 0.1) -> np.ndarray:
     """Suppress stationary background noise (hiss, hum, suction rumble) at 16 kHz.
@@ -436,6 +441,72 @@ def denoise(samples: np.ndarray, *, n_fft: int = 512, hop: int = 160, block_s: f
         gain[:, b0:b0 + block] = np.maximum(floor, 1.0 - over * noise / np.maximum(p, 1e-20))
     _, y = istft(spec * np.sqrt(gain), nperseg=n_fft, noverlap=n_fft - hop, boundary=True)
     return y[:x.size].astype(np.float32)
+
+
+WEBRTC_LEVEL = 3  # the strongest ("very high"); levels 1 and 2 gave lower F1 at 15 dB
+NOISE_SUPPRESSORS = ("webrtc", "wiener")
+SUPPRESSOR_ENV = "EUSVOICELABEL_NOISE_SUPPRESSOR"
+
+
+def webrtc_suppress(samples: np.ndarray, level: int = WEBRTC_LEVEL) -> np.ndarray:
+    """WebRTC's noise suppressor (the one in web browsers' audio processing) on 16 kHz audio.
+
+    It tracks non-stationary noise (beeps, suction, speech-shaped hum) frame by frame, where
+    :func:`denoise` assumes noise that stays put for seconds.  Needs the ``webrtc-noise-gain``
+    package; the last partial 10 ms frame is returned silent.
+    """
+    from webrtc_noise_gain import AudioProcessor
+
+    x = np.asarray(samples, dtype=np.float32)
+    step = RATE // 100
+    n = x.size // step
+    out = np.zeros(x.size, dtype=np.float32)
+    if n == 0:
+        return out
+    pcm = (np.clip(x[:n * step], -1.0, 1.0) * 32767.0).astype(np.int16)
+    processor = AudioProcessor(0, int(level))  # no automatic gain
+    done = np.empty(n * step, dtype=np.int16)
+    for i in range(n):
+        frame = pcm[i * step:(i + 1) * step].tobytes()
+        done[i * step:(i + 1) * step] = np.frombuffer(processor.Process10ms(frame).audio,
+                                                      dtype=np.int16)
+    out[:n * step] = done.astype(np.float32) / 32767.0
+    return out
+
+
+def noise_suppressor() -> str:
+    """The noise suppressor detection uses: ``"webrtc"`` when the ``webrtc-noise-gain`` package
+    is installed (wheels for Linux), else ``"wiener"`` (:func:`denoise`).
+
+    The environment variable ``EUSVOICELABEL_NOISE_SUPPRESSOR`` chooses one explicitly, e.g. to
+    reproduce on Linux what a macOS or Windows installation reports.
+    """
+    chosen = os.environ.get(SUPPRESSOR_ENV, "").strip().lower()
+    if chosen:
+        if chosen not in NOISE_SUPPRESSORS:
+            raise EUSVoiceLabelError(
+                f"{SUPPRESSOR_ENV}={chosen!r} is not a noise suppressor",
+                hint=f"use one of {', '.join(NOISE_SUPPRESSORS)} or unset it")
+        if chosen == "webrtc" and not _webrtc_installed():
+            raise EUSVoiceLabelError(f"{SUPPRESSOR_ENV}=webrtc but webrtc-noise-gain is not "
+                                     "installed", hint="pip install webrtc-noise-gain")
+        return chosen
+    return "webrtc" if _webrtc_installed() else "wiener"
+
+
+@functools.lru_cache(maxsize=1)
+def _webrtc_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("webrtc_noise_gain") is not None
+
+
+def suppress_noise(samples: np.ndarray, method: Optional[str] = None) -> np.ndarray:
+    """High-pass, then suppress background noise with ``method`` (default
+    :func:`noise_suppressor`), on 16 kHz float audio."""
+    method = method or noise_suppressor()
+    x = highpass(samples)
+    return webrtc_suppress(x) if method == "webrtc" else denoise(x)
 
 
 # --------------------------------------------------------------------------- public API
@@ -471,14 +542,14 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
 
 def to_pcm16(audio: np.ndarray, sample_rate: int, clean: bool = False) -> np.ndarray:
     """Mono int16 at 16 kHz from float audio of any rate and channel layout (``clean``: with
-    rumble and stationary noise suppressed, see :func:`denoise`)."""
+    rumble and background noise suppressed, see :func:`suppress_noise`)."""
     from .audio import resample
 
     if sample_rate <= 0:
         raise EUSVoiceLabelError(f"invalid sample rate {sample_rate}")
     x = resample(to_mono(audio), int(sample_rate), RATE)
     if clean:
-        x = denoise(highpass(x))
+        x = suppress_noise(x)
     return (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
@@ -522,6 +593,7 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
     if sample_rate <= 0:
         raise EUSVoiceLabelError(f"invalid sample rate {sample_rate}")
     duration = len(x) / sample_rate
+    noise_suppressor()  # a bad EUSVOICELABEL_NOISE_SUPPRESSOR fails here, not in a worker
     if duration < 0.2 or not np.any(x):
         return []
     keyphrases = build_keyphrases(labelset)

@@ -21,8 +21,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .detect import (DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter, select_mentions,
-                     spot_candidates)
+from .detect import (DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter, noise_suppressor,
+                     select_mentions, spot_candidates)
 from .mentions import Mention
 from .vocabulary import LabelSet, load_labelset
 
@@ -190,6 +190,7 @@ def evaluate_candidates(candidates: Sequence[PatientCandidates], labelset: Label
                        "x_real_time": round(audio_s / seconds, 1) if seconds else None}
     report["n_patients"] = len(candidates)
     report["n_reference"] = sum(len(c.reference) for c in candidates)
+    report["noise_suppressor"] = noise_suppressor()
     return report
 
 
@@ -201,7 +202,8 @@ def evaluate_detection(cohort: Union[str, os.PathLike], labelset: Optional[Label
 
     Returns a dict: ``overall`` and ``per_label`` (precision, recall, f1, tp, fp, fn),
     ``onset_error_s`` (median, p90, n), ``speed`` (audio_s, processing_s, x_real_time),
-    ``n_patients``, ``n_reference`` and ``tolerance_s``.
+    ``n_patients``, ``n_reference``, ``noise_suppressor`` (see :func:`.detect.noise_suppressor`)
+    and ``tolerance_s``.
     """
     labelset = _vocab(vocab) or labelset
     candidates, labelset = collect_candidates(cohort, labelset, progress, workers)

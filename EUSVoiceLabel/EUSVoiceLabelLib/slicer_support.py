@@ -502,6 +502,8 @@ def missing_requirements(requirements: Sequence[str]) -> list[str]:
         name, spec = re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0], None
         if Requirement is not None:
             req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate():
+                continue  # not for this platform
             name, spec = req.name, req.specifier
         try:
             version = metadata.version(name)

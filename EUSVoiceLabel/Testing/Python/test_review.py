@@ -403,6 +403,10 @@ def test_requirements_file_is_checkable():
     assert missing_requirements(reqs) == []
     assert missing_requirements(["surely-not-installed-pkg>=1"]) == ["surely-not-installed-pkg>=1"]
     assert missing_requirements(["numpy>=999"]) == ["numpy>=999"]
+    # Platform-specific requirements count only where their marker applies.
+    elsewhere = "surely-not-installed-pkg>=1; sys_platform == 'no-such-platform'"
+    here = "surely-not-installed-pkg>=1; python_version >= '3'"
+    assert missing_requirements([elsewhere, here]) == [here]
 
 
 def test_labels_csv_with_review_adds_the_column():
