@@ -352,9 +352,9 @@ def _confidence(score: float) -> float:
 # each at 10 dB, 20 dB and clean, and the clean speech under broadband hiss, white noise, and
 # room noise without beeps), with either noise suppressor: it is the highest-F1 value whose
 # precision stays >= 0.85 in all eight with WebRTC's, and within 0.001 of the best mean F1
-# with the Wiener fallback; it is not the optimum of any one of them (docs/detection.md).  Per-frame ratios
-# of true mentions fall as the noise rises, so noisier rooms trade recall for precision here
-# and ``detect --calibrate`` adapts the thresholds to a site's own recordings.
+# with the Wiener fallback; it is not the optimum of any one of them (docs/detection.md).
+# Per-frame ratios of true mentions fall as the noise rises, so noisier rooms trade recall for
+# precision here and ``detect --calibrate`` adapts the thresholds to a site's own recordings.
 SCORE_CENTRE = -3.4
 SCORE_SLOPE = 1.5
 OVERLAP_S = 0.05  # phrases overlapping less than this are both kept
@@ -459,8 +459,8 @@ SUPPRESSOR_ENV = "EUSVOICELABEL_NOISE_SUPPRESSOR"
 def webrtc_suppress(samples: np.ndarray, level: int = WEBRTC_LEVEL) -> np.ndarray:
     """WebRTC's noise suppressor (the one in web browsers' audio processing) on 16 kHz audio.
 
-    It tracks non-stationary noise (beeps, suction, speech-shaped hum) frame by frame, where
-    :func:`denoise` assumes noise that stays put for seconds.  Needs the ``webrtc-noise-gain``
+    It follows noise that changes from frame to frame (beeps, suction), where :func:`denoise`
+    assumes noise that stays put for seconds.  Needs the ``webrtc-noise-gain``
     package; the last partial 10 ms frame is returned silent.
     """
     from webrtc_noise_gain import AudioProcessor
@@ -631,7 +631,7 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
                     raise DetectionCancelled("detection cancelled")
     finally:
         report.close()
-    return _dedupe(hits, keyphrases)
+    return _dedupe(hits)
 
 
 class _AudioProgress:
@@ -689,7 +689,7 @@ def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: i
     return hits
 
 
-def _dedupe(hits: list[Hit], keyphrases: Sequence[Keyphrase]) -> list[Hit]:
+def _dedupe(hits: list[Hit]) -> list[Hit]:
     """Keep the best-scoring of overlapping hits of one phrase (repeats where long regions were
     cut with overlap, and the decoder's near-identical alignments of one phrase).
 

@@ -258,7 +258,7 @@ def test_dedupe_keeps_the_best_of_overlapping_hits_of_one_phrase():
             Hit(2.00, 2.30, pv, -4.0, 0.3),   # another label: kept
             Hit(2.45, 2.80, pd, -5.0, 0.2),   # touches nothing kept: kept
             Hit(9.00, 9.30, pd, -1.0, 0.9)]
-    kept = _dedupe(hits, kps)
+    kept = _dedupe(hits)
     assert kept == sorted(hits[1:], key=lambda h: h.start_s)
     # Linear time: 20 000 hits (a long, talkative procedure) in well under a second.
     import time
@@ -268,7 +268,7 @@ def test_dedupe_keeps_the_best_of_overlapping_hits_of_one_phrase():
         rng.uniform(0, 1200, 20000), rng.uniform(0.1, 1.5, 20000),
         rng.integers(0, len(kps), 20000), rng.uniform(-10, 0, 20000))]
     t0 = time.perf_counter()
-    kept = _dedupe(many, kps)
+    kept = _dedupe(many)
     assert time.perf_counter() - t0 < 2.0
     by_phrase: dict = {}
     for h in kept:
