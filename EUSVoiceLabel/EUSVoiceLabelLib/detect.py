@@ -548,23 +548,49 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def to_pcm16(audio: np.ndarray, sample_rate: int, clean: bool = False) -> np.ndarray:
-    """Mono int16 at 16 kHz from float audio of any rate and channel layout (``clean``: with
-    rumble and background noise suppressed, see :func:`suppress_noise`)."""
+def to_pcm16(audio: np.ndarray, sample_rate: int, clean: bool = False,
+             gain: float = 1.0) -> np.ndarray:
+    """Mono int16 at 16 kHz from float audio of any rate and channel layout, times ``gain``
+    (see :func:`level_gain`; ``clean``: with rumble and background noise suppressed, see
+    :func:`suppress_noise`)."""
     from .audio import resample
 
     if sample_rate <= 0:
         raise EUSVoiceLabelError(f"invalid sample rate {sample_rate}")
     x = resample(to_mono(audio), int(sample_rate), RATE)
+    if gain != 1.0:
+        x = x * np.float32(gain)
     if clean:
         x = suppress_noise(x)
     return (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
+LEVEL_TARGET = 0.1    # quieter recordings are raised to this robust peak (-20 dBFS)
+MAX_GAIN = 1000.0     # at most +60 dB
+
+
+def level_gain(samples: np.ndarray) -> float:
+    """The gain that raises a quiet recording's robust peak (99.9th percentile of the
+    magnitude) to :data:`LEVEL_TARGET`; 1 for recordings already louder.
+
+    A quietly recorded microphone otherwise reaches the recogniser with a few bits of 16-bit
+    resolution (a test recording peaking at -57 dBFS gave no mention at all).  One gain for the
+    whole recording, so a long silent stretch is not raised to speech level.
+    """
+    x = np.asarray(samples)
+    if x.size == 0:
+        return 1.0
+    step = max(1, x.size // 2_000_000)  # a 2-million-sample subset is plenty for a percentile
+    peak = float(np.percentile(np.abs(x[::step]), 99.9))
+    if not np.isfinite(peak) or peak <= 0.0:
+        return 1.0
+    return float(min(MAX_GAIN, max(1.0, LEVEL_TARGET / peak)))
+
+
 def _spot_chunk(keyphrases: Sequence[Keyphrase], samples: np.ndarray, sample_rate: int,
-                t0_s: float) -> list[Hit]:
+                t0_s: float, gain: float = 1.0) -> list[Hit]:
     """Clean, segment and decode one piece of a recording (runs in worker processes too)."""
-    pcm = to_pcm16(samples, sample_rate, clean=True)
+    pcm = to_pcm16(samples, sample_rate, clean=True, gain=gain)
     if len(pcm) < int(0.2 * RATE) or not np.any(pcm):
         return []
     spotter = get_spotter(keyphrases)
@@ -605,10 +631,11 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
     if duration < 0.2 or not np.any(x):
         return []
     keyphrases = build_keyphrases(labelset)
+    gain = level_gain(x)
     step = int((CHUNK_S - CHUNK_OVERLAP_S) * sample_rate)
     size = int(CHUNK_S * sample_rate)
     starts = list(range(0, max(1, len(x) - int(CHUNK_OVERLAP_S * sample_rate)), step))
-    pieces = [(x[s:s + size], s / sample_rate) for s in starts]
+    pieces = [(x[s:s + size], s / sample_rate, gain) for s in starts]
     workers = _default_workers(duration) if workers is None else max(1, int(workers))
     report = _AudioProgress(progress, round(duration), desc)
     hits: list[Hit] = []
@@ -624,8 +651,8 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
                 hits = []
                 report.restart()
         if not done:
-            for piece, t0 in pieces:
-                hits.extend(_spot_chunk(keyphrases, piece, sample_rate, t0))
+            for piece, t0, gain in pieces:
+                hits.extend(_spot_chunk(keyphrases, piece, sample_rate, t0, gain))
                 report.add(len(piece) / sample_rate)
                 if should_stop is not None and should_stop():
                     raise DetectionCancelled("detection cancelled")
@@ -674,8 +701,8 @@ def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: i
     # "spawn": safe in any host (no forked copies of GUI or torch threads).
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(pieces)), mp_context=ctx) as pool:
-        futures = {pool.submit(_spot_chunk, keyphrases, piece, sample_rate, t0): len(piece)
-                   for piece, t0 in pieces}
+        futures = {pool.submit(_spot_chunk, keyphrases, piece, sample_rate, t0, gain):
+                   len(piece) for piece, t0, gain in pieces}
         try:
             for fut in as_completed(futures):
                 hits.extend(fut.result())

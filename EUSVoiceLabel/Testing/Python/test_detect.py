@@ -20,9 +20,9 @@ from scipy.io import wavfile
 from scipy.signal import resample_poly
 
 from EUSVoiceLabelLib.detect import (DEFAULT_THRESHOLD, SUPPRESSOR_ENV, Hit, build_keyphrases,
-                                     detect_mentions, detect_procedure, noise_suppressor,
-                                     select_mentions, suppress_noise, webrtc_suppress,
-                                     word_pronunciations)
+                                     detect_mentions, detect_procedure, level_gain,
+                                     noise_suppressor, select_mentions, suppress_noise,
+                                     webrtc_suppress, word_pronunciations)
 from EUSVoiceLabelLib.errors import EUSVoiceLabelError
 from EUSVoiceLabelLib.detect_eval import (PatientCandidates, calibrate_candidates,
                                           evaluate_detection,
@@ -111,6 +111,18 @@ def test_nothing_in_distractor_speech_and_noise():
                    (12.5, "", "we are in the stomach now", "", "slt")]
     audio, _ = track(distractors, 16.0, snr_db=15.0, seed=1)
     assert detect_mentions(audio, RATE, LABELS) == []
+
+
+def test_quiet_recording_is_raised_before_decoding(speech):
+    # The same speech 60 dB down (peak -67 dBFS, as from a microphone left at low gain): 16-bit
+    # samples would keep a few bits of it; one gain for the recording restores the detections.
+    audio, _ = speech
+    loud = detect_mentions(audio, RATE, LABELS)
+    quiet = detect_mentions(audio * 1e-3, RATE, LABELS)
+    assert [m.label for m in quiet] == [m.label for m in loud] == EXPECTED_LABELS
+    assert all(abs(a.time_s - b.time_s) < 0.05 for a, b in zip(quiet, loud))
+    assert level_gain(audio) == 1.0  # a normal level is left alone
+    assert level_gain(np.zeros(100, np.float32)) == 1.0
 
 
 @pytest.mark.parametrize("audio", [np.zeros(0, np.float32), np.zeros(50, np.float32),
