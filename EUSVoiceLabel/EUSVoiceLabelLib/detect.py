@@ -538,14 +538,15 @@ def get_spotter(keyphrases: Union[LabelSet, Sequence[Keyphrase]]) -> KeywordSpot
     return spotter
 
 
-def to_mono(audio: np.ndarray) -> np.ndarray:
-    """Float32 mono samples; multi-channel input may be (n, channels) or (channels, n)."""
+def to_mono(audio: np.ndarray, finite: bool = True) -> np.ndarray:
+    """Float32 mono samples; multi-channel input may be (n, channels) or (channels, n).
+    ``finite``: NaN and infinite samples become 0 (a copy of the whole recording)."""
     x = np.asarray(audio, dtype=np.float32)
     if x.ndim == 2:
         x = x.mean(axis=1 if x.shape[0] >= x.shape[1] else 0)
     elif x.ndim != 1:
         raise EUSVoiceLabelError(f"audio must be 1-D or 2-D samples, not {x.ndim}-D")
-    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) if finite else x
 
 
 def to_pcm16(audio: np.ndarray, sample_rate: int, clean: bool = False,
@@ -581,7 +582,7 @@ def level_gain(samples: np.ndarray) -> float:
     if x.size == 0:
         return 1.0
     step = max(1, x.size // 2_000_000)  # a 2-million-sample subset is plenty for a percentile
-    peak = float(np.percentile(np.abs(x[::step]), 99.9))
+    peak = float(np.percentile(np.abs(np.nan_to_num(x[::step], posinf=0.0, neginf=0.0)), 99.9))
     if not np.isfinite(peak) or peak <= 0.0:
         return 1.0
     return float(min(MAX_GAIN, max(1.0, LEVEL_TARGET / peak)))
@@ -623,7 +624,7 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
     called after each piece; ``should_stop`` is checked after each piece and raises
     :class:`DetectionCancelled` when it returns True.
     """
-    x = to_mono(audio)
+    x = to_mono(audio, finite=False)  # each piece is made finite as it is decoded (to_pcm16)
     if sample_rate <= 0:
         raise EUSVoiceLabelError(f"invalid sample rate {sample_rate}")
     duration = len(x) / sample_rate
