@@ -40,6 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from .errors import CheckpointError, ConfigError, OutputError, TrainingError
+from .fileio import DIGEST_KEY
 from .model import VARIANTS, build_model, check_image_size
 
 log = logging.getLogger(__name__)
@@ -686,7 +687,7 @@ def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
         "model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
     }
     json.dumps({k: v for k, v in data.items() if k != "model"})  # fail early if not JSON-able
-    data["content_sha256"] = checkpoint_digest(data)
+    data[DIGEST_KEY] = checkpoint_digest(data)
     _torch_save_atomic(path, data)
 
 
@@ -765,7 +766,7 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
         raise CheckpointError(f"weights do not fit the {cfg.variant} network ({first})",
                               path) from None
     model.to(select_device(device)).eval()
-    meta = {k: v for k, v in data.items() if k not in ("model", "content_sha256")}
+    meta = {k: v for k, v in data.items() if k not in ("model", DIGEST_KEY)}
     return LoadedModel(model, cfg, stored, dict(data.get("preprocessing", {})), version, meta)
 
 
