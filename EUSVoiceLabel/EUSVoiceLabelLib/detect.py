@@ -3,10 +3,11 @@
 An offline recogniser that ships its own model, pocketsphinx 5 (en-US acoustic model and CMU
 dictionary inside the wheel), finds every synonym of the label vocabulary in a procedure's audio:
 
-1. The audio is averaged to mono, resampled to 16 kHz, high-passed and passed through a noise
-   suppressor (:func:`suppress_noise`: WebRTC's where the ``webrtc-noise-gain`` wheel exists,
-   else a stationary Wiener gain), then cut into voiced regions by pocketsphinx's
-   voice-activity detector, so silence costs nothing.
+1. The audio is averaged to mono, resampled to 16 kHz, raised if it was recorded quietly
+   (:func:`level_gain`), high-passed and passed through a noise suppressor
+   (:func:`suppress_noise`: WebRTC's where the ``webrtc-noise-gain`` wheel exists, else a
+   stationary Wiener gain), then cut into voiced regions by pocketsphinx's voice-activity
+   detector, so silence costs nothing.
 2. Each region is searched by pocketsphinx's keyphrase spotter: every vocabulary phrase is a
    chain of phone HMMs scored frame by frame against a free loop over the 39 English phones.
    Acronyms are spelled ("PD" -> "P D"); words missing from the dictionary come from a small
@@ -601,8 +602,13 @@ def _spot_chunk(keyphrases: Sequence[Keyphrase], samples: np.ndarray, sample_rat
     return hits
 
 
-def _default_workers(duration_s: float) -> int:
-    return min(2, os.cpu_count() or 1) if duration_s >= PARALLEL_MIN_S else 1
+MAX_WORKERS = 2  # decoding processes at most
+
+
+def default_workers(duration_s: float = math.inf) -> int:
+    """Decoding processes to use by default: one per core, at most :data:`MAX_WORKERS`; one
+    for a recording shorter than :data:`PARALLEL_MIN_S` (not worth starting processes)."""
+    return min(MAX_WORKERS, os.cpu_count() or 1) if duration_s >= PARALLEL_MIN_S else 1
 
 
 class DetectionCancelled(Exception):
@@ -636,23 +642,23 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
     step = int((CHUNK_S - CHUNK_OVERLAP_S) * sample_rate)
     size = int(CHUNK_S * sample_rate)
     starts = list(range(0, max(1, len(x) - int(CHUNK_OVERLAP_S * sample_rate)), step))
-    pieces = [(x[s:s + size], s / sample_rate, gain) for s in starts]
-    workers = _default_workers(duration) if workers is None else max(1, int(workers))
+    pieces = [(x[s:s + size], s / sample_rate) for s in starts]
+    workers = default_workers(duration) if workers is None else max(1, int(workers))
     report = _AudioProgress(progress, round(duration), desc)
     hits: list[Hit] = []
     done = False
     try:
         if workers > 1 and len(pieces) > 1:
             try:
-                hits = _spot_parallel(keyphrases, pieces, sample_rate, workers, report,
-                                      should_stop)
+                hits = _spot_parallel(keyphrases, pieces, sample_rate, gain, workers,
+                                      report, should_stop)
                 done = True
             except (OSError, RuntimeError, ImportError) as exc:  # e.g. no process spawning
                 log.warning("parallel decoding unavailable (%s); decoding in one process", exc)
                 hits = []
                 report.restart()
         if not done:
-            for piece, t0, gain in pieces:
+            for piece, t0 in pieces:
                 hits.extend(_spot_chunk(keyphrases, piece, sample_rate, t0, gain))
                 report.add(len(piece) / sample_rate)
                 if should_stop is not None and should_stop():
@@ -693,7 +699,7 @@ class _AudioProgress:
 
 
 def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: int,
-                   workers: int, report: _AudioProgress,
+                   gain: float, workers: int, report: _AudioProgress,
                    should_stop: Optional[Callable[[], bool]] = None) -> list[Hit]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -703,7 +709,7 @@ def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: i
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(pieces)), mp_context=ctx) as pool:
         futures = {pool.submit(_spot_chunk, keyphrases, piece, sample_rate, t0, gain):
-                   len(piece) for piece, t0, gain in pieces}
+                   len(piece) for piece, t0 in pieces}
         try:
             for fut in as_completed(futures):
                 hits.extend(fut.result())

@@ -21,8 +21,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .detect import (DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter, noise_suppressor,
-                     select_mentions, spot_candidates)
+from .detect import (DEFAULT_THRESHOLD, Hit, build_keyphrases, default_workers, get_spotter,
+                     noise_suppressor, select_mentions, spot_candidates)
 from .mentions import Mention
 from .vocabulary import LabelSet, load_labelset
 
@@ -130,7 +130,7 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
     cohort = Path(cohort)
     labelset = labelset or load_labelset(None, cohort)
     patients = find_patients(cohort)
-    n_workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    n_workers = default_workers() if workers is None else max(1, int(workers))
     n_workers = min(n_workers, len(patients))
     bar = None
     if progress:
