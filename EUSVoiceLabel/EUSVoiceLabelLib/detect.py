@@ -185,8 +185,8 @@ def word_pronunciations(token: str, raw: str = "") -> list[list[str]]:
         return [[LETTERS[c]] for c in token]
     prons = list(_cmudict().get(token, ()))[:MAX_VARIANTS]
     if not prons and token.isalpha():
-        # Rare words: the curated reading, plus the letter-to-sound reading that speakers
-        # unsure of the word (and speech synthesisers) tend to produce.
+        # Rare words: the curated readings, then espeak-ng's letter-to-sound reading, which is
+        # the only one for a word the lexicon lacks (the search uses the first reading).
         prons = list(MEDICAL_LEXICON.get(token, ()))[:MAX_VARIANTS]
         guess = _espeak_pronunciation(token)
         if guess and guess not in prons:
