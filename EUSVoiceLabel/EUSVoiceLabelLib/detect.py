@@ -177,7 +177,7 @@ def word_pronunciations(token: str, raw: str = "") -> list[list[str]]:
 
     ``raw`` is the word as written in the vocabulary, used to recognise acronyms.  An acronym
     is one unit per letter ("PD" -> [["P IY"], ["D IY"]]); other words are one unit from the
-    CMU dictionary, the medical lexicon or espeak-ng, in that order.  The keyword search uses
+    CMU dictionary, else the medical lexicon, else espeak-ng.  The keyword search uses
     each unit's first pronunciation (:attr:`Keyphrase.pronunciation`).  Empty when no
     pronunciation is found.
     """
@@ -185,12 +185,13 @@ def word_pronunciations(token: str, raw: str = "") -> list[list[str]]:
         return [[LETTERS[c]] for c in token]
     prons = list(_cmudict().get(token, ()))[:MAX_VARIANTS]
     if not prons and token.isalpha():
-        # Rare words: the curated readings, then espeak-ng's letter-to-sound reading, which is
-        # the only one for a word the lexicon lacks (the search uses the first reading).
+        # Rare words: the curated readings; espeak-ng's letter-to-sound rules only for a word
+        # the lexicon lacks (a reading after the first is never searched, so asking espeak-ng
+        # for a known word would only start a process for nothing).
         prons = list(MEDICAL_LEXICON.get(token, ()))[:MAX_VARIANTS]
-        guess = _espeak_pronunciation(token)
-        if guess and guess not in prons:
-            prons.append(guess)
+        if not prons:
+            guess = _espeak_pronunciation(token)
+            prons = [guess] if guess else []
     return [prons] if prons else []
 
 

@@ -20,10 +20,9 @@ from scipy.io import wavfile
 from scipy.signal import resample_poly
 
 from EUSVoiceLabelLib.detect import (DEFAULT_THRESHOLD, SUPPRESSOR_ENV, Hit, build_keyphrases,
-                                     detect_mentions, detect_procedure, level_gain,
-                                     get_spotter, noise_suppressor, select_mentions,
-                                     suppress_noise,
-                                     webrtc_suppress, word_pronunciations)
+                                     detect_mentions, detect_procedure, get_spotter,
+                                     level_gain, noise_suppressor, select_mentions,
+                                     suppress_noise, webrtc_suppress, word_pronunciations)
 from EUSVoiceLabelLib.errors import EUSVoiceLabelError
 from EUSVoiceLabelLib.detect_eval import (PatientCandidates, calibrate_candidates,
                                           evaluate_detection,
@@ -87,7 +86,8 @@ def speech():
     return track(MENTIONS, 19.0)
 
 
-SUPPRESSORS = ["wiener"] + (["webrtc"] if importlib.util.find_spec("webrtc_noise_gain") else [])
+HAVE_WEBRTC = importlib.util.find_spec("webrtc_noise_gain") is not None
+SUPPRESSORS = ["wiener"] + (["webrtc"] if HAVE_WEBRTC else [])
 
 
 @pytest.mark.parametrize("suppressor", SUPPRESSORS)
@@ -320,8 +320,7 @@ def _band_db(x: np.ndarray) -> float:
     return 10 * np.log10(np.mean(x.astype(np.float64) ** 2) + 1e-20)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("webrtc_noise_gain") is None,
-                    reason="webrtc-noise-gain has no wheel for this platform")
+@pytest.mark.skipif(not HAVE_WEBRTC, reason="webrtc-noise-gain has no wheel for this platform")
 def test_webrtc_suppressor_is_the_default_and_lowers_noise_not_speech(monkeypatch):
     monkeypatch.delenv(SUPPRESSOR_ENV, raising=False)
     assert noise_suppressor() == "webrtc"
@@ -383,4 +382,3 @@ def test_spelled_acronyms_are_told_apart():
     spotter = get_spotter(LABELS)
     pd = next(i for i, kp in enumerate(spotter.keyphrases) if kp.phrase == "PD")
     assert spotter.decoder.lookup_word(f"k{pd}") == "P IY D IY"
-
