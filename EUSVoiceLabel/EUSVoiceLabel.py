@@ -790,7 +790,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         """Attach an audio file (and offset: audio time = video time + offset) to a volume
         sequence already in the scene, e.g. a DICOM cine loop.  Stored as node attributes, so
         a saved scene keeps them.  Returns the sequence node."""
-        from EUSVoiceLabelLib.errors import MediaError
+        from EUSVoiceLabelLib.core.errors import MediaError
         from EUSVoiceLabelLib.slicer_support import path_or_none
 
         if sequenceNode is None:
@@ -983,7 +983,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
 
         path = path_or_none(checkpointPath)
         if path is None:
-            from EUSVoiceLabelLib.errors import CheckpointError
+            from EUSVoiceLabelLib.core.errors import CheckpointError
 
             raise CheckpointError("no model checkpoint given", None,
                                   "choose a .pt file or train a model")
@@ -1028,7 +1028,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         proc = self.procedureForSequence(sequenceNode)
         mentions = self.mentionsFromTable(mentionsTable, model.labelset)
         if not mentions:
-            from EUSVoiceLabelLib.errors import MentionsError
+            from EUSVoiceLabelLib.core.errors import MentionsError
 
             raise MentionsError("no mentions to label", f"table {mentionsTable.GetName()}",
                                 "load, detect or type the spoken landmark names first")
@@ -1318,9 +1318,9 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             ``{name: path}`` of the written files.
         """
         from EUSVoiceLabelLib.export import export_dataset
-        from EUSVoiceLabelLib.fileio import atomic_write_text
+        from EUSVoiceLabelLib.core.fileio import atomic_write_text
         from EUSVoiceLabelLib.labelling import write_label_outputs
-        from EUSVoiceLabelLib.outputlock import output_lock
+        from EUSVoiceLabelLib.core.outputlock import output_lock
         from EUSVoiceLabelLib.review import labels_csv_with_review
 
         result = self._results.get(resultsTable.GetID())

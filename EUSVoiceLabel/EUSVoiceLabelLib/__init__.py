@@ -24,7 +24,7 @@ _LAZY = {
     "build_model": ".model",
     "LabelSet": ".vocabulary",
     "Mention": ".mentions",
-    "EUSVoiceLabelError": ".errors",
+    "EUSVoiceLabelError": ".core.errors",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

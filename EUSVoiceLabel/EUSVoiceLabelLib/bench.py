@@ -460,7 +460,7 @@ def make_procedure(folder: Path, seconds: float, n_mentions: int, seed: int = 0,
                    size: tuple[int, int] = (720, 480)) -> Path:
     """A procedure folder for timing: long video, a 48 kHz wav with quiet room noise and a
     spoken landmark phrase (flite TTS) at each mention, and mentions.csv."""
-    from .fileio import atomic_write_text
+    from .core.fileio import atomic_write_text
     from .vocabulary import LabelSet
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -885,7 +885,7 @@ def markdown_report(r: dict[str, Any], command: str) -> str:
 
 def update_markdown(path: Path, section: str, text: str) -> None:
     """Replace the ``section`` block between the bench markers of ``path`` (append if absent)."""
-    from .fileio import atomic_write_text
+    from .core.fileio import atomic_write_text
 
     begin = f"{MARK_BEGIN[:-4]} {section} -->"
     end = f"{MARK_END[:-4]} {section} -->"
@@ -901,7 +901,7 @@ def update_markdown(path: Path, section: str, text: str) -> None:
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """The JSON result, written atomically."""
-    from .fileio import atomic_write_text
+    from .core.fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(result, indent=2, default=float) + "\n")
 

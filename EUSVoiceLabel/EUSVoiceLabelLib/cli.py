@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .errors import EUSVoiceLabelError
+from .core.errors import EUSVoiceLabelError
 
 log = logging.getLogger("eusvoicelabel")
 
@@ -141,7 +141,7 @@ def _window_set(args: argparse.Namespace, labelset):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .errors import ConfigError, OutputError
+    from .core.errors import ConfigError, OutputError
     from .training import TrainConfig, preprocessing_settings, save_checkpoint, train_model
     from .vocabulary import load_labelset
 
@@ -343,8 +343,8 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     from .detect import detect_procedure
     from .detect_eval import calibrate, evaluate_detection
-    from .errors import ConfigError
-    from .fileio import atomic_write_text
+    from .core.errors import ConfigError
+    from .core.fileio import atomic_write_text
     from .mentions import write_mentions_csv
     from .vocabulary import load_labelset
 
@@ -608,7 +608,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.captureWarnings(True)
-    from .outputlock import output_lock
+    from .core.outputlock import output_lock
 
     out = getattr(args, "out", None)
     if int(os.environ.get("RANK", "0")) > 0:

@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .audio import SpectrogramSettings, spectrogram_batch
-from .errors import ProcedureError
-from .fileio import atomic_path, file_sha256
+from .core.errors import ProcedureError
+from .core.fileio import atomic_path, file_sha256
 from .mentions import Mention
 from .procedure import WINDOW_FRAMES, Procedure, find_patients, load_procedure
 from .vocabulary import LabelSet, load_labelset

@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import OutputError
+from .core.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     timings["total"] = round(time.perf_counter() - t0, 1)
     report = out / "report.md"
     _write_report(report, s, metrics, label_result, detection, timings, heldout, files)
-    from .fileio import atomic_write_text
+    from .core.fileio import atomic_write_text
     atomic_write_text(out / "demo.json", json.dumps({
         "settings": asdict(s), "timings_s": timings,
         "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1")},
@@ -152,7 +152,7 @@ def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileio import atomic_path
+    from .core.fileio import atomic_path
 
     windows = result.windows[:max_windows]
     if not windows:
@@ -183,7 +183,7 @@ def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
 
 def _write_report(path: Path, s: DemoSettings, metrics: dict, result, detection: dict,
                   timings: dict, heldout: Path, files: dict) -> None:
-    from .fileio import atomic_write_text
+    from .core.fileio import atomic_write_text
 
     b = metrics["bootstrap"]
     lines = [

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Sequenc
 
 import numpy as np
 
-from .errors import EUSVoiceLabelError, VocabularyError
+from .core.errors import EUSVoiceLabelError, VocabularyError
 from .vocabulary import LabelSet, normalize_words
 
 if TYPE_CHECKING:

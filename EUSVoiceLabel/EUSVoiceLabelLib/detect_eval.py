@@ -172,7 +172,7 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
     if bar is not None:
         bar.close()
     if not out:
-        from .errors import MentionsError
+        from .core.errors import MentionsError
         raise MentionsError("no patient has a mentions.csv to compare with", cohort,
                             "evaluation and calibration need hand-made mentions")
     return out, labelset

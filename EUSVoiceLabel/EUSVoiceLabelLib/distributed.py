@@ -113,7 +113,7 @@ def init_from_env(device: str = "auto") -> Optional[DistContext]:
         return None
     import torch.distributed as dist
 
-    from .errors import ConfigError
+    from .core.errors import ConfigError
 
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])

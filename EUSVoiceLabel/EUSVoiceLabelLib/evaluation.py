@@ -36,8 +36,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
-from .fileio import atomic_path, atomic_write_text, file_sha256
+from .core.errors import ConfigError
+from .core.fileio import atomic_path, atomic_write_text, file_sha256
 from .training import TrainConfig, predict_proba, preprocessing_settings, train_model
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import OutputError, ProcedureError
-from .fileio import atomic_path, atomic_write_text
+from .core.errors import OutputError, ProcedureError
+from .core.fileio import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ import numpy as np
 
 from .audio import SpectrogramSettings, spectrogram
 from .dataset import WindowSettings, resize_frames
-from .errors import ConfigError, MentionsError, OutputError
+from .core.errors import ConfigError, MentionsError, OutputError
 from .explain import grad_cam, peak_of, upsample_map
-from .fileio import atomic_write_text
+from .core.fileio import atomic_write_text
 from .mentions import Mention
 from .procedure import Procedure, onset_frame
 from .slicer_files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv,

@@ -3,7 +3,7 @@
 Frames are always read *by time*: a caller asks for the frames shown at a list of times and
 gets grey uint8 images, decoded by seeking to the nearest key frame before the first time and
 decoding forward.  A 20-minute procedure is therefore never decoded into memory as a whole.
-Every library exception is turned into a :class:`~EUSVoiceLabelLib.errors.MediaError` naming
+Every library exception is turned into a :class:`~EUSVoiceLabelLib.core.errors.MediaError` naming
 the file.
 """
 
@@ -19,7 +19,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .errors import MediaError
+from .core.errors import MediaError
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ def write_wav(path: os.PathLike | str, samples: np.ndarray, rate: int) -> Path:
     """Write mono float samples (-1..1) as a 16-bit PCM WAV file, atomically."""
     import wave
 
-    from .fileio import atomic_path
+    from .core.fileio import atomic_path
 
     pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1, 1) * 32767).astype("<i2")
     path = Path(path)

@@ -66,7 +66,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .core.errors import CheckpointError, ConfigError
 
 R_CHANNELS = 1024
 
@@ -271,7 +271,7 @@ def evenly_spaced(n: int, k: int) -> list[int]:
 
 def load_state_dict_file(path: Path, what: str) -> dict[str, torch.Tensor]:
     """Read a plain state_dict (tensors only) with ``weights_only=True``."""
-    from .fileio import load_untrusted_torch
+    from .core.fileio import load_untrusted_torch
 
     path = Path(path)
     data = load_untrusted_torch(

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional, Sequence
 
-from .errors import MentionsError
+from .core.errors import MentionsError
 from .mentions import CSV_FIELDS, Mention
 from .vocabulary import LabelSet
 

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, MediaError, ProcedureError
+from .core.errors import ConfigError, MediaError, ProcedureError
 from .media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames,
                     write_wav)
 from .mentions import Mention, read_mentions
@@ -535,7 +535,7 @@ def write_training_procedure(proc: Procedure, mentions: Sequence[Mention],
     import shutil
     import tempfile
 
-    from .errors import OutputError
+    from .core.errors import OutputError
     from .mentions import write_mentions_csv
     from .slicer_files import SequenceStreamWriter
 

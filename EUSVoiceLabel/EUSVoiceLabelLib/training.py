@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .errors import CheckpointError, ConfigError, OutputError, TrainingError
-from .fileio import DIGEST_KEY
+from .core.errors import CheckpointError, ConfigError, OutputError, TrainingError
+from .core.fileio import DIGEST_KEY
 from .model import VARIANTS, build_model, check_image_size
 
 log = logging.getLogger(__name__)
@@ -590,7 +590,7 @@ def _torch_save_atomic(path: os.PathLike | str, obj: Any) -> None:
 
     torch's zip writer reports a failing disk as RuntimeError: it becomes OutputError too.
     """
-    from .fileio import atomic_path
+    from .core.fileio import atomic_path
 
     with atomic_path(path) as tmp:
         try:
@@ -693,7 +693,7 @@ def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
 
 def checkpoint_digest(data: dict[str, Any]) -> str:
     """SHA-256 of a model checkpoint's metadata and weights (see :func:`fileio.weights_digest`)."""
-    from .fileio import weights_digest
+    from .core.fileio import weights_digest
 
     return weights_digest(data, "model")
 
@@ -726,7 +726,7 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     from . import __version__
     from .vocabulary import LabelSet
 
-    from .fileio import check_weights_digest, load_untrusted_torch
+    from .core.fileio import check_weights_digest, load_untrusted_torch
 
     path = Path(path)
     data = load_untrusted_torch(

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import CheckpointError, ConfigError
+from .core.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def save_keyword_checkpoint(path: Path, model: KeywordNet, words: Sequence[str],
                             info: dict[str, Any]) -> None:
     """Write a keyword checkpoint atomically (tensors + JSON-able metadata + a checksum)."""
     from . import __version__
-    from .fileio import DIGEST_KEY, atomic_path, weights_digest
+    from .core.fileio import DIGEST_KEY, atomic_path, weights_digest
 
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
             "words": list(words), "info": info,
@@ -119,7 +119,7 @@ def save_keyword_checkpoint(path: Path, model: KeywordNet, words: Sequence[str],
 
 def read_keyword_checkpoint(path: Path) -> dict[str, Any]:
     """Read and check a keyword checkpoint; CheckpointError when it is not one or is damaged."""
-    from .fileio import check_weights_digest, load_untrusted_torch
+    from .core.fileio import check_weights_digest, load_untrusted_torch
 
     path = Path(path)
     hint = "make one with 'eusvoicelabel pretrain-voice --out FILE'"

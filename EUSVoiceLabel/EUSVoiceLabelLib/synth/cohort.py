@@ -26,8 +26,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import ConfigError, OutputError
-from ..fileio import atomic_path, atomic_write_text
+from ..core.errors import ConfigError, OutputError
+from ..core.fileio import atomic_path, atomic_write_text
 from ..vocabulary import LabelSet
 from . import images as im
 from . import speech as sp

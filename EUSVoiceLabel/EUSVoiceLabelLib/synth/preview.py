@@ -9,7 +9,7 @@ from typing import Union
 
 import numpy as np
 
-from ..fileio import atomic_path
+from ..core.fileio import atomic_path
 
 
 def landmark_grid(cohort: Union[str, os.PathLike], label: str, out: Union[str, os.PathLike],

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.io import wavfile
 from scipy.signal import fftconvolve, resample_poly, sosfilt, butter
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 SAMPLE_RATE = 48000
 

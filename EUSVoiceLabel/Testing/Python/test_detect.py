@@ -23,7 +23,7 @@ from EUSVoiceLabelLib.detect import (DEFAULT_THRESHOLD, SUPPRESSOR_ENV, Hit, bui
                                      detect_mentions, detect_procedure, get_spotter,
                                      level_gain, noise_suppressor, select_mentions,
                                      suppress_noise, webrtc_suppress, word_pronunciations)
-from EUSVoiceLabelLib.errors import EUSVoiceLabelError
+from EUSVoiceLabelLib.core.errors import EUSVoiceLabelError
 from EUSVoiceLabelLib.detect_eval import (PatientCandidates, calibrate_candidates,
                                           evaluate_detection,
                                           evaluate_candidates, match, score_detections)

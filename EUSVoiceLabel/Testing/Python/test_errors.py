@@ -12,8 +12,8 @@ import mediafactory as mf
 from EUSVoiceLabelLib import load_procedure
 from EUSVoiceLabelLib.cli import main as cli
 from EUSVoiceLabelLib.dataset import build_window_set
-from EUSVoiceLabelLib.errors import (EUSVoiceLabelError, MediaError, MentionsError,
-                                     ProcedureError)
+from EUSVoiceLabelLib.core.errors import (EUSVoiceLabelError, MediaError, MentionsError,
+                                          ProcedureError)
 from test_procedure import tree_hash
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from EUSVoiceLabelLib import evaluation as ev
-from EUSVoiceLabelLib.errors import ConfigError
+from EUSVoiceLabelLib.core.errors import ConfigError
 from EUSVoiceLabelLib.training import TrainConfig
 from EUSVoiceLabelLib.vocabulary import LabelSet
 

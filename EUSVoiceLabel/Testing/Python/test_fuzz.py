@@ -118,7 +118,7 @@ def worker_main(memory_limit: int) -> None:
     """Read cases (JSON lines) on stdin, answer one MARK line per case on stdout."""
     import resource
 
-    from EUSVoiceLabelLib.errors import EUSVoiceLabelError
+    from EUSVoiceLabelLib.core.errors import EUSVoiceLabelError
 
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     for line in sys.stdin:
@@ -555,7 +555,7 @@ def _csv_line(cells: list[str]) -> str:
 @HYP
 @given(header=HEADER, rows=st.lists(ROW, max_size=8), raw=st.none() | st.binary(max_size=200))
 def test_hypothesis_mentions_csv(header, rows, raw):
-    from EUSVoiceLabelLib.errors import MentionsError
+    from EUSVoiceLabelLib.core.errors import MentionsError
     from EUSVoiceLabelLib.mentions import read_mentions_csv
     from EUSVoiceLabelLib.vocabulary import LabelSet
 
@@ -617,7 +617,7 @@ CUE_TEXT = st.lists(st.one_of(st.sampled_from(["the", "pancreas", "bile", "duct"
 @given(vtt=st.booleans(), cues=st.lists(st.tuples(TIMESTAMP, TIMESTAMP, CUE_TEXT), max_size=5),
        raw=st.none() | st.binary(max_size=200), ext=st.sampled_from([".srt", ".vtt"]))
 def test_hypothesis_transcripts(vtt, cues, raw, ext):
-    from EUSVoiceLabelLib.errors import MentionsError
+    from EUSVoiceLabelLib.core.errors import MentionsError
     from EUSVoiceLabelLib.mentions import mentions_from_transcript, parse_transcript
 
     if raw is not None:
@@ -659,7 +659,7 @@ LABEL_ITEM = st.fixed_dictionaries({}, optional={
                      st.fixed_dictionaries({"labels": st.lists(LABEL_ITEM, max_size=4)})),
        raw=st.none() | st.binary(max_size=100))
 def test_hypothesis_labels_json(doc, raw):
-    from EUSVoiceLabelLib.errors import VocabularyError
+    from EUSVoiceLabelLib.core.errors import VocabularyError
     from EUSVoiceLabelLib.vocabulary import LabelSet
 
     path = _write("labels ü.json", raw if raw is not None else json.dumps(doc))
@@ -681,7 +681,7 @@ def test_hypothesis_labels_json(doc, raw):
     "pixel_spacing_mm": st.one_of(st.lists(st.floats(), min_size=2, max_size=2), JSON)})),
     raw=st.none() | st.binary(max_size=100))
 def test_hypothesis_procedure_json(doc, raw):
-    from EUSVoiceLabelLib.errors import ProcedureError
+    from EUSVoiceLabelLib.core.errors import ProcedureError
     from EUSVoiceLabelLib.procedure import ProcedureSettings
 
     path = _write("procedure ü.json", raw if raw is not None else json.dumps(doc))
@@ -700,7 +700,7 @@ def test_hypothesis_procedure_json(doc, raw):
 @pytest.mark.parametrize("loader", ["labels", "procedure"])
 def test_deeply_nested_json_is_refused(tmp_path, loader):
     """A JSON bomb of nested brackets is a project error, not a RecursionError."""
-    from EUSVoiceLabelLib.errors import EUSVoiceLabelError
+    from EUSVoiceLabelLib.core.errors import EUSVoiceLabelError
     from EUSVoiceLabelLib.procedure import ProcedureSettings
     from EUSVoiceLabelLib.vocabulary import LabelSet
 

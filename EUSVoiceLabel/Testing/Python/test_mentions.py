@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from EUSVoiceLabelLib.errors import MentionsError, VocabularyError
+from EUSVoiceLabelLib.core.errors import MentionsError, VocabularyError
 from EUSVoiceLabelLib.mentions import (Mention, mentions_from_transcript, read_mentions,
                                        read_mentions_csv, write_mentions_csv)
 from EUSVoiceLabelLib.vocabulary import LabelSet, load_labelset, normalize_words

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from EUSVoiceLabelLib import build_model
-from EUSVoiceLabelLib.errors import CheckpointError, ConfigError
+from EUSVoiceLabelLib.core.errors import CheckpointError, ConfigError
 from EUSVoiceLabelLib.model import (VARIANTS, count_layers, evenly_spaced, feature_grid,
                                     voice_time_steps)
 

@@ -164,7 +164,7 @@ def test_ddp_training_two_gloo_processes_keeps_replicas_identical(tmp_path):
 
 
 _DDP_NAN_SCRIPT = textwrap.dedent(_DDP_PRELUDE + """
-    from EUSVoiceLabelLib.errors import TrainingError
+    from EUSVoiceLabelLib.core.errors import TrainingError
     rank = int(os.environ["RANK"])
     calls = [0]
     real_loss = training.weighted_loss

@@ -24,7 +24,7 @@ import torch
 
 import mediafactory as mf
 from EUSVoiceLabelLib.cli import main as cli
-from EUSVoiceLabelLib.errors import CheckpointError, OutputError, TrainingError
+from EUSVoiceLabelLib.core.errors import CheckpointError, OutputError, TrainingError
 
 HERE = Path(__file__).resolve().parent
 DEV = ["--device", "cpu", "--quiet"]
@@ -421,7 +421,7 @@ tiny_checkpoint(__import__("pathlib").Path(sys.argv[1]), variant="image_only")
 
 
 def test_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
-    from EUSVoiceLabelLib.outputlock import output_lock
+    from EUSVoiceLabelLib.core.outputlock import output_lock
     from EUSVoiceLabelLib.training import load_checkpoint
 
     path = tiny_checkpoint(tmp_path / "model.pt")
@@ -443,7 +443,7 @@ def test_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
 # =========================================================================== outputs
 _HOLDER = r"""
 import sys, time
-from EUSVoiceLabelLib.outputlock import output_lock
+from EUSVoiceLabelLib.core.outputlock import output_lock
 with output_lock(sys.argv[1], "eusvoicelabel export"):
     print("locked", flush=True)
     time.sleep(120)
@@ -472,7 +472,7 @@ def test_two_runs_on_one_output_folder_do_not_interleave(tmp_path, cohort, capsy
 
 
 def test_output_lock_is_reentrant_and_lives_beside_the_output(tmp_path):
-    from EUSVoiceLabelLib.outputlock import lock_path_for, output_lock
+    from EUSVoiceLabelLib.core.outputlock import lock_path_for, output_lock
 
     out = tmp_path / "out"
     with output_lock(out, "a") as lock:
@@ -480,7 +480,7 @@ def test_output_lock_is_reentrant_and_lives_beside_the_output(tmp_path):
         with output_lock(out, "b"):  # the CLI and the library may both take it
             pass
         assert lock.is_file()
-        code = "from EUSVoiceLabelLib.outputlock import output_lock as o\n" \
+        code = "from EUSVoiceLabelLib.core.outputlock import output_lock as o\n" \
                f"with o({str(out)!r}, 'x'): pass"
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert r.returncode != 0 and "OutputError" in r.stderr

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from EUSVoiceLabelLib.errors import ConfigError, MediaError, MentionsError, ProcedureError
+from EUSVoiceLabelLib.core.errors import ConfigError, MediaError, MentionsError, ProcedureError
 from EUSVoiceLabelLib.mentions import Mention
 from EUSVoiceLabelLib.review import (ACCEPTED, CORRECTED, MENTION_COLUMNS, PENDING,
                                      RESULT_COLUMNS, ReviewTable, mentions_from_rows,

@@ -17,7 +17,7 @@ import nrrd
 import numpy as np
 import pytest
 
-from EUSVoiceLabelLib.errors import ConfigError
+from EUSVoiceLabelLib.core.errors import ConfigError
 from EUSVoiceLabelLib.slicer_files import (LABELMAP_NODE, SCALAR_NODE, color_table_csv,
                                            markups_points_json, write_frame_sequence)
 from EUSVoiceLabelLib.slicer_scene import BUILTIN_COLOR_IDS, INFERNO_COLOR_ID, write_scene_mrml

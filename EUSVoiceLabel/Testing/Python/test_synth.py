@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from EUSVoiceLabelLib.fileio import file_sha256
+from EUSVoiceLabelLib.core.fileio import file_sha256
 from EUSVoiceLabelLib.vocabulary import LabelSet
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("festival") is None
@@ -70,7 +70,7 @@ def test_small_and_int_counts():
 
 
 def test_bad_counts_rejected():
-    from EUSVoiceLabelLib.errors import ConfigError
+    from EUSVoiceLabelLib.core.errors import ConfigError
     with pytest.raises(ConfigError):
         count_plan("huge", 3)
     with pytest.raises(ConfigError):
@@ -255,7 +255,7 @@ def test_same_seed_same_bytes(tiny, tmp_path):
 
 
 def test_refuses_non_empty_output(tmp_path):
-    from EUSVoiceLabelLib.errors import OutputError
+    from EUSVoiceLabelLib.core.errors import OutputError
     (tmp_path / "x.txt").write_text("keep me")
     with pytest.raises(OutputError):
         synth_cohort(tmp_path, **TINY)

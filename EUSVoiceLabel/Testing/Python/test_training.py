@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from EUSVoiceLabelLib.errors import CheckpointError, ConfigError
+from EUSVoiceLabelLib.core.errors import CheckpointError, ConfigError
 from EUSVoiceLabelLib.model import VARIANTS
 from EUSVoiceLabelLib.training import (PAPER_SETTINGS, TrainConfig, class_weights_from_labels,
                                        load_checkpoint, predict_proba, save_checkpoint,

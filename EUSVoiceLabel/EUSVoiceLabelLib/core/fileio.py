@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import OutputError
+from .errors import CheckpointError, OutputError
 
 
 @contextlib.contextmanager
@@ -92,8 +93,6 @@ def load_untrusted_torch(path: os.PathLike | str, missing: tuple[str, str],
     """
     import torch
 
-    from .errors import CheckpointError
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(missing[0], path, missing[1])
@@ -111,8 +110,6 @@ def weights_digest(data: dict, weights_key: str) -> str:
     """SHA-256 over a checkpoint's metadata (as JSON) and every tensor's name, type, shape and
     bytes under ``data[weights_key]``.  torch's zip reader does not check its CRCs, so without
     this a flipped byte in the weights would load silently (found by fuzzing, test_fuzz.py)."""
-    import json
-
     import torch
 
     h = hashlib.sha256()
@@ -130,8 +127,6 @@ def check_weights_digest(data: dict, weights_key: str, path: os.PathLike | str,
                          hint: str) -> None:
     """Raise CheckpointError when a checkpoint's stored digest does not match its content
     (files written before digests existed carry none and pass)."""
-    from .errors import CheckpointError
-
     stored = data.get(DIGEST_KEY)
     if stored is None:
         return

@@ -30,6 +30,12 @@ from typing import Iterator, Optional
 
 from .errors import OutputError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
 LOCK_SUFFIX = ".lock"
 # fileio.atomic_path names its temporary files ".<name>.<mkstemp random>.part<suffix>".
 _PART_RE = re.compile(r"^\..+\.part(\..*)?$")
@@ -45,10 +51,7 @@ def lock_path_for(out: os.PathLike | str) -> Path:
 
 
 def _try_lock(fd: int) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
+    if fcntl is None:  # Windows
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
             return True
@@ -62,10 +65,7 @@ def _try_lock(fd: int) -> bool:
 
 
 def _unlock(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
+    if fcntl is None:  # Windows
         with contextlib.suppress(OSError):
             os.lseek(fd, 0, os.SEEK_SET)
             msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
