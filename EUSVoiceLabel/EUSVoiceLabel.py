@@ -877,7 +877,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ mentions
     def _labelset(self, sequenceNode=None):
-        from EUSVoiceLabelLib.vocabulary import LabelSet
+        from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
         if sequenceNode is not None:
             try:
@@ -916,7 +916,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def mentionsFromFile(self, sequenceNode, path, tableNode=None) -> vtkMRMLTableNode:
         """Read a mentions CSV or an SRT/WebVTT transcript (times on the audio clock are
         shifted by the sequence's audio offset) into a mentions table."""
-        from EUSVoiceLabelLib.mentions import read_mentions
+        from EUSVoiceLabelLib.data.mentions import read_mentions
 
         proc = self.procedureForSequence(sequenceNode)
         mentions = read_mentions(path, proc.labelset, offset_s=proc.audio_offset_s)
@@ -1228,7 +1228,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ review
     def labelsetForResults(self, resultsTable):
         """The vocabulary of a results table (the model's labels)."""
-        from EUSVoiceLabelLib.vocabulary import LabelSet
+        from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
         result = self._results.get(resultsTable.GetID()) if resultsTable else None
         if result is not None:
@@ -1317,7 +1317,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         Returns:
             ``{name: path}`` of the written files.
         """
-        from EUSVoiceLabelLib.export import export_dataset
+        from EUSVoiceLabelLib.data.export import export_dataset
         from EUSVoiceLabelLib.core.fileio import atomic_write_text
         from EUSVoiceLabelLib.labelling import write_label_outputs
         from EUSVoiceLabelLib.core.outputlock import output_lock
@@ -1347,7 +1347,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         """Add the reviewed procedure to a cohort folder (recording, audio, ``mentions.csv``
         with the reviewed labels) so that training from that cohort learns the corrections.
         Returns the new procedure folder."""
-        from EUSVoiceLabelLib.mentions import Mention
+        from EUSVoiceLabelLib.data.mentions import Mention
         from EUSVoiceLabelLib.slicer_support import write_training_procedure
 
         frames = self.outputNodes(resultsTable)["frames"]
@@ -1426,7 +1426,7 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
     # ---- helpers
     def _tinyModel(self, frames: int = 5):
         """A tiny cohort written with the library and a model trained for 2 epochs on CPU."""
-        from EUSVoiceLabelLib.dataset import build_window_set
+        from EUSVoiceLabelLib.data.dataset import build_window_set
         from EUSVoiceLabelLib.slicer_support import write_tiny_procedure
         from EUSVoiceLabelLib.training import (TrainConfig, preprocessing_settings,
                                                save_checkpoint, train_model)
@@ -1465,7 +1465,7 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
     # ---- tests
     def test_ReviewAndTables(self):
         """Mentions and results tables round-trip through table nodes; review is kept."""
-        from EUSVoiceLabelLib.mentions import Mention
+        from EUSVoiceLabelLib.data.mentions import Mention
         from EUSVoiceLabelLib.review import RESULT_COLUMNS
 
         self.delayDisplay("Tables and review")
@@ -1554,7 +1554,7 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         an audio file attached to it."""
         import numpy as np
 
-        from EUSVoiceLabelLib.procedure import load_procedure
+        from EUSVoiceLabelLib.data.procedure import load_procedure
 
         cohort, model = self._tinyModel()
         source = load_procedure(cohort / "p1")

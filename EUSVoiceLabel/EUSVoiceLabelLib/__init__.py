@@ -17,13 +17,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_procedure": ".procedure",
-    "Procedure": ".procedure",
-    "load_cohort": ".procedure",
-    "spectrogram": ".audio",
+    "load_procedure": ".data.procedure",
+    "Procedure": ".data.procedure",
+    "load_cohort": ".data.procedure",
+    "spectrogram": ".data.audio",
     "build_model": ".model",
-    "LabelSet": ".vocabulary",
-    "Mention": ".mentions",
+    "LabelSet": ".data.vocabulary",
+    "Mention": ".data.mentions",
     "EUSVoiceLabelError": ".core.errors",
 }
 

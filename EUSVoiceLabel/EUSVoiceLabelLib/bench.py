@@ -461,7 +461,7 @@ def make_procedure(folder: Path, seconds: float, n_mentions: int, seed: int = 0,
     """A procedure folder for timing: long video, a 48 kHz wav with quiet room noise and a
     spoken landmark phrase (flite TTS) at each mention, and mentions.csv."""
     from .core.fileio import atomic_write_text
-    from .vocabulary import LabelSet
+    from .data.vocabulary import LabelSet
 
     folder.mkdir(parents=True, exist_ok=True)
     write_long_video(folder / "video.mp4", seconds, size)
@@ -490,7 +490,7 @@ def make_procedure(folder: Path, seconds: float, n_mentions: int, seed: int = 0,
                 pass
         rows.append(f"{t:.3f},{lab.id},{end:.3f}")
     atomic_write_text(folder / "mentions.csv", "\n".join(rows) + "\n")
-    from .media import write_wav
+    from .data.media import write_wav
 
     write_wav(folder / "audio.wav", audio, rate)
     return folder
@@ -500,10 +500,10 @@ def data_cases(workdir: Path, image_size: Sequence[int], seconds: float = 120.0,
                n_mentions: int = 8, kws_seconds: float = 60.0) -> dict[str, Any]:
     """Windows/s from video (seek + decode + crop + resize + spectrogram) vs from the cache,
     and the keyword spotter's real-time factor."""
-    from .dataset import WindowSettings, load_windows_cached
+    from .data.dataset import WindowSettings, load_windows_cached
     from .detect import detect_mentions
-    from .procedure import load_procedure
-    from .vocabulary import LabelSet
+    from .data.procedure import load_procedure
+    from .data.vocabulary import LabelSet
 
     folder = make_procedure(workdir / "data_proc", seconds, n_mentions)
     labels = LabelSet.default()
@@ -536,10 +536,10 @@ def data_cases(workdir: Path, image_size: Sequence[int], seconds: float = 120.0,
 # --------------------------------------------------------------------------- labelling
 def _paper_checkpoint(path: Path, image_size: Sequence[int], width: float, seed: int) -> Path:
     """A random-init model saved as a checkpoint (labelling cost does not depend on weights)."""
-    from .dataset import WindowSettings
+    from .data.dataset import WindowSettings
     from .model import build_model
     from .training import TrainConfig, TrainResult, save_checkpoint
-    from .vocabulary import LabelSet
+    from .data.vocabulary import LabelSet
 
     labels = LabelSet.default()
     cfg = TrainConfig(variant="proposed", epochs=0, image_size=tuple(image_size),
@@ -556,7 +556,7 @@ def _label_child(folder: str, model_path: str, out_dir: str, device: str, thread
                  queue: Any) -> None:
     """Runs in a fresh process: label with heat maps (all outputs written), then without."""
     from .labelling import LabelModel, label_procedure, label_to_folder
-    from .procedure import load_procedure
+    from .data.procedure import load_procedure
 
     torch.set_num_threads(threads)
     rss_import = round(_rss_bytes() / 2 ** 20, 1)

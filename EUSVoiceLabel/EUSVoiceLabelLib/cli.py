@@ -95,8 +95,8 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     import json
 
-    from .procedure import load_procedure
-    from .vocabulary import load_labelset
+    from .data.procedure import load_procedure
+    from .data.vocabulary import load_labelset
 
     labelset = load_labelset(args.labels, args.procedure)
     proc = load_procedure(args.procedure, labelset=labelset)
@@ -134,7 +134,7 @@ def _train_settings(args: argparse.Namespace) -> dict:
 
 
 def _window_set(args: argparse.Namespace, labelset):
-    from .dataset import build_window_set
+    from .data.dataset import build_window_set
 
     return build_window_set(args.cohort, labelset, image_size=tuple(args.image_size),
                             frames=args.frames, cache_dir=args.cache, progress=not args.quiet)
@@ -143,7 +143,7 @@ def _window_set(args: argparse.Namespace, labelset):
 def _run_train(args: argparse.Namespace) -> int:
     from .core.errors import ConfigError, OutputError
     from .training import TrainConfig, preprocessing_settings, save_checkpoint, train_model
-    from .vocabulary import load_labelset
+    from .data.vocabulary import load_labelset
 
     if args.variant == "all":
         raise ConfigError("'train' trains one variant", hint="use 'evaluate --variant all'")
@@ -198,7 +198,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_all, evaluate_cohort
     from .training import TrainConfig
-    from .vocabulary import load_labelset
+    from .data.vocabulary import load_labelset
 
     labelset = load_labelset(args.labels, args.cohort)
     settings = _train_settings(args)
@@ -345,8 +345,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     from .detect_eval import calibrate, evaluate_detection
     from .core.errors import ConfigError
     from .core.fileio import atomic_write_text
-    from .mentions import write_mentions_csv
-    from .vocabulary import load_labelset
+    from .data.mentions import write_mentions_csv
+    from .data.vocabulary import load_labelset
 
     labelset = load_labelset(args.vocab or args.labels, args.procedure)
     progress = not args.quiet
@@ -459,7 +459,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .export import export_dataset
+    from .data.export import export_dataset
 
     path = export_dataset(args.source, args.out, every=args.every, progress=not args.quiet)
     with open(path, encoding="utf-8") as fh:

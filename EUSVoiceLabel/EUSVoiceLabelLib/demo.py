@@ -55,14 +55,14 @@ def _step(name: str, t0: float) -> None:
 def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "cpu",
              progress: bool = True, force: bool = False) -> Path:
     """Run the demo into ``out`` and return the path of ``report.md``."""
-    from .dataset import build_window_set
+    from .data.dataset import build_window_set
     from .evaluation import evaluate_cohort
-    from .export import export_dataset
+    from .data.export import export_dataset
     from .labelling import label_to_folder
-    from .mentions import read_mentions_csv
+    from .data.mentions import read_mentions_csv
     from .synth import synth_cohort
     from .training import TrainConfig, preprocessing_settings, save_checkpoint, train_model
-    from .vocabulary import LabelSet
+    from .data.vocabulary import LabelSet
 
     s = settings or DemoSettings()
     out = Path(out)

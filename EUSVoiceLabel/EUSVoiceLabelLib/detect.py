@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional, Sequenc
 import numpy as np
 
 from .core.errors import EUSVoiceLabelError, VocabularyError
-from .vocabulary import LabelSet, normalize_words
+from .data.vocabulary import LabelSet, normalize_words
 
 if TYPE_CHECKING:
-    from .mentions import Mention
-    from .procedure import Procedure
+    from .data.mentions import Mention
+    from .data.procedure import Procedure
 
 log = logging.getLogger(__name__)
 
@@ -565,7 +565,7 @@ def to_pcm16(audio: np.ndarray, sample_rate: int, clean: bool = False,
     """Mono int16 at 16 kHz from float audio of any rate and channel layout, times ``gain``
     (see :func:`level_gain`; ``clean``: with rumble and background noise suppressed, see
     :func:`suppress_noise`)."""
-    from .audio import resample
+    from .data.audio import resample
 
     if sample_rate <= 0:
         raise EUSVoiceLabelError(f"invalid sample rate {sample_rate}")
@@ -759,7 +759,7 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
                     audio_offset_s: float = 0.0) -> list["Mention"]:
     """Keep the hits whose confidence reaches their phrase's threshold, as video-clock
     mentions."""
-    from .mentions import Mention
+    from .data.mentions import Mention
 
     keyphrases = build_keyphrases(labelset, thresholds)
     kept: list[Hit] = []
@@ -827,8 +827,8 @@ def detect_procedure(path_or_procedure: Union[str, os.PathLike, "Procedure"],
     ``vocab`` is a calibrated vocabulary (``detect --calibrate`` output) or a LabelSet; it
     replaces ``labelset``.  Default vocabulary: the procedure's ``labels.json`` or the paper's.
     """
-    from .procedure import Procedure, load_procedure
-    from .vocabulary import load_labelset
+    from .data.procedure import Procedure, load_procedure
+    from .data.vocabulary import load_labelset
 
     if isinstance(vocab, LabelSet):
         labelset = vocab

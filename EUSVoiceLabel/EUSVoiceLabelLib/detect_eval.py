@@ -23,8 +23,8 @@ import numpy as np
 
 from .detect import (DEFAULT_THRESHOLD, Hit, build_keyphrases, default_workers, get_spotter,
                      noise_suppressor, select_mentions, spot_candidates)
-from .mentions import Mention
-from .vocabulary import LabelSet, load_labelset
+from .data.mentions import Mention
+from .data.vocabulary import LabelSet, load_labelset
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _warm_worker(labelset: LabelSet) -> None:
 def _patient_candidates(folder: Path, labelset: LabelSet, workers: Optional[int] = None
                         ) -> Optional[PatientCandidates]:
     """Un-thresholded detections of one patient (None when it has no mentions.csv)."""
-    from .procedure import load_procedure
+    from .data.procedure import load_procedure
 
     proc = load_procedure(folder, labelset=labelset)
     if proc.mentions_path is None:
@@ -125,7 +125,7 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
     wall-clock time, so the summed speed is that of the whole machine.  A single patient is
     decoded in this process (its long recording cut into pieces decoded in parallel).
     """
-    from .procedure import find_patients
+    from .data.procedure import find_patients
 
     cohort = Path(cohort)
     labelset = labelset or load_labelset(None, cohort)

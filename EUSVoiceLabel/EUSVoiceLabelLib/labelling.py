@@ -25,16 +25,16 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .audio import SpectrogramSettings, spectrogram
-from .dataset import WindowSettings, resize_frames
+from .data.audio import SpectrogramSettings, spectrogram
+from .data.dataset import WindowSettings, resize_frames
 from .core.errors import ConfigError, MentionsError, OutputError
 from .explain import grad_cam, peak_of, upsample_map
 from .core.fileio import atomic_write_text
-from .mentions import Mention
-from .procedure import Procedure, onset_frame
+from .data.mentions import Mention
+from .data.procedure import Procedure, onset_frame
 from .slicer_files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv,
                            frame_geometry, markups_points_json, pixel_to_lps)
-from .vocabulary import LabelSet
+from .data.vocabulary import LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +394,7 @@ def resolve_mentions(proc: Procedure, mentions: Optional[str], labelset: LabelSe
                      progress: bool = False) -> list[Mention]:
     """The windows to label: ``"auto"`` detects them from the audio, a path reads a mentions
     CSV or SRT/WebVTT transcript, None takes the procedure's own mentions.csv (else auto)."""
-    from .mentions import read_mentions
+    from .data.mentions import read_mentions
 
     if mentions is None and proc.mentions:
         return list(proc.mentions)
@@ -420,7 +420,7 @@ def label_to_folder(procedure: os.PathLike | str, model_path: os.PathLike | str,
     ``eusvoicelabel label``)."""
     from tqdm.auto import tqdm
 
-    from .procedure import load_procedure
+    from .data.procedure import load_procedure
 
     model = LabelModel.load(model_path, device)
     proc = load_procedure(procedure, labelset=model.labelset)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional, Sequence
 
 from .core.errors import MentionsError
-from .mentions import CSV_FIELDS, Mention
-from .vocabulary import LabelSet
+from .data.mentions import CSV_FIELDS, Mention
+from .data.vocabulary import LabelSet
 
 #: Columns of the mentions table (the ``mentions.csv`` columns).
 MENTION_COLUMNS: tuple[str, ...] = CSV_FIELDS

@@ -30,11 +30,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .core.errors import ConfigError, MediaError, ProcedureError
-from .media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames,
-                    write_wav)
-from .mentions import Mention, read_mentions
-from .procedure import FPS, Procedure, default_crop, is_procedure_folder, load_procedure
-from .vocabulary import LabelSet, load_labelset
+from .data.media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames,
+                         write_wav)
+from .data.mentions import Mention, read_mentions
+from .data.procedure import FPS, Procedure, default_crop, is_procedure_folder, load_procedure
+from .data.vocabulary import LabelSet, load_labelset
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -536,7 +536,7 @@ def write_training_procedure(proc: Procedure, mentions: Sequence[Mention],
     import tempfile
 
     from .core.errors import OutputError
-    from .mentions import write_mentions_csv
+    from .data.mentions import write_mentions_csv
     from .slicer_files import SequenceStreamWriter
 
     if not mentions:

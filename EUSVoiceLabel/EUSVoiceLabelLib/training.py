@@ -659,7 +659,7 @@ def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
     settings = getattr(data, "settings", None)
     out: dict[str, Any] = dict(settings.to_json()) if hasattr(settings, "to_json") else {}
     if "spectrogram" not in out:
-        from .audio import SpectrogramSettings
+        from .data.audio import SpectrogramSettings
         out["spectrogram"] = SpectrogramSettings().to_json()
     out["image_size"] = list(cfg.image_size)
     out["frames"] = cfg.frames
@@ -724,7 +724,7 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     differs.  The message says which.
     """
     from . import __version__
-    from .vocabulary import LabelSet
+    from .data.vocabulary import LabelSet
 
     from .core.fileio import check_weights_digest, load_untrusted_torch
 

@@ -162,7 +162,7 @@ def make_word_clips(words: Sequence[str] = COMMAND_WORDS, speakers: Optional[Seq
     """
     from tqdm import tqdm
 
-    from .audio import SAMPLE_RATE, SpectrogramSettings, spectrogram_batch
+    from .data.audio import SAMPLE_RATE, SpectrogramSettings, spectrogram_batch
     from .synth import speech
 
     settings = settings or SpectrogramSettings()
@@ -219,7 +219,7 @@ def pretrain_keyword_model(out: Path, words: Sequence[str] = COMMAND_WORDS,
     """
     from tqdm import tqdm
 
-    from .audio import SpectrogramSettings
+    from .data.audio import SpectrogramSettings
     from .training import select_device, seed_everything
 
     t0 = time.time()

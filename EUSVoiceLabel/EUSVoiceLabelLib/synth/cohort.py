@@ -28,7 +28,7 @@ import numpy as np
 
 from ..core.errors import ConfigError, OutputError
 from ..core.fileio import atomic_path, atomic_write_text
-from ..vocabulary import LabelSet
+from ..data.vocabulary import LabelSet
 from . import images as im
 from . import speech as sp
 

@@ -21,7 +21,7 @@ def landmark_grid(cohort: Union[str, os.PathLike], label: str, out: Union[str, o
     the project's procedure loader."""
     from PIL import Image, ImageDraw
 
-    from ..procedure import find_patients, load_procedure
+    from ..data.procedure import find_patients, load_procedure
 
     picks = []
     for pat in find_patients(cohort):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import mediafactory as mf
-from EUSVoiceLabelLib.dataset import build_window_set, cache_key, WindowSettings
-from EUSVoiceLabelLib.vocabulary import LabelSet
+from EUSVoiceLabelLib.data.dataset import build_window_set, cache_key, WindowSettings
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_default_cache_is_outside_the_cohort(cohort, tmp_path, monkeypatch):
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys, tracemalloc
     import av, torch  # libraries' fixed cost (the CUDA build of torch maps ~0.5 GB)
-    from EUSVoiceLabelLib.dataset import extract_windows
+    from EUSVoiceLabelLib.data.dataset import extract_windows
     from EUSVoiceLabelLib import load_procedure
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tracemalloc.start()

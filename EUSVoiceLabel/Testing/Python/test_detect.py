@@ -27,8 +27,8 @@ from EUSVoiceLabelLib.core.errors import EUSVoiceLabelError
 from EUSVoiceLabelLib.detect_eval import (PatientCandidates, calibrate_candidates,
                                           evaluate_detection,
                                           evaluate_candidates, match, score_detections)
-from EUSVoiceLabelLib.mentions import Mention
-from EUSVoiceLabelLib.vocabulary import LabelSet
+from EUSVoiceLabelLib.data.mentions import Mention
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed")
 
@@ -137,7 +137,7 @@ def test_silent_or_short_recordings_give_nothing(audio):
 
 
 def test_stereo_44k_file_and_audio_offset(speech, tmp_path):
-    from EUSVoiceLabelLib.media import load_audio
+    from EUSVoiceLabelLib.data.media import load_audio
 
     audio, truth = speech
     head = audio[:int(9.5 * RATE)]  # the first two mentions

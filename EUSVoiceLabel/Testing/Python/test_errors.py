@@ -11,7 +11,7 @@ import scipy.io.wavfile
 import mediafactory as mf
 from EUSVoiceLabelLib import load_procedure
 from EUSVoiceLabelLib.cli import main as cli
-from EUSVoiceLabelLib.dataset import build_window_set
+from EUSVoiceLabelLib.data.dataset import build_window_set
 from EUSVoiceLabelLib.core.errors import (EUSVoiceLabelError, MediaError, MentionsError,
                                           ProcedureError)
 from test_procedure import tree_hash
@@ -108,7 +108,7 @@ def test_bad_input(tmp_path, capsys, breaker, error, culprit, words):
     with pytest.raises(error) as exc:
         proc = load_procedure(folder)
         proc.validate()
-        from EUSVoiceLabelLib.dataset import extract_windows
+        from EUSVoiceLabelLib.data.dataset import extract_windows
         extract_windows(proc)  # truncated videos may only fail while decoding frames
     message = str(exc.value)
     assert words in message

@@ -12,7 +12,7 @@ import pytest
 from EUSVoiceLabelLib import evaluation as ev
 from EUSVoiceLabelLib.core.errors import ConfigError
 from EUSVoiceLabelLib.training import TrainConfig
-from EUSVoiceLabelLib.vocabulary import LabelSet
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 SIZE = (32, 64)
 FRAMES = 5

@@ -68,22 +68,22 @@ FUZZ_REPORT: dict[str, dict] = {}
 def _exercise(kind: str, path: str) -> None:
     """Load ``path`` as ``kind`` and use what was loaded (runs in the worker process)."""
     if kind == "video":
-        from EUSVoiceLabelLib.media import VideoFileSource
+        from EUSVoiceLabelLib.data.media import VideoFileSource
         src = VideoFileSource(path)
         out = src.read(PROBE_TIMES)
         assert out.shape == (len(PROBE_TIMES), src.height, src.width)
     elif kind in ("frames", "nrrd"):
-        from EUSVoiceLabelLib.media import open_frames
+        from EUSVoiceLabelLib.data.media import open_frames
         src = open_frames(path)
         out = src.read(PROBE_TIMES)
         assert out.shape == (len(PROBE_TIMES), src.height, src.width) and out.dtype == np.uint8
     elif kind == "audio":
-        from EUSVoiceLabelLib.media import load_audio
+        from EUSVoiceLabelLib.data.media import load_audio
         samples, rate = load_audio(path)
         assert samples.ndim == 1 and samples.dtype == np.float32 and len(samples) > 0
         assert np.all(np.isfinite(samples)) and 4000 <= rate <= 768000
     elif kind == "procedure":
-        from EUSVoiceLabelLib.procedure import load_procedure
+        from EUSVoiceLabelLib.data.procedure import load_procedure
         proc = load_procedure(path)
         proc.validate()
         for m in proc.mentions[:2]:
@@ -96,14 +96,14 @@ def _exercise(kind: str, path: str) -> None:
             assert proc.audio_segment(-1e6, -1e6 + 0.25).shape == (12000,)
             assert proc.audio_segment(1e7, 1e7 + 0.25).shape == (12000,)
     elif kind == "mentions":
-        from EUSVoiceLabelLib.mentions import read_mentions
+        from EUSVoiceLabelLib.data.mentions import read_mentions
         for m in read_mentions(path):
             assert math.isfinite(m.time_s)
     elif kind == "labels":
-        from EUSVoiceLabelLib.vocabulary import LabelSet
+        from EUSVoiceLabelLib.data.vocabulary import LabelSet
         assert len(LabelSet.load(path)) > 0
     elif kind == "settings":
-        from EUSVoiceLabelLib.procedure import ProcedureSettings
+        from EUSVoiceLabelLib.data.procedure import ProcedureSettings
         s = ProcedureSettings.load(Path(path))
         assert math.isfinite(s.audio_offset_s)
     elif kind == "checkpoint":
@@ -556,8 +556,8 @@ def _csv_line(cells: list[str]) -> str:
 @given(header=HEADER, rows=st.lists(ROW, max_size=8), raw=st.none() | st.binary(max_size=200))
 def test_hypothesis_mentions_csv(header, rows, raw):
     from EUSVoiceLabelLib.core.errors import MentionsError
-    from EUSVoiceLabelLib.mentions import read_mentions_csv
-    from EUSVoiceLabelLib.vocabulary import LabelSet
+    from EUSVoiceLabelLib.data.mentions import read_mentions_csv
+    from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
     labels = LabelSet.default()
     content = raw if raw is not None else (header + "\n" if header else "") + \
@@ -586,7 +586,7 @@ SAFE_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"))
                           st.none() | st.floats(0, 1)), min_size=1, max_size=6))
 def test_hypothesis_mentions_round_trip(items):
     """What write_mentions_csv writes, read_mentions_csv reads back (3 decimals)."""
-    from EUSVoiceLabelLib.mentions import Mention, read_mentions_csv, write_mentions_csv
+    from EUSVoiceLabelLib.data.mentions import Mention, read_mentions_csv, write_mentions_csv
 
     mentions = [Mention(t, lab, None if d is None else t + d, text, conf, "auto")
                 for t, lab, d, text, conf in items]
@@ -618,7 +618,7 @@ CUE_TEXT = st.lists(st.one_of(st.sampled_from(["the", "pancreas", "bile", "duct"
        raw=st.none() | st.binary(max_size=200), ext=st.sampled_from([".srt", ".vtt"]))
 def test_hypothesis_transcripts(vtt, cues, raw, ext):
     from EUSVoiceLabelLib.core.errors import MentionsError
-    from EUSVoiceLabelLib.mentions import mentions_from_transcript, parse_transcript
+    from EUSVoiceLabelLib.data.mentions import mentions_from_transcript, parse_transcript
 
     if raw is not None:
         content: str | bytes = raw
@@ -660,7 +660,7 @@ LABEL_ITEM = st.fixed_dictionaries({}, optional={
        raw=st.none() | st.binary(max_size=100))
 def test_hypothesis_labels_json(doc, raw):
     from EUSVoiceLabelLib.core.errors import VocabularyError
-    from EUSVoiceLabelLib.vocabulary import LabelSet
+    from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
     path = _write("labels ü.json", raw if raw is not None else json.dumps(doc))
     try:
@@ -682,7 +682,7 @@ def test_hypothesis_labels_json(doc, raw):
     raw=st.none() | st.binary(max_size=100))
 def test_hypothesis_procedure_json(doc, raw):
     from EUSVoiceLabelLib.core.errors import ProcedureError
-    from EUSVoiceLabelLib.procedure import ProcedureSettings
+    from EUSVoiceLabelLib.data.procedure import ProcedureSettings
 
     path = _write("procedure ü.json", raw if raw is not None else json.dumps(doc))
     try:
@@ -701,8 +701,8 @@ def test_hypothesis_procedure_json(doc, raw):
 def test_deeply_nested_json_is_refused(tmp_path, loader):
     """A JSON bomb of nested brackets is a project error, not a RecursionError."""
     from EUSVoiceLabelLib.core.errors import EUSVoiceLabelError
-    from EUSVoiceLabelLib.procedure import ProcedureSettings
-    from EUSVoiceLabelLib.vocabulary import LabelSet
+    from EUSVoiceLabelLib.data.procedure import ProcedureSettings
+    from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
     path = tmp_path / "deep.json"
     path.write_text("[" * 200_000 + "]" * 200_000)

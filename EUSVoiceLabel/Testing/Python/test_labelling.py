@@ -20,7 +20,7 @@ from EUSVoiceLabelLib.cli import main as cli
 from EUSVoiceLabelLib.explain import grad_cam, peak_of, upsample_map
 from EUSVoiceLabelLib.labelling import (LabelModel, LabelOutputWriter, label_procedure,
                                         label_to_folder, write_label_outputs)
-from EUSVoiceLabelLib.procedure import load_procedure
+from EUSVoiceLabelLib.data.procedure import load_procedure
 from test_procedure import tree_hash
 
 SCHEMA = Path(__file__).resolve().parents[3].parent / "shared" / "slicer-schemas" / \
@@ -75,7 +75,7 @@ def test_upsample_and_peak():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A tiny proposed model trained for one epoch on a generated cohort, as a checkpoint."""
-    from EUSVoiceLabelLib.dataset import build_window_set
+    from EUSVoiceLabelLib.data.dataset import build_window_set
     from EUSVoiceLabelLib.training import (TrainConfig, preprocessing_settings, save_checkpoint,
                                            train_model)
 
@@ -221,7 +221,7 @@ def test_refuses_to_write_into_the_input(tiny_model, procedure, capsys):
 
 
 def test_export_from_label_dir_and_cohort(tiny_model, procedure, tmp_path):
-    from EUSVoiceLabelLib.export import export_dataset
+    from EUSVoiceLabelLib.data.export import export_dataset
 
     model = LabelModel.load(tiny_model, device="cpu")
     result = label_procedure(load_procedure(procedure), model)

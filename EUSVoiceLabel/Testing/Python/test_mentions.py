@@ -5,9 +5,9 @@ import json
 import pytest
 
 from EUSVoiceLabelLib.core.errors import MentionsError, VocabularyError
-from EUSVoiceLabelLib.mentions import (Mention, mentions_from_transcript, read_mentions,
-                                       read_mentions_csv, write_mentions_csv)
-from EUSVoiceLabelLib.vocabulary import LabelSet, load_labelset, normalize_words
+from EUSVoiceLabelLib.data.mentions import (Mention, mentions_from_transcript, read_mentions,
+                                            read_mentions_csv, write_mentions_csv)
+from EUSVoiceLabelLib.data.vocabulary import LabelSet, load_labelset, normalize_words
 
 
 def test_default_vocabulary_is_the_papers_five():

@@ -20,7 +20,7 @@ from EUSVoiceLabelLib import evaluation as ev
 from EUSVoiceLabelLib.distributed import DistContext
 from EUSVoiceLabelLib.parallel import worker_plan
 from EUSVoiceLabelLib.training import TrainConfig
-from EUSVoiceLabelLib.vocabulary import LabelSet
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 SIZE = (32, 64)
 FRAMES = 5

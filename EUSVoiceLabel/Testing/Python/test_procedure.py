@@ -11,9 +11,9 @@ import pytest
 import mediafactory as mf
 from EUSVoiceLabelLib import load_procedure
 from EUSVoiceLabelLib.cli import main as cli
-from EUSVoiceLabelLib.media import load_audio
-from EUSVoiceLabelLib.mentions import Mention
-from EUSVoiceLabelLib.procedure import default_crop, find_patients, load_cohort
+from EUSVoiceLabelLib.data.media import load_audio
+from EUSVoiceLabelLib.data.mentions import Mention
+from EUSVoiceLabelLib.data.procedure import default_crop, find_patients, load_cohort
 
 
 def levels(frames):
@@ -128,7 +128,7 @@ def test_default_and_custom_crop(tmp_path):
 
 
 def test_window_at_the_end_repeats_the_last_frame(tmp_path, caplog):
-    from EUSVoiceLabelLib.dataset import extract_windows
+    from EUSVoiceLabelLib.data.dataset import extract_windows
 
     folder = mf.make_procedure(tmp_path / "p", mentions="time_s,label\n3.5,pancreas\n")
     proc = load_procedure(folder)

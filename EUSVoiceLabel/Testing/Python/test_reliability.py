@@ -37,7 +37,7 @@ def tiny_checkpoint(path: Path, labelset=None, variant: str = "proposed",
     """A real (untrained) checkpoint of a tiny network, written by save_checkpoint."""
     from EUSVoiceLabelLib.model import build_model
     from EUSVoiceLabelLib.training import TrainConfig, TrainResult, save_checkpoint
-    from EUSVoiceLabelLib.vocabulary import LabelSet
+    from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
     labelset = labelset or LabelSet.default()
     cfg = TrainConfig(variant=variant, epochs=0, image_size=(32, 48), frames=frames,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from EUSVoiceLabelLib.core.errors import ConfigError, MediaError, MentionsError, ProcedureError
-from EUSVoiceLabelLib.mentions import Mention
+from EUSVoiceLabelLib.data.mentions import Mention
 from EUSVoiceLabelLib.review import (ACCEPTED, CORRECTED, MENTION_COLUMNS, PENDING,
                                      RESULT_COLUMNS, ReviewTable, mentions_from_rows,
                                      mentions_to_rows)
@@ -24,7 +24,7 @@ from EUSVoiceLabelLib.slicer_support import (CallbackFrameSource, apply_problems
                                              procedure_from_frames, recording_kind,
                                              sequence_times, split_log_lines, to_grey_uint8,
                                              train_arguments)
-from EUSVoiceLabelLib.vocabulary import LabelSet
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 import mediafactory as mf
 
@@ -311,7 +311,7 @@ def tiny_run(tmp_path_factory):
     labelling -> review."""
     import torch
 
-    from EUSVoiceLabelLib.dataset import build_window_set
+    from EUSVoiceLabelLib.data.dataset import build_window_set
     from EUSVoiceLabelLib.labelling import LabelModel, label_procedure
     from EUSVoiceLabelLib.slicer_support import write_tiny_procedure
     from EUSVoiceLabelLib.training import (TrainConfig, preprocessing_settings, save_checkpoint,
@@ -335,9 +335,9 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tiny_procedure_pipeline_review_export_and_training_data(tiny_run):
-    from EUSVoiceLabelLib.export import export_dataset
+    from EUSVoiceLabelLib.data.export import export_dataset
     from EUSVoiceLabelLib.labelling import write_label_outputs
-    from EUSVoiceLabelLib.procedure import load_procedure
+    from EUSVoiceLabelLib.data.procedure import load_procedure
     from EUSVoiceLabelLib.review import labels_csv_with_review
     from EUSVoiceLabelLib.slicer_support import write_training_procedure
 
@@ -378,7 +378,7 @@ def test_tiny_procedure_pipeline_review_export_and_training_data(tiny_run):
 
 
 def test_training_procedure_from_a_scene_sequence_streams_frames(tiny_run, tmp_path):
-    from EUSVoiceLabelLib.procedure import load_procedure
+    from EUSVoiceLabelLib.data.procedure import load_procedure
     from EUSVoiceLabelLib.slicer_support import write_training_procedure
 
     src = tiny_run.proc

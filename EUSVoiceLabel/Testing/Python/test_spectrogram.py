@@ -5,7 +5,8 @@ import pytest
 import scipy.signal
 
 from EUSVoiceLabelLib import spectrogram
-from EUSVoiceLabelLib.audio import SpectrogramSettings, fit_one_second, resample, spectrogram_batch
+from EUSVoiceLabelLib.data.audio import (SpectrogramSettings, fit_one_second, resample,
+                                         spectrogram_batch)
 
 RAW = SpectrogramSettings(scale="magnitude", normalize=False)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from EUSVoiceLabelLib.core.fileio import file_sha256
-from EUSVoiceLabelLib.vocabulary import LabelSet
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("festival") is None
                                 or shutil.which("espeak-ng") is None,
@@ -272,7 +272,7 @@ def test_cli_synth(tmp_path):
 
 
 def test_cohort_loads_with_procedure_loader(tiny):
-    procedure = pytest.importorskip("EUSVoiceLabelLib.procedure")
+    procedure = pytest.importorskip("EUSVoiceLabelLib.data.procedure")
     for p in procedure.find_patients(tiny):
         proc = procedure.load_procedure(p)
         truth = json.loads((p / "truth.json").read_text())

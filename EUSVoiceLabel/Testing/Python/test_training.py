@@ -14,7 +14,7 @@ from EUSVoiceLabelLib.model import VARIANTS
 from EUSVoiceLabelLib.training import (PAPER_SETTINGS, TrainConfig, class_weights_from_labels,
                                        load_checkpoint, predict_proba, save_checkpoint,
                                        select_device, train_model, weighted_loss)
-from EUSVoiceLabelLib.vocabulary import LabelSet
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 SIZE = (32, 64)
 FRAMES = 5
@@ -244,7 +244,7 @@ def test_wrong_window_shape_is_a_config_error():
 
 def test_pretrain_voice_makes_a_usable_keyword_network(tmp_path):
     from EUSVoiceLabelLib import build_model
-    from EUSVoiceLabelLib.audio import SpectrogramSettings
+    from EUSVoiceLabelLib.data.audio import SpectrogramSettings
     from EUSVoiceLabelLib.voice_pretrain import load_keyword_model, pretrain_keyword_model
 
     out = tmp_path / "keyword.pt"

@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from .core.errors import MentionsError
-from .core.fileio import atomic_write_text
+from ..core.errors import MentionsError
+from ..core.fileio import atomic_write_text
 from .vocabulary import LabelSet, normalize_words
 
 CSV_FIELDS = ("time_s", "label", "end_s", "text", "confidence", "source")

@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
-from .core.errors import OutputError, ProcedureError
-from .core.fileio import atomic_path, atomic_write_text
+from ..core.errors import OutputError, ProcedureError
+from ..core.fileio import atomic_path, atomic_write_text
+from .media import NrrdSequenceSource
+from .procedure import find_patients, load_procedure, onset_frame
+from .vocabulary import load_labelset
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,6 @@ def _safe(text: str) -> str:
 
 
 def _save_png(path: Path, frame: np.ndarray) -> None:
-    from PIL import Image
-
     with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)).save(tmp, format="PNG")
 
@@ -78,11 +81,6 @@ def _check_out(source: Path, out_dir: Path) -> None:
 def export_cohort(cohort: os.PathLike | str, out_dir: os.PathLike | str, every: int = 1,
                   frames: int = 25, progress: bool = False) -> Path:
     """Export every mention window of a cohort with its spoken label."""
-    from tqdm.auto import tqdm
-
-    from .procedure import find_patients, load_procedure, onset_frame
-    from .vocabulary import load_labelset
-
     cohort, out_dir = Path(cohort), Path(out_dir)
     _check_out(cohort, out_dir)
     labelset = load_labelset(None, cohort)
@@ -100,8 +98,6 @@ def export_cohort(cohort: os.PathLike | str, out_dir: os.PathLike | str, every: 
 def export_label_dir(label_dir: os.PathLike | str, out_dir: os.PathLike | str,
                      every: int = 1) -> Path:
     """Export the frames of a ``label`` output folder with their reviewed or predicted label."""
-    from .media import NrrdSequenceSource
-
     label_dir, out_dir = Path(label_dir), Path(out_dir)
     _check_out(label_dir, out_dir)
     info = {}

@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
+from ..core.errors import ProcedureError
+from ..core.fileio import atomic_path, file_sha256
 from .audio import SpectrogramSettings, spectrogram_batch
-from .core.errors import ProcedureError
-from .core.fileio import atomic_path, file_sha256
 from .mentions import Mention
 from .procedure import WINDOW_FRAMES, Procedure, find_patients, load_procedure
 from .vocabulary import LabelSet, load_labelset
@@ -38,8 +42,6 @@ def resize_frames(frames: np.ndarray, size: Optional[tuple[int, int]]) -> np.nda
     """Resize uint8 frames (N, H, W) to ``size`` = (H, W) with anti-aliased bilinear filtering."""
     if size is None or tuple(frames.shape[-2:]) == tuple(size):
         return frames
-    import torch
-    import torch.nn.functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(frames)).float()[:, None]
     y = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True,
@@ -199,8 +201,6 @@ class WindowSet:
     def torch_dataset(self, indices: Optional[Sequence[int]] = None):
         """A torch Dataset of (image float32 (frames, H, W) in [0, 1], voice (1024, 66),
         label int64)."""
-        from torch.utils.data import Dataset
-
         ws = self if indices is None else self.subset(indices)
 
         class _WindowDataset(Dataset):
@@ -208,8 +208,6 @@ class WindowSet:
                 return len(ws)
 
             def __getitem__(self, i: int):
-                import torch
-
                 return (torch.from_numpy(ws.images[i].astype(np.float32) / 255.0),
                         torch.from_numpy(ws.voices[i]),
                         torch.tensor(int(ws.labels[i]), dtype=torch.int64))
@@ -234,7 +232,7 @@ def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = N
         cache_dir: where cached windows live (default: a folder per cohort under
             :func:`default_cache_root`; the cohort folder itself is never written to).
         progress: show a progress bar.
-        spectrogram_settings: spectrogram scaling (default: see :mod:`EUSVoiceLabelLib.audio`).
+        spectrogram_settings: spectrogram scaling (default: see :mod:`EUSVoiceLabelLib.data.audio`).
         use_cache: False decodes everything and writes no cache.
 
     Raises:
@@ -248,7 +246,6 @@ def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = N
     cache: Optional[Path] = None
     if use_cache:
         cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir(cohort)
-    from tqdm.auto import tqdm
 
     parts: list[tuple[str, Windows]] = []
     for folder in tqdm(patients, desc="windows", unit="patient", disable=not progress,

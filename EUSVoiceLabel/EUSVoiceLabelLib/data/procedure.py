@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE, resample
-from .core.errors import MediaError, MentionsError, ProcedureError
+from ..core.errors import MediaError, MentionsError, ProcedureError
 from .media import (AUDIO_SUFFIXES, VIDEO_SUFFIXES, FrameSource, VideoFileSource, load_audio,
                     open_frames)
 from .mentions import Mention, read_mentions

@@ -13,13 +13,17 @@ import logging
 import math
 import os
 import re
+import struct
+import wave
+import zlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .core.errors import MediaError
+from ..core.errors import MediaError
+from ..core.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +278,6 @@ class NrrdSequenceSource(FrameSource):
     """A Slicer volume sequence (``.seq.nrrd``) of 2-D frames; times from its index values."""
 
     def __init__(self, path: os.PathLike | str):
-        import struct
-        import zlib
-
         import nrrd
 
         self.path = Path(path)
@@ -423,10 +424,6 @@ def load_audio(path: os.PathLike | str) -> tuple[np.ndarray, int]:
 
 def write_wav(path: os.PathLike | str, samples: np.ndarray, rate: int) -> Path:
     """Write mono float samples (-1..1) as a 16-bit PCM WAV file, atomically."""
-    import wave
-
-    from .core.fileio import atomic_path
-
     pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1, 1) * 32767).astype("<i2")
     path = Path(path)
     with atomic_path(path) as tmp:

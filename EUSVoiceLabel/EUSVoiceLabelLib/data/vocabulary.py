@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .core.errors import VocabularyError
+from ..core.errors import VocabularyError
+from ..core.fileio import atomic_write_text
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 
@@ -209,7 +210,6 @@ class LabelSet:
         return {"labels": [label.to_json() for label in self.labels]}
 
     def save(self, path: os.PathLike | str) -> None:
-        from .core.fileio import atomic_write_text
         atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     # ----------------------------------------------------------------- queries
