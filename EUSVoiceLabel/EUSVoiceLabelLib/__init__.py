@@ -21,7 +21,7 @@ _LAZY = {
     "Procedure": ".data.procedure",
     "load_cohort": ".data.procedure",
     "spectrogram": ".data.audio",
-    "build_model": ".model",
+    "build_model": ".nn.network",
     "LabelSet": ".data.vocabulary",
     "Mention": ".data.mentions",
     "EUSVoiceLabelError": ".core.errors",

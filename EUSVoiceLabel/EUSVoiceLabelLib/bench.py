@@ -46,8 +46,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from .fastpath import (autocast_for, bf16_is_fast, maybe_compile, optimise_for_inference,
-                       prepare_image)
+from .nn.fastpath import (autocast_for, bf16_is_fast, maybe_compile, optimise_for_inference,
+                          prepare_image)
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def model_flops(image_size: Sequence[int], width: float = 1.0, frames: int = FRA
                 ) -> dict[str, float]:
     """FLOPs per sample (GFLOP) of each branch, the joint product + head and the whole
     network, forward and training step, on meta tensors (nothing is computed)."""
-    from .model import build_model
+    from .nn.network import build_model
     from .training import weighted_loss
 
     with torch.device("meta"):
@@ -287,8 +287,8 @@ def _trained_like_batchnorm(model: torch.nn.Module, seed: int) -> None:
 def inference_cases(image_size: Sequence[int], width: float, device: torch.device,
                     repeats: int, compile_: bool = False, seed: int = 0) -> dict[str, Any]:
     """Latency per window (batch 1), baseline vs optimised, with and without Grad-CAM."""
-    from .explain import grad_cam
-    from .model import build_model
+    from .nn.explain import grad_cam
+    from .nn.network import build_model
 
     torch.manual_seed(seed)
     base = build_model("proposed", 5, FRAMES, width=width)
@@ -353,7 +353,7 @@ def training_cases(image_size: Sequence[int], width: float, device: torch.device
     """Seconds per Adam step on a preloaded batch, baseline (eager fp32 NCHW) vs optimised
     (the training loop's path: channels-last and bf16 autocast on CUDA, compiled on request;
     on CPU also the channels-last experiment when ``with_channels_last``)."""
-    from .model import build_model
+    from .nn.network import build_model
     from .training import weighted_loss
 
     image, voice, labels = _inputs(batch, image_size, device, seed)
@@ -537,7 +537,7 @@ def data_cases(workdir: Path, image_size: Sequence[int], seconds: float = 120.0,
 def _paper_checkpoint(path: Path, image_size: Sequence[int], width: float, seed: int) -> Path:
     """A random-init model saved as a checkpoint (labelling cost does not depend on weights)."""
     from .data.dataset import WindowSettings
-    from .model import build_model
+    from .nn.network import build_model
     from .training import TrainConfig, TrainResult, save_checkpoint
     from .data.vocabulary import LabelSet
 
@@ -638,7 +638,7 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] = lambda m: None
               ) -> dict[str, Any]:
     """Run the benchmark and return its JSON-able result (see the module docstring)."""
     from . import __version__
-    from .training import select_device
+    from .nn.devices import select_device
 
     device = select_device(s.device)
     threads = s.threads or cpu_count()

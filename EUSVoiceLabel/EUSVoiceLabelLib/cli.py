@@ -114,7 +114,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train / evaluate
 def _weights_for(args: argparse.Namespace, variant: str) -> Optional[Path]:
-    from .model import NEEDS_WEIGHTS
+    from .nn.network import NEEDS_WEIGHTS
 
     kind = NEEDS_WEIGHTS.get(variant)
     if kind is None:
@@ -430,7 +430,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
 
 def _run_label(args: argparse.Namespace) -> int:
     from .labelling import label_to_folder
-    from .training import seed_everything
+    from .nn.devices import seed_everything
 
     seed_everything(args.seed)
     result, files = label_to_folder(args.procedure, args.model, args.out, args.mentions,

@@ -287,7 +287,8 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
     from tqdm import tqdm
 
     from . import __version__
-    from .training import _data_signature, select_device, to_device_data
+    from .training import _data_signature, to_device_data
+    from .nn.devices import select_device
 
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -435,7 +436,7 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
             (``OUT/voice_keyword.pt``) when ``pretrain_voice``.
         variants: subset to run (default: all of Table III).
     """
-    from .model import NEEDS_WEIGHTS
+    from .nn.network import NEEDS_WEIGHTS
 
     out_dir = Path(out_dir)
     weights = dict(weights or {})

@@ -28,7 +28,7 @@ import numpy as np
 from .data.audio import SpectrogramSettings, spectrogram
 from .data.dataset import WindowSettings, resize_frames
 from .core.errors import ConfigError, MentionsError, OutputError
-from .explain import grad_cam, peak_of, upsample_map
+from .nn.explain import grad_cam, peak_of, upsample_map
 from .core.fileio import atomic_write_text
 from .data.mentions import Mention
 from .data.procedure import Procedure, onset_frame
@@ -45,7 +45,7 @@ class LabelModel:
     """A trained model ready to label windows (read from a checkpoint, never unpickled)."""
 
     def __init__(self, loaded, device) -> None:
-        from .fastpath import optimise_for_inference
+        from .nn.fastpath import optimise_for_inference
 
         self._loaded = loaded
         # Frozen weights, BatchNorm folded, channels-last: same predictions, and Grad-CAM's
@@ -70,7 +70,8 @@ class LabelModel:
         Raises:
             CheckpointError: unreadable, untrusted or incompatible checkpoint.
         """
-        from .training import load_checkpoint, select_device
+        from .training import load_checkpoint
+        from .nn.devices import select_device
 
         dev = select_device(device)
         return cls(load_checkpoint(path, labelset=labelset, device=dev), dev)

@@ -37,7 +37,7 @@ def worker_plan(device: str, workers: Optional[int]) -> tuple[list[str], int]:
     """
     import torch
 
-    from .training import select_device
+    from .nn.devices import select_device
 
     dev = select_device(device)
     cores = _cores()

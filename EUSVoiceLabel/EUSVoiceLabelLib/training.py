@@ -21,13 +21,11 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
 import math
 import os
-import random
 import signal
 import threading
 import time
@@ -40,8 +38,9 @@ import torch
 from torch.nn import functional as F
 
 from .core.errors import CheckpointError, ConfigError, OutputError, TrainingError
-from .core.fileio import DIGEST_KEY
-from .model import VARIANTS, build_model, check_image_size
+from .nn.devices import select_device, seed_everything
+from .nn.network import VARIANTS, build_model, check_image_size
+from .nn.torchfile import DIGEST_KEY, torch_save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -130,42 +129,7 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- devices & seeds
-def select_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA if available, else MPS, else CPU; explicit names are checked."""
-    name = str(name)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but no CUDA GPU is available",
-                          hint="use --device cpu or auto")
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ConfigError("MPS was requested but is not available",
-                              hint="use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}", hint="use auto, cpu, cuda or mps") from None
-
-
-def seed_everything(seed: int, device: Optional[torch.device] = None) -> None:
-    """Seed Python, NumPy and torch.  On CPU also ask torch for deterministic algorithms."""
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-    if device is not None and device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    elif device is not None and device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # speed over bitwise repeatability on GPU
-
-
+# --------------------------------------------------------------------------- mixed precision
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -582,21 +546,7 @@ def _write_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
              "optimizer": _to_cpu(opt.state_dict()), "generator": gen.get_state(),
              "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state() if dev.type == "cuda" else None}
-    _torch_save_atomic(path, state)
-
-
-def _torch_save_atomic(path: os.PathLike | str, obj: Any) -> None:
-    """torch.save through a temporary file and a rename (a kill mid-write keeps the old file).
-
-    torch's zip writer reports a failing disk as RuntimeError: it becomes OutputError too.
-    """
-    from .core.fileio import atomic_path
-
-    with atomic_path(path) as tmp:
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as exc:
-            raise OSError(errno.EIO, f"torch.save failed: {str(exc).splitlines()[0]}") from None
+    torch_save_atomic(path, state)
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -688,12 +638,12 @@ def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
     }
     json.dumps({k: v for k, v in data.items() if k != "model"})  # fail early if not JSON-able
     data[DIGEST_KEY] = checkpoint_digest(data)
-    _torch_save_atomic(path, data)
+    torch_save_atomic(path, data)
 
 
 def checkpoint_digest(data: dict[str, Any]) -> str:
-    """SHA-256 of a model checkpoint's metadata and weights (see :func:`fileio.weights_digest`)."""
-    from .core.fileio import weights_digest
+    """SHA-256 of a model checkpoint's metadata and weights (see :func:`.nn.torchfile.weights_digest`)."""
+    from .nn.torchfile import weights_digest
 
     return weights_digest(data, "model")
 
@@ -726,7 +676,7 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     from . import __version__
     from .data.vocabulary import LabelSet
 
-    from .core.fileio import check_weights_digest, load_untrusted_torch
+    from .nn.torchfile import check_weights_digest, load_untrusted_torch
 
     path = Path(path)
     data = load_untrusted_torch(

@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import CheckpointError, OutputError
+from .errors import OutputError
 
 
 @contextlib.contextmanager
@@ -80,63 +79,6 @@ def atomic_write_with(path: os.PathLike | str, writer: Callable[[Path], None]) -
     """Call ``writer(tmp_path)`` and rename the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
-
-
-def load_untrusted_torch(path: os.PathLike | str, missing: tuple[str, str],
-                         unreadable: tuple[str, str]):
-    """Read a torch file that may come from anyone: ``weights_only=True`` unpickles tensors and
-    plain containers only, so no code in the file can run.
-
-    Args:
-        missing: (message, hint) of the CheckpointError when the file does not exist.
-        unreadable: (message, hint); ``{error}`` in the message becomes the exception's name.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(missing[0], path, missing[1])
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for damaged or foreign files
-        raise CheckpointError(unreadable[0].format(error=exc.__class__.__name__), path,
-                              unreadable[1]) from None
-
-
-DIGEST_KEY = "content_sha256"
-
-
-def weights_digest(data: dict, weights_key: str) -> str:
-    """SHA-256 over a checkpoint's metadata (as JSON) and every tensor's name, type, shape and
-    bytes under ``data[weights_key]``.  torch's zip reader does not check its CRCs, so without
-    this a flipped byte in the weights would load silently (found by fuzzing, test_fuzz.py)."""
-    import torch
-
-    h = hashlib.sha256()
-    meta = {k: v for k, v in data.items() if k not in (weights_key, DIGEST_KEY)}
-    h.update(json.dumps(meta, sort_keys=True).encode())
-    weights = data.get(weights_key)
-    for name in sorted(weights):
-        t = weights[name].detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(weights[name].shape)}".encode())
-        h.update(t.view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def check_weights_digest(data: dict, weights_key: str, path: os.PathLike | str,
-                         hint: str) -> None:
-    """Raise CheckpointError when a checkpoint's stored digest does not match its content
-    (files written before digests existed carry none and pass)."""
-    stored = data.get(DIGEST_KEY)
-    if stored is None:
-        return
-    try:
-        digest = weights_digest(data, weights_key)
-    except (TypeError, ValueError, AttributeError, RuntimeError):
-        digest = None
-    if digest != stored:
-        raise CheckpointError("the checkpoint is damaged (its content does not match its "
-                              "checksum)", path, hint)
 
 
 def file_sha256(path: os.PathLike | str, chunk: int = 1 << 20) -> str:

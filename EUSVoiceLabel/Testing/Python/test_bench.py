@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from EUSVoiceLabelLib import bench
-from EUSVoiceLabelLib.explain import grad_cam
-from EUSVoiceLabelLib.fastpath import (bf16_is_fast, fold_batchnorm, optimise_for_inference,
-                                       prepare_image)
-from EUSVoiceLabelLib.model import IMAGE_BLOCKS, VOICE_CHANNELS, VOICE_POOL_AFTER, build_model
+from EUSVoiceLabelLib.nn.explain import grad_cam
+from EUSVoiceLabelLib.nn.fastpath import (bf16_is_fast, fold_batchnorm, optimise_for_inference,
+                                          prepare_image)
+from EUSVoiceLabelLib.nn.network import IMAGE_BLOCKS, VOICE_CHANNELS, VOICE_POOL_AFTER, build_model
 
 
 def _conv_flops_image(h: int, w: int, frames: int = 25) -> int:

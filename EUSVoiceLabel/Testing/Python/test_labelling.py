@@ -17,7 +17,7 @@ from torch import nn
 
 import mediafactory as mf
 from EUSVoiceLabelLib.cli import main as cli
-from EUSVoiceLabelLib.explain import grad_cam, peak_of, upsample_map
+from EUSVoiceLabelLib.nn.explain import grad_cam, peak_of, upsample_map
 from EUSVoiceLabelLib.labelling import (LabelModel, LabelOutputWriter, label_procedure,
                                         label_to_folder, write_label_outputs)
 from EUSVoiceLabelLib.data.procedure import load_procedure

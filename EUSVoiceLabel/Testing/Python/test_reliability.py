@@ -35,7 +35,7 @@ TINY = ["--image-size", "32x48", "--width", "0.125", *DEV]
 def tiny_checkpoint(path: Path, labelset=None, variant: str = "proposed",
                     frames: int = 3) -> Path:
     """A real (untrained) checkpoint of a tiny network, written by save_checkpoint."""
-    from EUSVoiceLabelLib.model import build_model
+    from EUSVoiceLabelLib.nn.network import build_model
     from EUSVoiceLabelLib.training import TrainConfig, TrainResult, save_checkpoint
     from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
@@ -121,8 +121,8 @@ def test_malicious_pickle_checkpoint_is_refused_without_running_it(tmp_path, coh
     pickle.loads(files[1].read_bytes())
     assert marker.exists()
     marker.unlink()
-    from EUSVoiceLabelLib.model import load_state_dict_file
-    from EUSVoiceLabelLib.voice_pretrain import read_keyword_checkpoint
+    from EUSVoiceLabelLib.nn.network import load_state_dict_file
+    from EUSVoiceLabelLib.nn.keyword import read_keyword_checkpoint
 
     for f in files:
         with pytest.raises(CheckpointError, match="cannot read the checkpoint"):
@@ -163,8 +163,8 @@ def test_damaged_checkpoint_is_refused(tmp_path):
 
 def test_damaged_keyword_checkpoint_is_refused(tmp_path):
     """The pretrained keyword network (voice_pretrained variant) carries the same checksum."""
-    from EUSVoiceLabelLib.voice_pretrain import (COMMAND_WORDS, KeywordNet, load_keyword_model,
-                                                 save_keyword_checkpoint)
+    from EUSVoiceLabelLib.voice_pretrain import COMMAND_WORDS
+    from EUSVoiceLabelLib.nn.keyword import KeywordNet, load_keyword_model, save_keyword_checkpoint
 
     path = tmp_path / "keyword.pt"
     torch.manual_seed(0)

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from EUSVoiceLabelLib.core.errors import CheckpointError, ConfigError
-from EUSVoiceLabelLib.model import VARIANTS
+from EUSVoiceLabelLib.nn.network import VARIANTS
 from EUSVoiceLabelLib.training import (PAPER_SETTINGS, TrainConfig, class_weights_from_labels,
-                                       load_checkpoint, predict_proba, save_checkpoint,
-                                       select_device, train_model, weighted_loss)
+                                       load_checkpoint, predict_proba, save_checkpoint, train_model,
+                                       weighted_loss)
+from EUSVoiceLabelLib.nn.devices import select_device
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 SIZE = (32, 64)
@@ -103,8 +104,8 @@ def _weights_files(tmp_path):
     """Random-init backbones (nothing downloads) and a random keyword net, saved to files."""
     import torchvision
 
-    from EUSVoiceLabelLib.voice_pretrain import COMMAND_WORDS, KeywordNet, \
-        save_keyword_checkpoint
+    from EUSVoiceLabelLib.voice_pretrain import COMMAND_WORDS
+    from EUSVoiceLabelLib.nn.keyword import KeywordNet, save_keyword_checkpoint
 
     torch.manual_seed(0)
     vgg = tmp_path / "vgg16.pth"
@@ -120,7 +121,7 @@ def _weights_files(tmp_path):
 
 
 def test_every_variant_trains_one_step(tmp_path):
-    from EUSVoiceLabelLib.model import NEEDS_WEIGHTS
+    from EUSVoiceLabelLib.nn.network import NEEDS_WEIGHTS
 
     files = _weights_files(tmp_path)
     data = tiny_windows(n=9)  # 8 + 1: the lone window joins the first batch (BatchNorm)
@@ -245,7 +246,8 @@ def test_wrong_window_shape_is_a_config_error():
 def test_pretrain_voice_makes_a_usable_keyword_network(tmp_path):
     from EUSVoiceLabelLib import build_model
     from EUSVoiceLabelLib.data.audio import SpectrogramSettings
-    from EUSVoiceLabelLib.voice_pretrain import load_keyword_model, pretrain_keyword_model
+    from EUSVoiceLabelLib.nn.keyword import load_keyword_model
+    from EUSVoiceLabelLib.voice_pretrain import pretrain_keyword_model
 
     out = tmp_path / "keyword.pt"
     words = ["yes", "no", "left", "right"]

@@ -45,7 +45,7 @@ Variants (SPEC §3, the paper's Table II/III):
   evenly spaced over the window: first, middle, last), normalised with the ImageNet mean/std.
 - ``image_only_vgg16`` / ``image_only_resnet50``: the same image branches alone (Table III rows
   5-6; not in the SPEC's variant list but needed to reproduce the whole table).
-- ``voice_pretrained``: voice-only with the keyword network of :mod:`.voice_pretrain` (frozen) up
+- ``voice_pretrained``: voice-only with the keyword network of :mod:`.keyword` (frozen) up
   to its first Dropout, then Conv2d(64 -> R, kernel 3) "after the Dropout layer", averaged over
   the frequency axis (*ours*) to give P (R, T'), then the voice-only head.
 - ``random_pairs``: the proposed network; only the training data differ (see training.py).
@@ -66,7 +66,9 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from .core.errors import CheckpointError, ConfigError
+from ..core.errors import CheckpointError, ConfigError
+from .keyword import KeywordFeatures, load_keyword_model
+from .torchfile import load_untrusted_torch
 
 R_CHANNELS = 1024
 
@@ -271,8 +273,6 @@ def evenly_spaced(n: int, k: int) -> list[int]:
 
 def load_state_dict_file(path: Path, what: str) -> dict[str, torch.Tensor]:
     """Read a plain state_dict (tensors only) with ``weights_only=True``."""
-    from .core.fileio import load_untrusted_torch
-
     path = Path(path)
     data = load_untrusted_torch(
         path, ("weights file not found", f"give a local {what} state_dict (.pth) with --weights"),
@@ -378,7 +378,7 @@ def voice_time_steps(time_bins: int = 66) -> int:
 
 
 class PretrainedVoiceBranch(nn.Module):
-    """Frozen keyword network (see :mod:`.voice_pretrain`) up to its first Dropout, then a
+    """Frozen keyword network (see :mod:`.keyword`) up to its first Dropout, then a
     trainable Conv2d to R channels, averaged over frequency -> P (B, R, T').
 
     ``weights`` is a ``pretrain-voice`` checkpoint; ``None`` with ``load=False`` builds the
@@ -387,7 +387,6 @@ class PretrainedVoiceBranch(nn.Module):
 
     def __init__(self, weights: Optional[Path], out_channels: int, load: bool = True) -> None:
         super().__init__()
-        from .voice_pretrain import KeywordFeatures, load_keyword_model
 
         if load:
             if weights is None:

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     Frozen pretrained backbones are folded too; modules in training mode are left alone.
     """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
         for a, b in zip(names, names[1:]):

@@ -47,7 +47,7 @@ def grad_cam(model: nn.Module, image: torch.Tensor, voice: torch.Tensor,
     """Grad-CAM of one sample (batch of 1) for ``target`` (default: the predicted class).
 
     Args:
-        model: an :class:`~EUSVoiceLabelLib.model.EUSVoiceLabelNet` (or any module with
+        model: an :class:`~EUSVoiceLabelLib.nn.network.EUSVoiceLabelNet` (or any module with
             ``cam_layer()``), in eval mode.
         image: (1, frames, H, W) float in [0, 1]; voice: (1, 1024, 66).
         layer: the layer to explain (default ``model.cam_layer()``).
