@@ -1428,8 +1428,9 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         """A tiny cohort written with the library and a model trained for 2 epochs on CPU."""
         from EUSVoiceLabelLib.data.dataset import build_window_set
         from EUSVoiceLabelLib.slicer_support import write_tiny_procedure
-        from EUSVoiceLabelLib.training import (TrainConfig, preprocessing_settings,
-                                               save_checkpoint, train_model)
+        from EUSVoiceLabelLib.train.config import TrainConfig
+        from EUSVoiceLabelLib.train.checkpoints import preprocessing_settings, save_checkpoint
+        from EUSVoiceLabelLib.train.loop import train_model
 
         cohort = self.tempDir / "cohort"
         write_tiny_procedure(cohort / "p1", seed=1)

@@ -201,7 +201,7 @@ def model_flops(image_size: Sequence[int], width: float = 1.0, frames: int = FRA
     """FLOPs per sample (GFLOP) of each branch, the joint product + head and the whole
     network, forward and training step, on meta tensors (nothing is computed)."""
     from .nn.network import build_model
-    from .training import weighted_loss
+    from .train.loop import weighted_loss
 
     with torch.device("meta"):
         model = build_model(variant, num_classes, frames, width=width)
@@ -354,7 +354,7 @@ def training_cases(image_size: Sequence[int], width: float, device: torch.device
     (the training loop's path: channels-last and bf16 autocast on CUDA, compiled on request;
     on CPU also the channels-last experiment when ``with_channels_last``)."""
     from .nn.network import build_model
-    from .training import weighted_loss
+    from .train.loop import weighted_loss
 
     image, voice, labels = _inputs(batch, image_size, device, seed)
     weights = torch.ones(5, device=device)
@@ -538,7 +538,9 @@ def _paper_checkpoint(path: Path, image_size: Sequence[int], width: float, seed:
     """A random-init model saved as a checkpoint (labelling cost does not depend on weights)."""
     from .data.dataset import WindowSettings
     from .nn.network import build_model
-    from .training import TrainConfig, TrainResult, save_checkpoint
+    from .train.config import TrainConfig
+    from .train.loop import TrainResult
+    from .train.checkpoints import save_checkpoint
     from .data.vocabulary import LabelSet
 
     labels = LabelSet.default()

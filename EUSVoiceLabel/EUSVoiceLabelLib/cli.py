@@ -142,7 +142,9 @@ def _window_set(args: argparse.Namespace, labelset):
 
 def _run_train(args: argparse.Namespace) -> int:
     from .core.errors import ConfigError, OutputError
-    from .training import TrainConfig, preprocessing_settings, save_checkpoint, train_model
+    from .train.config import TrainConfig
+    from .train.checkpoints import preprocessing_settings, save_checkpoint
+    from .train.loop import train_model
     from .data.vocabulary import load_labelset
 
     if args.variant == "all":
@@ -151,7 +153,7 @@ def _run_train(args: argparse.Namespace) -> int:
                       **_train_settings(args))
     if args.out.is_dir():
         raise ConfigError("--out must be a checkpoint file, not a folder", args.out)
-    from .distributed import init_from_env, shutdown
+    from .train.distributed import init_from_env, shutdown
 
     labelset = load_labelset(args.labels, args.cohort)
     # torchrun --nproc_per_node=K -m EUSVoiceLabelLib train ...: data-parallel training.  The
@@ -196,8 +198,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_all, evaluate_cohort
-    from .training import TrainConfig
+    from .train.evaluation import evaluate_all, evaluate_cohort
+    from .train.config import TrainConfig
     from .data.vocabulary import load_labelset
 
     labelset = load_labelset(args.labels, args.cohort)
@@ -243,7 +245,7 @@ def _add_pretrain_voice(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pretrain_voice(args: argparse.Namespace) -> int:
-    from .voice_pretrain import pretrain_keyword_model
+    from .train.voice_pretrain import pretrain_keyword_model
 
     speakers = [s.strip() for s in args.speakers.split(",") if s.strip()] \
         if args.speakers else None

@@ -56,12 +56,14 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
              progress: bool = True, force: bool = False) -> Path:
     """Run the demo into ``out`` and return the path of ``report.md``."""
     from .data.dataset import build_window_set
-    from .evaluation import evaluate_cohort
+    from .train.evaluation import evaluate_cohort
     from .data.export import export_dataset
     from .labelling import label_to_folder
     from .data.mentions import read_mentions_csv
     from .synth import synth_cohort
-    from .training import TrainConfig, preprocessing_settings, save_checkpoint, train_model
+    from .train.config import TrainConfig
+    from .train.checkpoints import preprocessing_settings, save_checkpoint
+    from .train.loop import train_model
     from .data.vocabulary import LabelSet
 
     s = settings or DemoSettings()

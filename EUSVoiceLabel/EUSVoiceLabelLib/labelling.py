@@ -70,7 +70,7 @@ class LabelModel:
         Raises:
             CheckpointError: unreadable, untrusted or incompatible checkpoint.
         """
-        from .training import load_checkpoint
+        from .train.checkpoints import load_checkpoint
         from .nn.devices import select_device
 
         dev = select_device(device)

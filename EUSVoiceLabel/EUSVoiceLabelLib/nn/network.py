@@ -48,7 +48,7 @@ Variants (SPEC §3, the paper's Table II/III):
 - ``voice_pretrained``: voice-only with the keyword network of :mod:`.keyword` (frozen) up
   to its first Dropout, then Conv2d(64 -> R, kernel 3) "after the Dropout layer", averaged over
   the frequency axis (*ours*) to give P (R, T'), then the voice-only head.
-- ``random_pairs``: the proposed network; only the training data differ (see training.py).
+- ``random_pairs``: the proposed network; only the training data differ (see train/loop.py).
 - ``reduced_input``: the proposed network fed 3 frames (the first conv has 3 input channels);
   training picks 3 random frames per sample and epoch, evaluation the 3 evenly spaced frames.
 

@@ -9,9 +9,11 @@ import types
 import numpy as np
 import pytest
 
-from EUSVoiceLabelLib import evaluation as ev
+from EUSVoiceLabelLib.train import evaluation as ev
+from EUSVoiceLabelLib.train import folds as lopo
+from EUSVoiceLabelLib.train import metrics as mt
 from EUSVoiceLabelLib.core.errors import ConfigError
-from EUSVoiceLabelLib.training import TrainConfig
+from EUSVoiceLabelLib.train.config import TrainConfig
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 SIZE = (32, 64)
@@ -54,7 +56,7 @@ def test_metrics_equal_scikit_learn(seed):
     if seed == 2:
         y_true[y_true == 0] = 1          # a class absent from the truth
         y_pred[y_pred == 0] = 2          # ... and from the predictions: not averaged
-    m = ev.classification_metrics(y_true, y_pred, 5)
+    m = mt.classification_metrics(y_true, y_pred, 5)
     p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="macro",
                                                  zero_division=0)
     assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
@@ -72,24 +74,24 @@ def test_bootstrap_over_patient_subsets():
     pats = [f"p{i % 12}" for i in range(120)]
     y_true = np.arange(120) % 5
     y_pred = y_true.copy()
-    b = ev.bootstrap_accuracy(y_true, y_pred, pats, seed=0)
+    b = mt.bootstrap_accuracy(y_true, y_pred, pats, seed=0)
     assert b == {"mean": 1.0, "std": 0.0, "n_subsets": 100, "subset_size": 10}
     # patient p0 always wrong: subsets without it score higher -> nonzero spread
     wrong = np.array([p == "p0" for p in pats])
     y_pred = np.where(wrong, (y_true + 1) % 5, y_true)
-    b = ev.bootstrap_accuracy(y_true, y_pred, pats, seed=0)
+    b = mt.bootstrap_accuracy(y_true, y_pred, pats, seed=0)
     assert 0.89 < b["mean"] < 0.93 and b["std"] > 0
-    assert ev.bootstrap_accuracy(y_true, y_pred, pats, seed=0) == b   # seeded
-    assert ev.default_subset_size(12) == 10
-    assert ev.default_subset_size(30) == 10
-    assert ev.default_subset_size(3) == 2 and ev.default_subset_size(1) == 1
+    assert mt.bootstrap_accuracy(y_true, y_pred, pats, seed=0) == b   # seeded
+    assert mt.default_subset_size(12) == 10
+    assert mt.default_subset_size(30) == 10
+    assert mt.default_subset_size(3) == 2 and mt.default_subset_size(1) == 1
     with pytest.raises(ConfigError):
-        ev.bootstrap_accuracy(y_true, y_pred, pats, subset_size=13)
+        mt.bootstrap_accuracy(y_true, y_pred, pats, subset_size=13)
 
 
 def test_compute_metrics_has_exactly_the_spec_keys():
     probs = np.eye(5)[[0, 1, 2, 2]]
-    m = ev.compute_metrics([0, 1, 2, 3], probs, ["a", "a", "b", "b"], LabelSet.default().ids,
+    m = mt.compute_metrics([0, 1, 2, 3], probs, ["a", "a", "b", "b"], LabelSet.default().ids,
                            "proposed", {"epochs": 1})
     assert list(m) == ["accuracy", "precision", "recall", "f1", "labels", "confusion_matrix",
                        "n_samples", "n_patients", "bootstrap", "per_patient", "variant",
@@ -101,7 +103,7 @@ def test_compute_metrics_has_exactly_the_spec_keys():
 # --------------------------------------------------------------------------- folds
 def test_lopo_never_trains_on_the_held_out_patient():
     pats = ["b", "a", "c", "a", "b", "c", "c"]
-    folds = ev.lopo_folds(pats)
+    folds = lopo.lopo_folds(pats)
     assert [f.patient for f in folds] == ["a", "b", "c"]
     seen = []
     for f in folds:
@@ -111,19 +113,19 @@ def test_lopo_never_trains_on_the_held_out_patient():
         seen += f.test_idx.tolist()
     assert sorted(seen) == list(range(len(pats)))          # every window held out once
     with pytest.raises(ConfigError, match="at least 2 patients"):
-        ev.lopo_folds(["a", "a"])
+        lopo.lopo_folds(["a", "a"])
     # run_fold refuses a leaky fold
     ws = fake_window_set()
-    leaky = ev.Fold("patient01", np.arange(len(ws.labels)), np.arange(4))
+    leaky = lopo.Fold("patient01", np.arange(len(ws.labels)), np.arange(4))
     with pytest.raises(AssertionError, match="leaked"):
-        ev.run_fold(ws, leaky, small_cfg(), device="cpu", progress=False)
+        lopo.run_fold(ws, leaky, small_cfg(), device="cpu", progress=False)
 
 
 def test_run_fold_is_pure_and_repeatable():
     ws = fake_window_set()
-    fold = ev.lopo_folds(ws.patients)[1]
-    a = ev.run_fold(ws, fold, small_cfg(), device="cpu", progress=False)
-    b = ev.run_fold(ws, fold, small_cfg(), device="cpu", progress=False)
+    fold = lopo.lopo_folds(ws.patients)[1]
+    a = lopo.run_fold(ws, fold, small_cfg(), device="cpu", progress=False)
+    b = lopo.run_fold(ws, fold, small_cfg(), device="cpu", progress=False)
     assert a.patient == "patient02" and np.array_equal(a.indices, fold.test_idx)
     assert a.probs.shape == (4, 5) and np.array_equal(a.probs, b.probs)
     assert a.train_info["n_train"] == 8
@@ -136,7 +138,7 @@ def test_evaluate_cohort_writes_the_three_outputs_and_resumes(tmp_path, monkeypa
     ws = fake_window_set()
     m = ev.evaluate_cohort(ws, small_cfg(), tmp_path, device="cpu", progress=False)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert list(on_disk) == list(ev.METRIC_KEYS)
+    assert list(on_disk) == list(mt.METRIC_KEYS)
     assert on_disk["n_samples"] == 12 and on_disk["n_patients"] == 3
     assert on_disk["variant"] == "proposed" and on_disk["config"]["epochs"] == 1
     assert on_disk["bootstrap"]["subset_size"] == 2
@@ -195,7 +197,7 @@ def tiny_cohort(tmp_path_factory):
 
 def test_cli_evaluate_and_train_on_a_synthetic_cohort(tiny_cohort, tmp_path, monkeypatch):
     from EUSVoiceLabelLib.cli import main
-    from EUSVoiceLabelLib.training import load_checkpoint
+    from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
 
     monkeypatch.setenv("EUSVOICELABEL_CACHE", str(tmp_path / "cache"))
     small = ["--image-size", "32x64", "--frames", "5", "--width", "0.125", "--epochs", "1",

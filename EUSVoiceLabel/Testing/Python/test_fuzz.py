@@ -107,7 +107,7 @@ def _exercise(kind: str, path: str) -> None:
         s = ProcedureSettings.load(Path(path))
         assert math.isfinite(s.audio_offset_s)
     elif kind == "checkpoint":
-        from EUSVoiceLabelLib.training import load_checkpoint
+        from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
         loaded = load_checkpoint(path)
         assert loaded.model is not None
     else:

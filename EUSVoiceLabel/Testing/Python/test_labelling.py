@@ -76,8 +76,9 @@ def test_upsample_and_peak():
 def tiny_model(tmp_path_factory):
     """A tiny proposed model trained for one epoch on a generated cohort, as a checkpoint."""
     from EUSVoiceLabelLib.data.dataset import build_window_set
-    from EUSVoiceLabelLib.training import (TrainConfig, preprocessing_settings, save_checkpoint,
-                                           train_model)
+    from EUSVoiceLabelLib.train.config import TrainConfig
+    from EUSVoiceLabelLib.train.checkpoints import preprocessing_settings, save_checkpoint
+    from EUSVoiceLabelLib.train.loop import train_model
 
     root = tmp_path_factory.mktemp("cohort")
     for i, ms in enumerate(["0.5,pancreas\n2.0,bile_duct\n", "1.0,portal_vein\n2.5,PD\n"]):
@@ -267,7 +268,8 @@ def test_heat_map_peaks_on_the_evidence_after_training():
     random place in noise, the voice is the same for every sample (no information), so the
     trained proposed network must look at the square.  Measured: 12 of 24 peaks inside the
     square (50 %) against 6.5 % by chance (the square's share of the image)."""
-    from EUSVoiceLabelLib.training import TrainConfig, predict_proba, train_model
+    from EUSVoiceLabelLib.train.config import TrainConfig
+    from EUSVoiceLabelLib.train.loop import predict_proba, train_model
 
     rng = np.random.default_rng(0)
     n, frames, h, w, side = 24, 3, 96, 144, 30

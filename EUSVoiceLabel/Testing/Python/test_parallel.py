@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from EUSVoiceLabelLib import evaluation as ev
-from EUSVoiceLabelLib.distributed import DistContext
-from EUSVoiceLabelLib.parallel import worker_plan
-from EUSVoiceLabelLib.training import TrainConfig
+from EUSVoiceLabelLib.train import evaluation as ev
+from EUSVoiceLabelLib.train.distributed import DistContext
+from EUSVoiceLabelLib.train.parallel import worker_plan
+from EUSVoiceLabelLib.train.config import TrainConfig
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 SIZE = (32, 64)
@@ -75,17 +75,15 @@ def test_parallel_lopo_equals_sequential(tmp_path):
         assert fs["probs"] == fp["probs"] and fs["indices"] == fp["indices"]
         assert fp["train_info"]["worker_device"] == "cpu"
     # finished folds are reused: no worker is started the second time
-    import EUSVoiceLabelLib.parallel as par_mod
-
     def boom(*a, **k):
         raise AssertionError("folds were run again")
 
-    orig, par_mod.run_folds = par_mod.run_folds, boom
+    orig, ev.run_folds = ev.run_folds, boom  # the name evaluate_cohort calls
     try:
         again = ev.evaluate_cohort(ws, cfg(), tmp_path / "par", device="cpu", progress=False,
                                    workers=2)
     finally:
-        par_mod.run_folds = orig
+        ev.run_folds = orig
     assert again["accuracy"] == par["accuracy"]
 
 
@@ -116,8 +114,9 @@ def test_shard_and_loss_scale_rebuild_the_global_batch():
 _DDP_PRELUDE = """
     import os, sys, types, numpy as np, torch
     sys.path.insert(0, {root!r})
-    from EUSVoiceLabelLib import distributed, training
-    from EUSVoiceLabelLib.training import TrainConfig, train_model
+    from EUSVoiceLabelLib.train import distributed, loop as training
+    from EUSVoiceLabelLib.train.config import TrainConfig
+    from EUSVoiceLabelLib.train.loop import train_model
     rng = np.random.default_rng(0)
     n = {n}
     data = types.SimpleNamespace(
@@ -214,7 +213,7 @@ def tiny_cohort(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torchrun_train_command_writes_one_checkpoint(tiny_cohort, tmp_path):
-    from EUSVoiceLabelLib.training import load_checkpoint
+    from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
 
     model = tmp_path / "model.pt"
     proc = _torchrun(["-m", "EUSVoiceLabelLib", "train", str(tiny_cohort), "--out", str(model),

@@ -36,7 +36,9 @@ def tiny_checkpoint(path: Path, labelset=None, variant: str = "proposed",
                     frames: int = 3) -> Path:
     """A real (untrained) checkpoint of a tiny network, written by save_checkpoint."""
     from EUSVoiceLabelLib.nn.network import build_model
-    from EUSVoiceLabelLib.training import TrainConfig, TrainResult, save_checkpoint
+    from EUSVoiceLabelLib.train.config import TrainConfig
+    from EUSVoiceLabelLib.train.loop import TrainResult
+    from EUSVoiceLabelLib.train.checkpoints import save_checkpoint
     from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
     labelset = labelset or LabelSet.default()
@@ -71,7 +73,7 @@ class Windows:
 
 
 def cfg(epochs: int = 3, **kw):
-    from EUSVoiceLabelLib.training import TrainConfig
+    from EUSVoiceLabelLib.train.config import TrainConfig
     return TrainConfig(epochs=epochs, image_size=(32, 48), frames=3, width=0.125,
                        batch_size=4, lr=1e-3, **kw)
 
@@ -102,7 +104,7 @@ class Payload:
 
 
 def _malicious_files(folder: Path, marker: Path) -> list[Path]:
-    from EUSVoiceLabelLib.training import CHECKPOINT_FORMAT, FORMAT_VERSION
+    from EUSVoiceLabelLib.train.checkpoints import CHECKPOINT_FORMAT, FORMAT_VERSION
 
     zipped = folder / "evil zip.pt"  # torch's own zip format, a checkpoint-looking dict
     torch.save({"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION,
@@ -113,7 +115,8 @@ def _malicious_files(folder: Path, marker: Path) -> list[Path]:
 
 
 def test_malicious_pickle_checkpoint_is_refused_without_running_it(tmp_path, cohort, capsys):
-    from EUSVoiceLabelLib.training import load_checkpoint, train_model
+    from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
+    from EUSVoiceLabelLib.train.loop import train_model
 
     marker = tmp_path / "pwned"
     files = _malicious_files(tmp_path, marker)
@@ -147,7 +150,7 @@ def test_malicious_pickle_checkpoint_is_refused_without_running_it(tmp_path, coh
 def test_damaged_checkpoint_is_refused(tmp_path):
     """One changed weight or one changed label in a checkpoint is caught by its checksum
     (torch's zip reader does not check CRCs: a flipped byte would load silently)."""
-    from EUSVoiceLabelLib.training import load_checkpoint
+    from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
 
     path = tiny_checkpoint(tmp_path / "model.pt")
     good = torch.load(path, weights_only=True)
@@ -163,7 +166,7 @@ def test_damaged_checkpoint_is_refused(tmp_path):
 
 def test_damaged_keyword_checkpoint_is_refused(tmp_path):
     """The pretrained keyword network (voice_pretrained variant) carries the same checksum."""
-    from EUSVoiceLabelLib.voice_pretrain import COMMAND_WORDS
+    from EUSVoiceLabelLib.train.voice_pretrain import COMMAND_WORDS
     from EUSVoiceLabelLib.nn.keyword import KeywordNet, load_keyword_model, save_keyword_checkpoint
 
     path = tmp_path / "keyword.pt"
@@ -198,7 +201,7 @@ def _assert_damage_is_refused(path, weights_key, damage_metadata, load) -> None:
 # =========================================================================== training faults
 def _interrupt_at(monkeypatch, calls: set[int], signals: int = 1) -> None:
     """Deliver a real SIGINT (``signals`` of them) during the given loss computations."""
-    from EUSVoiceLabelLib import training
+    from EUSVoiceLabelLib.train import loop as training
 
     real = training.weighted_loss
     count = {"n": 0}
@@ -216,7 +219,7 @@ def _interrupt_at(monkeypatch, calls: set[int], signals: int = 1) -> None:
 
 def test_ctrl_c_saves_the_exact_position_and_resume_matches_an_uninterrupted_run(
         tmp_path, monkeypatch):
-    from EUSVoiceLabelLib.training import TrainingInterrupted, train_model
+    from EUSVoiceLabelLib.train.loop import TrainingInterrupted, train_model
 
     data = Windows()
     full = train_model(data, cfg(), 3, device="cpu", progress=False)
@@ -240,7 +243,7 @@ def test_ctrl_c_saves_the_exact_position_and_resume_matches_an_uninterrupted_run
 
 
 def test_second_ctrl_c_stops_at_once_and_keeps_the_previous_resume_file(tmp_path, monkeypatch):
-    from EUSVoiceLabelLib.training import TrainingInterrupted, train_model
+    from EUSVoiceLabelLib.train.loop import TrainingInterrupted, train_model
 
     data, state = Windows(), tmp_path / "run.resume.pt"
     _interrupt_at(monkeypatch, {2})
@@ -260,7 +263,7 @@ def test_ctrl_c_on_the_train_command_exits_130_and_the_rerun_resumes(tmp_path, c
                                                                      monkeypatch, capsys,
                                                                      caplog):
     """A real SIGINT delivered to ``eusvoicelabel train`` (its main(), in this process)."""
-    from EUSVoiceLabelLib.training import _read_state
+    from EUSVoiceLabelLib.train.loop import _read_state
 
     out = tmp_path / "model.pt"
     state = tmp_path / "model.pt.resume.pt"
@@ -282,7 +285,7 @@ def test_ctrl_c_on_the_train_command_exits_130_and_the_rerun_resumes(tmp_path, c
 
 
 def _nan_loss_at(monkeypatch, call: int) -> None:
-    from EUSVoiceLabelLib import training
+    from EUSVoiceLabelLib.train import loop as training
 
     real = training.weighted_loss
     count = {"n": 0}
@@ -297,7 +300,7 @@ def _nan_loss_at(monkeypatch, call: int) -> None:
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path,
                                                                            monkeypatch):
-    from EUSVoiceLabelLib.training import _read_state, train_model
+    from EUSVoiceLabelLib.train.loop import _read_state, train_model
 
     data, state = Windows(), tmp_path / "run.resume.pt"
     _nan_loss_at(monkeypatch, 6)  # epoch 3, after the state of epoch 2 was written
@@ -312,7 +315,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_p
 
 
 def test_nan_in_the_inputs_stops_training(tmp_path):
-    from EUSVoiceLabelLib.training import train_model
+    from EUSVoiceLabelLib.train.loop import train_model
 
     data = Windows()
     data.voices[3, 10, 10] = np.nan
@@ -321,7 +324,7 @@ def test_nan_in_the_inputs_stops_training(tmp_path):
 
 
 def _failing_torch_save(monkeypatch, when=lambda path: True, error=None):
-    from EUSVoiceLabelLib import training
+    from EUSVoiceLabelLib.train import loop as training
 
     real = torch.save
 
@@ -336,7 +339,7 @@ def _failing_torch_save(monkeypatch, when=lambda path: True, error=None):
 
 
 def test_failing_resume_write_is_reported_and_training_goes_on(tmp_path, monkeypatch, caplog):
-    from EUSVoiceLabelLib.training import _read_state, train_model
+    from EUSVoiceLabelLib.train.loop import _read_state, train_model
 
     data, state = Windows(), tmp_path / "run.resume.pt"
     calls = {"n": 0}
@@ -363,7 +366,7 @@ def test_failing_resume_write_is_reported_and_training_goes_on(tmp_path, monkeyp
 
 
 def test_failing_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from EUSVoiceLabelLib.training import load_checkpoint
+    from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
 
     path = tiny_checkpoint(tmp_path / "model.pt")
     before = path.read_bytes()
@@ -383,7 +386,7 @@ def test_train_command_with_a_failing_disk_loses_no_training(tmp_path, cohort, m
                                                              capsys):
     """The final checkpoint write fails: the weights stay in the resume file and the same
     command again writes the model without training again."""
-    from EUSVoiceLabelLib import training
+    from EUSVoiceLabelLib.train import loop as training
 
     out = tmp_path / "model.pt"
     args = ["train", str(cohort), "--out", str(out), "--epochs", "2", "--frames", "3",
@@ -422,7 +425,7 @@ tiny_checkpoint(__import__("pathlib").Path(sys.argv[1]), variant="image_only")
 
 def test_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
     from EUSVoiceLabelLib.core.outputlock import output_lock
-    from EUSVoiceLabelLib.training import load_checkpoint
+    from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
 
     path = tiny_checkpoint(tmp_path / "model.pt")
     before = path.read_bytes()
@@ -495,7 +498,7 @@ def test_same_command_and_seed_give_identical_outputs_and_inputs_are_untouched(t
     """evaluate twice -> byte-identical metrics.json; train twice and label with each model ->
     identical weights and byte-identical labels.csv.  Meanwhile no input is opened for writing
     and the input tree (names, bytes, modification times) stays the same."""
-    from EUSVoiceLabelLib.training import load_checkpoint
+    from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
 
     writes: list[str] = []
     watched = {"root": str(cohort)}

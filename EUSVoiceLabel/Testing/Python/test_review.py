@@ -314,8 +314,9 @@ def tiny_run(tmp_path_factory):
     from EUSVoiceLabelLib.data.dataset import build_window_set
     from EUSVoiceLabelLib.labelling import LabelModel, label_procedure
     from EUSVoiceLabelLib.slicer_support import write_tiny_procedure
-    from EUSVoiceLabelLib.training import (TrainConfig, preprocessing_settings, save_checkpoint,
-                                           train_model)
+    from EUSVoiceLabelLib.train.config import TrainConfig
+    from EUSVoiceLabelLib.train.checkpoints import preprocessing_settings, save_checkpoint
+    from EUSVoiceLabelLib.train.loop import train_model
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("tiny")

@@ -11,9 +11,10 @@ import torch
 
 from EUSVoiceLabelLib.core.errors import CheckpointError, ConfigError
 from EUSVoiceLabelLib.nn.network import VARIANTS
-from EUSVoiceLabelLib.training import (PAPER_SETTINGS, TrainConfig, class_weights_from_labels,
-                                       load_checkpoint, predict_proba, save_checkpoint, train_model,
-                                       weighted_loss)
+from EUSVoiceLabelLib.train.config import PAPER_SETTINGS, TrainConfig
+from EUSVoiceLabelLib.train.loop import (class_weights_from_labels, predict_proba, train_model,
+                                         weighted_loss)
+from EUSVoiceLabelLib.train.checkpoints import load_checkpoint, save_checkpoint
 from EUSVoiceLabelLib.nn.devices import select_device
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
@@ -104,7 +105,7 @@ def _weights_files(tmp_path):
     """Random-init backbones (nothing downloads) and a random keyword net, saved to files."""
     import torchvision
 
-    from EUSVoiceLabelLib.voice_pretrain import COMMAND_WORDS
+    from EUSVoiceLabelLib.train.voice_pretrain import COMMAND_WORDS
     from EUSVoiceLabelLib.nn.keyword import KeywordNet, save_keyword_checkpoint
 
     torch.manual_seed(0)
@@ -221,8 +222,8 @@ def test_checkpoint_round_trip_and_refusals(tmp_path, monkeypatch):
         load_checkpoint(path, labelset=other)
     with pytest.raises(CheckpointError, match="variant 'proposed', not 'image_only'"):
         load_checkpoint(path, variant="image_only")
-    import EUSVoiceLabelLib
-    monkeypatch.setattr(EUSVoiceLabelLib, "__version__", "9.9.0")
+    from EUSVoiceLabelLib.train import checkpoints
+    monkeypatch.setattr(checkpoints, "__version__", "9.9.0")  # the version load_checkpoint reads
     with pytest.raises(CheckpointError, match="written by eusvoicelabel"):
         load_checkpoint(path)
     monkeypatch.undo()
@@ -247,7 +248,7 @@ def test_pretrain_voice_makes_a_usable_keyword_network(tmp_path):
     from EUSVoiceLabelLib import build_model
     from EUSVoiceLabelLib.data.audio import SpectrogramSettings
     from EUSVoiceLabelLib.nn.keyword import load_keyword_model
-    from EUSVoiceLabelLib.voice_pretrain import pretrain_keyword_model
+    from EUSVoiceLabelLib.train.voice_pretrain import pretrain_keyword_model
 
     out = tmp_path / "keyword.pt"
     words = ["yes", "no", "left", "right"]

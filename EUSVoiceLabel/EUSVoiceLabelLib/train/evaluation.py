@@ -1,24 +1,10 @@
-"""Leave-one-patient-out (LOPO) evaluation, the paper's metrics and the Table III comparison.
+"""Leave-one-patient-out (LOPO) evaluation of a cohort and the Table III comparison.
 
-For each patient a model is trained on every *other* patient (asserted) and predicts the held
-out patient's windows; the held-out predictions of all folds are pooled into one vector and
-scored (SPEC §1):
-
-- accuracy, and precision, recall and F1 macro-averaged over classes (per-class values
-  averaged with equal weight).  As in scikit-learn's ``average="macro"``, the classes averaged
-  are those occurring among the true or predicted labels, and a class never predicted has
-  precision 0 (``zero_division=0``).  F1 is the mean of per-class F1, not the F1 of the means.
-- the confusion matrix over all labels of the vocabulary, rows = true label, each row
-  normalised to sum to 1 (a label with no sample has a row of zeros).
-- bootstrap: 100 random subsets of ``subset_size`` patients drawn without replacement, the
-  accuracy of each subset's pooled predictions, their mean and standard deviation (ddof 0).
-  ``subset_size`` is the paper's 10 when there are 11 or more patients, else n_patients - 1
-  (at least 1), so small cohorts still vary between subsets.
-- per_patient: the accuracy on each held-out patient.
-
-:func:`run_fold` is a pure function (windows + fold + config in, predictions out) so folds can
-be run in parallel processes; :func:`evaluate_cohort` runs them in turn, caching each finished
-fold under ``OUT/folds/`` so an interrupted evaluation resumes where it stopped.
+:func:`evaluate_cohort` trains one model per held-out patient (:mod:`.folds`; in parallel
+processes with :mod:`.parallel`), pools the held-out predictions of all folds into one vector
+and scores them with the paper's metrics (:mod:`.metrics`); it caches each finished fold under
+``OUT/folds/`` so an interrupted evaluation resumes where it stopped.  :func:`evaluate_all` runs
+every variant of the paper's Table III and writes ours beside the paper's numbers.
 """
 
 from __future__ import annotations
@@ -29,24 +15,29 @@ import json
 import logging
 import re
 import time
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import matplotlib
 import numpy as np
+import torch
+from matplotlib.figure import Figure
+from tqdm import tqdm
 
-from .core.errors import ConfigError
-from .core.fileio import atomic_path, atomic_write_text, file_sha256
-from .training import TrainConfig, predict_proba, preprocessing_settings, train_model
+from .. import __version__
+from ..core.fileio import atomic_path, atomic_write_text, file_sha256
+from ..nn.devices import select_device
+from ..nn.network import NEEDS_WEIGHTS
+from .checkpoints import preprocessing_settings
+from .config import TrainConfig
+from .folds import Fold, FoldResult, lopo_folds, run_fold
+from .loop import data_signature, to_device_data
+from .metrics import classification_metrics, compute_metrics
+from .parallel import run_folds
+from .voice_pretrain import pretrain_keyword_model
 
 log = logging.getLogger(__name__)
 
-N_BOOTSTRAP = 100
-PAPER_SUBSET_SIZE = 10
-
-METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "labels", "confusion_matrix",
-               "n_samples", "n_patients", "bootstrap", "per_patient", "variant", "config")
 
 #: Table III of the paper: variant -> (row title, accuracy, precision, recall, F1), in its order.
 PAPER_TABLE_III: dict[str, tuple[str, float, float, float, float]] = {
@@ -63,161 +54,6 @@ PAPER_TABLE_III: dict[str, tuple[str, float, float, float, float]] = {
     "reduced_input": ("Reduced input: 3 random frames of 25", 0.66, 0.63, 0.63, 0.62),
 }
 PAPER_BOOTSTRAP_PROPOSED = (0.76, 0.04)
-
-
-# --------------------------------------------------------------------------- folds
-@dataclass(frozen=True)
-class Fold:
-    """One LOPO fold: the held-out patient and window indices."""
-
-    patient: str
-    train_idx: np.ndarray
-    test_idx: np.ndarray
-
-
-def lopo_folds(patients: Sequence[str]) -> list[Fold]:
-    """One fold per patient (sorted by name); a patient is never in its own training set."""
-    patients = list(patients)
-    ids = sorted(set(patients))
-    if len(ids) < 2:
-        raise ConfigError(f"leave-one-patient-out needs at least 2 patients, got {len(ids)}",
-                          hint="add patients to the cohort")
-    arr = np.asarray(patients, dtype=object)
-    folds = []
-    for pid in ids:
-        test = np.nonzero(arr == pid)[0]
-        train = np.nonzero(arr != pid)[0]
-        _assert_no_leak(pid, train, test, patients)
-        folds.append(Fold(pid, train, test))
-    return folds
-
-
-def _assert_no_leak(pid: str, train: np.ndarray, test: np.ndarray,
-                    patients: Sequence[str]) -> None:
-    train_patients = {patients[i] for i in train}
-    assert pid not in train_patients, f"patient {pid} leaked into its own training fold"
-    assert all(patients[i] == pid for i in test), f"fold {pid} tests other patients' windows"
-    assert not set(train.tolist()) & set(test.tolist()), f"fold {pid}: train/test overlap"
-
-
-@dataclass
-class FoldResult:
-    """Held-out predictions of one fold."""
-
-    patient: str
-    indices: np.ndarray          # window indices in the window set
-    probs: np.ndarray            # (n, K) float32
-    train_info: dict[str, Any] = field(default_factory=dict)
-
-
-def fold_seed(seed: int, patient: str) -> int:
-    """Per-fold seed: depends only on the run's seed and the held-out patient's name."""
-    return (int(seed) * 1_000_003 + zlib.crc32(patient.encode("utf-8"))) % (2 ** 31)
-
-
-def run_fold(ws: Any, fold: Fold, cfg: TrainConfig, device: str = "auto",
-             progress: bool = True, state_path: Optional[Path] = None,
-             position: int = 0) -> FoldResult:
-    """Train on ``fold.train_idx`` and predict ``fold.test_idx`` (pure: no other output).
-
-    ``ws`` is a WindowSet (or anything with images/voices/labels/patients/labelset).
-    """
-    _assert_no_leak(fold.patient, fold.train_idx, fold.test_idx, ws.patients)
-    k = len(ws.labelset)
-    fcfg = cfg.with_(seed=fold_seed(cfg.seed, fold.patient))
-    result = train_model(ws, fcfg, k, indices=fold.train_idx, device=device, progress=progress,
-                         state_path=state_path, desc=f"fold {fold.patient}", position=position)
-    probs = predict_proba(result.model, ws, fold.test_idx, device=device)
-    last = result.history[-1] if result.history else {}
-    info = {"seed": fcfg.seed, "epochs": fcfg.epochs, "final_loss": last.get("loss"),
-            "final_train_accuracy": last.get("train_accuracy"),
-            "wall_time_s": round(result.wall_time_s, 2), "device": result.device,
-            "class_weights": result.class_weights, "n_train": int(len(fold.train_idx))}
-    return FoldResult(fold.patient, np.asarray(fold.test_idx), probs, info)
-
-
-# --------------------------------------------------------------------------- metrics
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
-                           num_classes: int) -> dict[str, Any]:
-    """Accuracy, macro precision / recall / F1 (scikit-learn semantics, see module doc) and
-    the row-normalised K x K confusion matrix."""
-    yt = np.asarray(y_true, dtype=np.int64)
-    yp = np.asarray(y_pred, dtype=np.int64)
-    if yt.shape != yp.shape:
-        raise ValueError("y_true and y_pred differ in length")
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (yt, yp), 1)
-    present = sorted(set(yt.tolist()) | set(yp.tolist()))
-    tp = np.diag(cm).astype(float)
-    pred_tot = cm.sum(axis=0).astype(float)
-    true_tot = cm.sum(axis=1).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        prec = np.where(pred_tot > 0, tp / pred_tot, 0.0)
-        rec = np.where(true_tot > 0, tp / true_tot, 0.0)
-        denom = pred_tot + true_tot
-        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
-        norm = np.where(true_tot[:, None] > 0, cm / true_tot[:, None], 0.0)
-    sel = np.asarray(present, dtype=np.int64)
-    n = len(yt)
-    return {
-        "accuracy": float(tp.sum() / n) if n else 0.0,
-        "precision": float(prec[sel].mean()) if n else 0.0,
-        "recall": float(rec[sel].mean()) if n else 0.0,
-        "f1": float(f1[sel].mean()) if n else 0.0,
-        "confusion_matrix": norm.tolist(),
-        "confusion_counts": cm.tolist(),
-    }
-
-
-def bootstrap_accuracy(y_true: Sequence[int], y_pred: Sequence[int], patients: Sequence[str],
-                       n_subsets: int = N_BOOTSTRAP, subset_size: Optional[int] = None,
-                       seed: int = 0) -> dict[str, Any]:
-    """Accuracy over random subsets of patients (pooled), mean and std (see module doc)."""
-    yt = np.asarray(y_true)
-    yp = np.asarray(y_pred)
-    pats = np.asarray(list(patients), dtype=object)
-    ids = sorted(set(pats.tolist()))
-    if subset_size is None:
-        subset_size = default_subset_size(len(ids))
-    if not 1 <= subset_size <= len(ids):
-        raise ConfigError(f"bootstrap subset size {subset_size} must be 1..{len(ids)}")
-    rng = np.random.default_rng(seed)
-    correct = yt == yp
-    accs = []
-    for _ in range(n_subsets):
-        chosen = [ids[i] for i in rng.choice(len(ids), size=subset_size, replace=False)]
-        mask = np.isin(pats, np.asarray(chosen, dtype=object))
-        accs.append(float(correct[mask].mean()) if mask.any() else 0.0)
-    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "n_subsets": n_subsets,
-            "subset_size": int(subset_size)}
-
-
-def default_subset_size(n_patients: int) -> int:
-    """10 of 12 in the paper; n - 1 for smaller cohorts (at least 1)."""
-    return max(1, min(PAPER_SUBSET_SIZE, n_patients - 1))
-
-
-def compute_metrics(y_true: Sequence[int], probs: np.ndarray, patients: Sequence[str],
-                    label_ids: Sequence[str], variant: str, config: Mapping[str, Any],
-                    seed: int = 0) -> dict[str, Any]:
-    """The metrics.json dictionary (exactly :data:`METRIC_KEYS`) from pooled predictions."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(probs).argmax(axis=1) if len(y_true) else np.zeros(0, np.int64)
-    m = classification_metrics(y_true, y_pred, len(label_ids))
-    pats = list(patients)
-    per_patient = {}
-    for pid in sorted(set(pats)):
-        mask = np.array([p == pid for p in pats])
-        per_patient[pid] = float((y_true[mask] == y_pred[mask]).mean())
-    out = {
-        "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"],
-        "f1": m["f1"], "labels": list(label_ids), "confusion_matrix": m["confusion_matrix"],
-        "n_samples": int(len(y_true)), "n_patients": len(per_patient),
-        "bootstrap": bootstrap_accuracy(y_true, y_pred, pats, seed=seed),
-        "per_patient": per_patient, "variant": variant, "config": dict(config),
-    }
-    assert tuple(out) == METRIC_KEYS
-    return out
 
 
 # --------------------------------------------------------------------------- outputs
@@ -241,9 +77,7 @@ def plot_confusion_matrix(path: Path, matrix: Sequence[Sequence[float]],
                           names: Sequence[str], title: str,
                           counts: Optional[Sequence[Sequence[int]]] = None) -> None:
     """Row-normalised confusion matrix as a labelled PNG (matplotlib, Agg backend)."""
-    import matplotlib
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
 
     cm = np.asarray(matrix, dtype=float)
     k = len(names)
@@ -283,19 +117,12 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
     saved epoch.  ``workers`` > 1 runs the folds in that many processes (one per GPU when
     there are several; see :mod:`.parallel`), with the same pooled predictions.
     """
-    import torch
-    from tqdm import tqdm
-
-    from . import __version__
-    from .training import _data_signature, to_device_data
-    from .nn.devices import select_device
-
     t0 = time.time()
     out_dir = Path(out_dir)
     folds = lopo_folds(ws.patients)
     fold_dir = out_dir / "folds"
     fold_dir.mkdir(parents=True, exist_ok=True)
-    data_sig = _data_signature(to_device_data(ws, None, torch.device("cpu")))
+    data_sig = data_signature(to_device_data(ws, None, torch.device("cpu")))
     key = {"config": cfg.signature(), "data": data_sig, "labels": list(ws.labelset.ids),
            # a replaced weights file must not be served with folds trained on the old one
            "weights": file_sha256(cfg.weights) if cfg.weights and Path(cfg.weights).is_file()
@@ -303,8 +130,6 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
     results: list[FoldResult] = []
     ready: dict[str, FoldResult] = {}
     if workers > 1:
-        from .parallel import run_folds
-
         todo = [f for f in folds
                 if not (resume and _read_fold(fold_dir / f"{_safe_name(f.patient)}.json",
                                               key, f))]
@@ -436,8 +261,6 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
             (``OUT/voice_keyword.pt``) when ``pretrain_voice``.
         variants: subset to run (default: all of Table III).
     """
-    from .nn.network import NEEDS_WEIGHTS
-
     out_dir = Path(out_dir)
     weights = dict(weights or {})
     variants = list(variants or PAPER_TABLE_III)
@@ -449,8 +272,6 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
         if kind == "voice" and wpath is None and pretrain_voice:
             wpath = out_dir / "voice_keyword.pt"
             if not wpath.is_file():
-                from .voice_pretrain import pretrain_keyword_model
-
                 log.info("pretraining the keyword network for voice_pretrained -> %s", wpath)
                 pretrain_keyword_model(wpath, seed=int(settings.get("seed", 0)), device=device,
                                        settings=ws.settings.spectrogram, progress=progress)
@@ -473,7 +294,5 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
     return {"results": results, "notes": notes, "table": table}
 
 
-__all__ = ["evaluate_all", "Fold", "FoldResult", "lopo_folds", "run_fold", "fold_seed",
-           "classification_metrics", "bootstrap_accuracy", "default_subset_size",
-           "compute_metrics", "evaluate_cohort", "write_predictions_csv",
-           "plot_confusion_matrix", "table_iii_markdown", "PAPER_TABLE_III", "METRIC_KEYS"]
+__all__ = ["evaluate_all", "evaluate_cohort", "write_predictions_csv", "plot_confusion_matrix",
+           "table_iii_markdown", "PAPER_TABLE_III"]

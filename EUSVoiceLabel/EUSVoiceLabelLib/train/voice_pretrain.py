@@ -18,9 +18,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
-from .core.errors import ConfigError
-from .nn.keyword import KeywordFeatures, KeywordNet, save_keyword_checkpoint
+from ..core.errors import ConfigError
+from ..data.audio import SAMPLE_RATE, SpectrogramSettings, spectrogram_batch
+from ..nn.devices import seed_everything, select_device
+from ..nn.keyword import KeywordFeatures, KeywordNet, save_keyword_checkpoint
+from ..synth import speech
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +50,6 @@ def make_word_clips(words: Sequence[str] = COMMAND_WORDS, speakers: Optional[Seq
     Returns:
         inputs (N, 1, 32, 32) float32, word index (N,) int64, speaker index (N,) int64.
     """
-    from tqdm import tqdm
-
-    from .data.audio import SAMPLE_RATE, SpectrogramSettings, spectrogram_batch
-    from .synth import speech
-
     settings = settings or SpectrogramSettings()
     all_speakers = speech.list_speakers()
     chosen = [speech.get_speaker(s) for s in speakers] if speakers else all_speakers
@@ -103,11 +102,6 @@ def pretrain_keyword_model(out: Path, words: Sequence[str] = COMMAND_WORDS,
     Returns:
         The checkpoint's ``info`` dict (accuracies, sizes, wall time, settings).
     """
-    from tqdm import tqdm
-
-    from .data.audio import SpectrogramSettings
-    from .nn.devices import select_device, seed_everything
-
     t0 = time.time()
     settings = settings or SpectrogramSettings()
     dev = select_device(device)
@@ -152,7 +146,6 @@ def pretrain_keyword_model(out: Path, words: Sequence[str] = COMMAND_WORDS,
             pred = model.forward_small(xt[idx]).argmax(1)
         return float((pred == yt[idx]).float().mean())
 
-    from .synth import speech
     names = [s.name for s in ([speech.get_speaker(s) for s in speakers] if speakers
                               else speech.list_speakers())]
     info = {"train_accuracy": accuracy(tr), "heldout_speaker_accuracy": accuracy(val),

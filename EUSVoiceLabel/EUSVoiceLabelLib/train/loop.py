@@ -1,132 +1,55 @@
-"""Training the network: device choice, seeding, weighted loss, Adam, resumable loop, checkpoints.
+"""Training the network: weighted loss, Adam, the resumable training loop, inference.
 
 The paper's recipe (SPEC §1): class-weighted categorical cross-entropy with weights
 max_count / count over the training data (loss normalised by the batch size, as in its
 equation 2), Adam, batch 8, epochs and learning rate per variant from Table II
-(:data:`PAPER_SETTINGS`).  Everything can be overridden.
+(:data:`.config.PAPER_SETTINGS`).  Everything can be overridden.
 
 Design choices:
 
 - The whole training fold (at most a few hundred windows) is put on the device once; batches are
   cut from it by index.  Frames stay uint8 on the device and are scaled to [0, 1] per batch.
 - CUDA: bf16 autocast and channels-last tensors.  CPU: float32, deterministic algorithms, so a
-  seed makes runs repeatable.  ``auto`` picks CUDA, then MPS (Apple), then CPU.
+  seed makes runs repeatable.  ``auto`` picks CUDA, then MPS (Apple), then CPU
+  (:mod:`..nn.devices`).
 - Shuffling, random pairs and random frame choice draw from one ``torch.Generator`` whose state
   is saved with the model, the optimiser and the epoch in a resume file, so an interrupted run
   that resumes ends with exactly the weights of an uninterrupted one (on CPU).
-- Checkpoints are plain dicts of tensors and JSON-able values, read with
-  ``torch.load(weights_only=True)`` (no code is unpickled), and written atomically.
+- Resume files, like checkpoints (:mod:`.checkpoints`), are plain dicts of tensors and JSON-able
+  values, read with ``torch.load(weights_only=True)`` (no code is unpickled), and written
+  atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
-from .core.errors import CheckpointError, ConfigError, OutputError, TrainingError
-from .nn.devices import select_device, seed_everything
-from .nn.network import VARIANTS, build_model, check_image_size
-from .nn.torchfile import DIGEST_KEY, torch_save_atomic
+from ..core.errors import ConfigError, OutputError, TrainingError
+from ..nn.devices import seed_everything, select_device
+from ..nn.network import build_model
+from ..nn.torchfile import torch_save_atomic
+from .config import REDUCED_FRAMES, TrainConfig
+from .distributed import init_from_env
 
 log = logging.getLogger(__name__)
 
-#: Paper defaults per variant: (epochs, learning rate).  Table II for the ablations, the
-#: proposed model's 200 / 1e-3 for the rest (random pairs and reduced input keep the proposed
-#: model's settings); pretrained image branches 200 / 1e-5 with or without the voice branch.
-PAPER_SETTINGS: dict[str, tuple[int, float]] = {
-    "proposed": (200, 1e-3),
-    "random_pairs": (200, 1e-3),
-    "reduced_input": (200, 1e-3),
-    "image_only": (80, 1e-5),
-    "voice_only": (200, 1e-6),
-    "voice_pretrained": (1000, 1e-3),
-    "vgg16_pretrained": (200, 1e-5),
-    "resnet50_pretrained": (200, 1e-5),
-    "image_only_vgg16": (200, 1e-5),
-    "image_only_resnet50": (200, 1e-5),
-}
-PAPER_BATCH_SIZE = 8
-REDUCED_FRAMES = 3
 
-CHECKPOINT_FORMAT = "eusvoicelabel-model"
 STATE_FORMAT = "eusvoicelabel-train-state"
-FORMAT_VERSION = 1
-
-
-# --------------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run (stored in checkpoints and metrics.json).
-
-    ``epochs`` / ``lr`` left as None take the paper's value for the variant.
-    """
-
-    variant: str = "proposed"
-    epochs: Optional[int] = None
-    lr: Optional[float] = None
-    batch_size: int = PAPER_BATCH_SIZE
-    image_size: tuple[int, int] = (350, 690)
-    frames: int = 25
-    width: float = 1.0
-    joint_scale: str = "sum"
-    weights: Optional[str] = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"unknown variant {self.variant!r}",
-                              hint="choose one of " + ", ".join(VARIANTS))
-        epochs, lr = PAPER_SETTINGS[self.variant]
-        object.__setattr__(self, "epochs", int(epochs if self.epochs is None else self.epochs))
-        object.__setattr__(self, "lr", float(lr if self.lr is None else self.lr))
-        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
-        if self.epochs < 0:
-            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
-        if not (self.lr > 0):
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.frames < 1:
-            raise ConfigError(f"frames must be >= 1, got {self.frames}")
-        if self.variant == "reduced_input" and self.frames < REDUCED_FRAMES:
-            raise ConfigError(f"reduced_input picks {REDUCED_FRAMES} of the frames; "
-                              f"--frames {self.frames} is too few")
-        if self.weights is not None:
-            object.__setattr__(self, "weights", os.fspath(self.weights))
-        check_image_size(self.image_size)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_size"] = list(self.image_size)
-        return d
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def with_(self, **changes: Any) -> "TrainConfig":
-        return replace(self, **changes)
-
-    def signature(self) -> str:
-        """Hash of what changes the trained weights (not the weights file's location)."""
-        d = self.to_json()
-        d.pop("weights", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+STATE_FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------- mixed precision
@@ -270,7 +193,7 @@ def _deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def _data_signature(d: DeviceData) -> str:
+def data_signature(d: DeviceData) -> str:
     h = hashlib.sha256()
     h.update(str(tuple(d.images.shape)).encode())
     h.update(d.labels.cpu().numpy().tobytes())
@@ -312,10 +235,6 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
             position is kept; nothing is saved from the diverged run).
         TrainingInterrupted: Ctrl-C (a KeyboardInterrupt).
     """
-    from tqdm import tqdm
-
-    from .distributed import init_from_env
-
     t0 = time.time()
     dev = select_device(device)
     # Under torchrun (WORLD_SIZE > 1): data-parallel over the processes (distributed.py).
@@ -344,7 +263,7 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
     start = 0
     skip_batches = 0  # batches of the first epoch already done (a mid-epoch resume)
     partial = {"loss": 0.0, "correct": 0, "seen": 0}
-    signature = {"config": cfg.signature(), "data": _data_signature(d),
+    signature = {"config": cfg.signature(), "data": data_signature(d),
                  "num_classes": num_classes}
     if state_path is not None and Path(state_path).is_file():
         state = _read_state(Path(state_path))
@@ -539,7 +458,7 @@ def _write_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                  partial: Optional[dict] = None) -> None:
     """Write the resume file atomically (epoch = completed epochs; ``batch`` > 0 marks a
     position inside the next epoch, replayed from ``epoch_generator``)."""
-    state = {"format": STATE_FORMAT, "format_version": FORMAT_VERSION, "epoch": epoch,
+    state = {"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, "epoch": epoch,
              "batch": batch, "epoch_generator": epoch_generator, "partial": partial,
              "signature": signature, "history": history,
              "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -567,7 +486,7 @@ def _read_state(path: Path) -> Optional[dict]:
                     exc.__class__.__name__)
         return None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or \
-            state.get("format_version") != FORMAT_VERSION:
+            state.get("format_version") != STATE_FORMAT_VERSION:
         log.warning("%s: not a resume file of this version; starting over", path)
         return None
     return state
@@ -601,125 +520,7 @@ def predict_proba(model: torch.nn.Module, data: Any, indices: Optional[Sequence[
 
 
 # --------------------------------------------------------------------------- checkpoints
-def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
-    """The input settings a model depends on: image size, frames, spectrogram scaling.
-
-    Taken from the window set's ``settings`` (dataset.WindowSettings) when it has one.
-    """
-    settings = getattr(data, "settings", None)
-    out: dict[str, Any] = dict(settings.to_json()) if hasattr(settings, "to_json") else {}
-    if "spectrogram" not in out:
-        from .data.audio import SpectrogramSettings
-        out["spectrogram"] = SpectrogramSettings().to_json()
-    out["image_size"] = list(cfg.image_size)
-    out["frames"] = cfg.frames
-    out["voice_shape"] = [int(v) for v in np.asarray(data.voices).shape[1:]]
-    return out
 
 
-def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
-                    preprocessing: dict[str, Any], extra: Optional[dict[str, Any]] = None
-                    ) -> None:
-    """Write a model checkpoint atomically: weights, config, label set, preprocessing, version."""
-    from . import __version__
-
-    data = {
-        "format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION,
-        "package_version": __version__,
-        "variant": result.config.variant,
-        "num_classes": len(labelset),
-        "config": result.config.to_json(),
-        "labelset": labelset.to_json(),
-        "preprocessing": preprocessing,
-        "class_weights": list(result.class_weights),
-        "history": result.history,
-        "extra": extra or {},
-        "model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-    }
-    json.dumps({k: v for k, v in data.items() if k != "model"})  # fail early if not JSON-able
-    data[DIGEST_KEY] = checkpoint_digest(data)
-    torch_save_atomic(path, data)
-
-
-def checkpoint_digest(data: dict[str, Any]) -> str:
-    """SHA-256 of a model checkpoint's metadata and weights (see :func:`.nn.torchfile.weights_digest`)."""
-    from .nn.torchfile import weights_digest
-
-    return weights_digest(data, "model")
-
-
-@dataclass
-class LoadedModel:
-    """A model read back by :func:`load_checkpoint`."""
-
-    model: torch.nn.Module
-    config: TrainConfig
-    labelset: Any
-    preprocessing: dict[str, Any]
-    package_version: str
-    meta: dict[str, Any]
-
-
-def _major_minor(version: str) -> tuple[str, ...]:
-    return tuple(str(version).split(".")[:2])
-
-
-def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Optional[str] = None,
-                    device: str | torch.device = "cpu") -> LoadedModel:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
-
-    Raises CheckpointError when the file is unreadable or not a model checkpoint, when it was
-    written by a package version with another major.minor (or another checkpoint format),
-    when ``labelset`` is given and its label ids differ, or when ``variant`` is given and
-    differs.  The message says which.
-    """
-    from . import __version__
-    from .data.vocabulary import LabelSet
-
-    from .nn.torchfile import check_weights_digest, load_untrusted_torch
-
-    path = Path(path)
-    data = load_untrusted_torch(
-        path, ("model checkpoint not found",
-               "train one with 'eusvoicelabel train COHORT --out MODEL'"),
-        ("cannot read the checkpoint ({error})",
-         "it must be a file written by 'eusvoicelabel train'"))
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError("not an EUSVoiceLabel model checkpoint", path,
-                              "use a file written by 'eusvoicelabel train'")
-    check_weights_digest(data, "model", path, "use an undamaged copy or train the model again")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint format {data.get('format_version')} is not "
-                              f"supported by this version (expects {FORMAT_VERSION})", path,
-                              "retrain the model with this version")
-    version = str(data.get("package_version", "?"))
-    if _major_minor(version) != _major_minor(__version__):
-        raise CheckpointError(f"checkpoint was written by eusvoicelabel {version}, this is "
-                              f"{__version__}", path, "retrain the model with this version")
-    try:
-        stored = LabelSet.from_json(data["labelset"], str(path))
-        cfg = TrainConfig.from_json(data["config"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint metadata is incomplete ({exc})", path) from None
-    if labelset is not None and list(labelset.ids) != list(stored.ids):
-        raise CheckpointError(
-            f"checkpoint was trained on labels {stored.ids}, not {list(labelset.ids)}", path,
-            "use a model trained with this label vocabulary or drop --labels")
-    if variant is not None and variant != cfg.variant:
-        raise CheckpointError(f"checkpoint holds variant {cfg.variant!r}, not {variant!r}", path)
-    model = build_model(cfg.variant, len(stored), cfg.frames, weights=cfg.weights,
-                        width=cfg.width, joint_scale=cfg.joint_scale, load_pretrained=False)
-    try:
-        model.load_state_dict(data["model"])
-    except (RuntimeError, KeyError) as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"weights do not fit the {cfg.variant} network ({first})",
-                              path) from None
-    model.to(select_device(device)).eval()
-    meta = {k: v for k, v in data.items() if k not in ("model", DIGEST_KEY)}
-    return LoadedModel(model, cfg, stored, dict(data.get("preprocessing", {})), version, meta)
-
-
-__all__ = ["TrainConfig", "PAPER_SETTINGS", "select_device", "seed_everything", "train_model",
-           "TrainResult", "predict_proba", "save_checkpoint", "load_checkpoint", "LoadedModel",
-           "class_weights_from_labels", "weighted_loss", "preprocessing_settings"]
+__all__ = ["train_model", "TrainResult", "TrainingInterrupted", "predict_proba",
+           "class_weights_from_labels", "weighted_loss", "to_device_data", "DeviceData"]

@@ -15,6 +15,7 @@ agree to ~1e-6.  On GPUs cuDNN autotuning makes any two runs differ slightly.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import tempfile
 import types
@@ -23,6 +24,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..nn.devices import select_device
+from .folds import run_fold
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +41,6 @@ def worker_plan(device: str, workers: Optional[int]) -> tuple[list[str], int]:
     CUDA with several GPUs: one worker per GPU (``workers`` caps it).  Otherwise ``workers``
     processes on the one device, each with ``cores // workers`` torch threads (at least 1).
     """
-    import torch
-
-    from .nn.devices import select_device
-
     dev = select_device(device)
     cores = _cores()
     if dev.type == "cuda":
@@ -70,8 +72,6 @@ def _share(ws: Any, folder: Path) -> dict[str, Any]:
 
 
 def _init_worker(meta: dict[str, Any], devices: Any, threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
     folder = Path(meta["folder"])
     _WORKER["device"] = devices.get()
@@ -85,8 +85,6 @@ def _init_worker(meta: dict[str, Any], devices: Any, threads: int) -> None:
 
 
 def _fold_task(fold: Any, cfg: Any, state_path: Optional[str]) -> Any:
-    from .evaluation import run_fold
-
     res = run_fold(_WORKER["ws"], fold, cfg, device=_WORKER["device"], progress=False,
                    state_path=Path(state_path) if state_path else None)
     res.train_info["worker_device"] = _WORKER["device"]
@@ -113,10 +111,6 @@ def run_folds(ws: Any, folds: Sequence[Any], cfg: Any, device: str = "auto",
     Returns:
         The FoldResults in the order of ``folds``.
     """
-    import multiprocessing as mp
-
-    from tqdm import tqdm
-
     if not folds:
         return []
     devices, threads = worker_plan(device, workers)

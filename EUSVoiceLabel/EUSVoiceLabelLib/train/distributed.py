@@ -30,6 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,6 @@ class DistContext:
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` as a DDP module (SyncBatchNorm on GPUs)."""
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         if self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             return DDP(model, device_ids=[self.device.index], output_device=self.device.index)
@@ -78,8 +80,6 @@ class DistContext:
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sum of ``values`` over all processes."""
-        import torch.distributed as dist
-
         t = torch.tensor(list(values), dtype=torch.float64,
                          device=self.device if self.backend == "nccl" else "cpu")
         dist.all_reduce(t)
@@ -92,8 +92,6 @@ class DistContext:
         return self.sum([1.0 if flag else 0.0])[0] > 0
 
     def barrier(self) -> None:
-        import torch.distributed as dist
-
         if self.backend == "nccl":
             dist.barrier(device_ids=[self.device.index])
         else:
@@ -111,9 +109,6 @@ def init_from_env(device: str = "auto") -> Optional[DistContext]:
         return _CONTEXT
     if not launched_by_torchrun():
         return None
-    import torch.distributed as dist
-
-    from .core.errors import ConfigError
 
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
@@ -156,7 +151,6 @@ def current() -> Optional[DistContext]:
 def shutdown() -> None:
     """Leave the process group (end of a torchrun command)."""
     global _CONTEXT
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
