@@ -931,7 +931,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         ``progressCallback(done, total)`` gets seconds of audio; when ``shouldStop()`` returns
         True detection stops, the table is left as it was and None is returned.
         """
-        from EUSVoiceLabelLib.detect import DetectionCancelled, detect_mentions
+        from EUSVoiceLabelLib.speech.detect import DetectionCancelled, detect_mentions
 
         proc = self.procedureForSequence(sequenceNode)
         try:

@@ -501,7 +501,7 @@ def data_cases(workdir: Path, image_size: Sequence[int], seconds: float = 120.0,
     """Windows/s from video (seek + decode + crop + resize + spectrogram) vs from the cache,
     and the keyword spotter's real-time factor."""
     from .data.dataset import WindowSettings, load_windows_cached
-    from .detect import detect_mentions
+    from .speech.detect import detect_mentions
     from .data.procedure import load_procedure
     from .data.vocabulary import LabelSet
 

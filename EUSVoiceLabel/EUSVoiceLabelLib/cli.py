@@ -343,8 +343,9 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 def _run_detect(args: argparse.Namespace) -> int:
     import json
 
-    from .detect import detect_procedure
-    from .detect_eval import calibrate, evaluate_detection
+    from .speech.detect import detect_procedure
+    from .speech.calibrate import calibrate
+    from .speech.evaluate import evaluate_detection
     from .core.errors import ConfigError
     from .core.fileio import atomic_write_text
     from .data.mentions import write_mentions_csv

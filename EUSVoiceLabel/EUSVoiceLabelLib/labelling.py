@@ -400,7 +400,7 @@ def resolve_mentions(proc: Procedure, mentions: Optional[str], labelset: LabelSe
     if mentions is None and proc.mentions:
         return list(proc.mentions)
     if mentions is None or str(mentions) == "auto":
-        from .detect import detect_mentions
+        from .speech.detect import detect_mentions
 
         found = detect_mentions(proc.audio, proc.sample_rate, labelset,
                                 audio_offset_s=proc.audio_offset_s, progress=progress)

@@ -19,14 +19,15 @@ import pytest
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
-from EUSVoiceLabelLib.detect import (DEFAULT_THRESHOLD, SUPPRESSOR_ENV, Hit, build_keyphrases,
-                                     detect_mentions, detect_procedure, get_spotter,
-                                     level_gain, noise_suppressor, select_mentions,
-                                     suppress_noise, webrtc_suppress, word_pronunciations)
+from EUSVoiceLabelLib.speech.spotter import DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter
+from EUSVoiceLabelLib.speech.denoise import (SUPPRESSOR_ENV, level_gain, noise_suppressor,
+                                             suppress_noise, webrtc_suppress)
+from EUSVoiceLabelLib.speech.detect import detect_mentions, detect_procedure, select_mentions
+from EUSVoiceLabelLib.speech.pronunciation import word_pronunciations
 from EUSVoiceLabelLib.core.errors import EUSVoiceLabelError
-from EUSVoiceLabelLib.detect_eval import (PatientCandidates, calibrate_candidates,
-                                          evaluate_detection,
-                                          evaluate_candidates, match, score_detections)
+from EUSVoiceLabelLib.speech.evaluate import (PatientCandidates, evaluate_detection,
+                                              evaluate_candidates, match, score_detections)
+from EUSVoiceLabelLib.speech.calibrate import calibrate_candidates
 from EUSVoiceLabelLib.data.mentions import Mention
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
@@ -263,7 +264,7 @@ def test_calibration_picks_thresholds_that_maximise_f1():
 
 
 def test_dedupe_keeps_the_best_of_overlapping_hits_of_one_phrase():
-    from EUSVoiceLabelLib.detect import _dedupe
+    from EUSVoiceLabelLib.speech.detect import _dedupe
 
     kps = build_keyphrases(LABELS)
     index = {kp.phrase: i for i, kp in enumerate(kps)}
@@ -295,7 +296,7 @@ def test_dedupe_keeps_the_best_of_overlapping_hits_of_one_phrase():
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_progress_callback_and_cancel(speech, workers):
-    from EUSVoiceLabelLib.detect import DetectionCancelled
+    from EUSVoiceLabelLib.speech.detect import DetectionCancelled
 
     audio, _ = speech
     long = np.tile(audio, 7)  # 133 s: three 60 s pieces

@@ -1,30 +1,33 @@
-"""Measuring and calibrating mention detection on a cohort with hand-made mentions.
+"""Measuring mention detection on a cohort with hand-made mentions.
 
 A detection is a hit when its label matches a reference mention's and its onset lies within
 :data:`ONSET_TOLERANCE_S` of it (one-to-one, closest pairs first).  Precision, recall and F1 are
 reported per label and overall (pooled counts), with the onset error of the hits (median and
-90th percentile) and the speed (seconds of audio per second of processing).
-
-Calibration picks, per spoken phrase, the confidence threshold that maximises the cohort's
-overall F1 (coordinate ascent from the best single threshold) and stores the thresholds in the
-vocabulary (``"thresholds": {"PD": 0.62, ...}`` per label), which ``detect --vocab`` reads back.
+90th percentile) and the speed (seconds of audio per second of processing).  Calibrating the
+thresholds on such a cohort: :mod:`.calibrate`.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .detect import (DEFAULT_THRESHOLD, Hit, build_keyphrases, default_workers, get_spotter,
-                     noise_suppressor, select_mentions, spot_candidates)
-from .data.mentions import Mention
-from .data.vocabulary import LabelSet, load_labelset
+from ..core.errors import MentionsError
+from ..data.mentions import Mention
+from ..data.procedure import find_patients, load_procedure
+from ..data.vocabulary import LabelSet, load_labelset
+from .denoise import noise_suppressor
+from .detect import default_workers, select_mentions, spot_candidates
+from .spotter import Hit, get_spotter
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +105,6 @@ def _warm_worker(labelset: LabelSet) -> None:
 def _patient_candidates(folder: Path, labelset: LabelSet, workers: Optional[int] = None
                         ) -> Optional[PatientCandidates]:
     """Un-thresholded detections of one patient (None when it has no mentions.csv)."""
-    from .data.procedure import load_procedure
-
     proc = load_procedure(folder, labelset=labelset)
     if proc.mentions_path is None:
         log.warning("%s has no mentions.csv: skipped", folder)
@@ -125,8 +126,6 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
     wall-clock time, so the summed speed is that of the whole machine.  A single patient is
     decoded in this process (its long recording cut into pieces decoded in parallel).
     """
-    from .data.procedure import find_patients
-
     cohort = Path(cohort)
     labelset = labelset or load_labelset(None, cohort)
     patients = find_patients(cohort)
@@ -134,13 +133,9 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
     n_workers = min(n_workers, len(patients))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=len(patients), desc="detect", unit="patient")
     found: list[Optional[PatientCandidates]] = []
     if n_workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         ctx = multiprocessing.get_context("spawn")  # safe in any host (see detect.py)
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
             # Warm the workers (imports, decoder set-up) outside the timing.
@@ -172,7 +167,6 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
     if bar is not None:
         bar.close()
     if not out:
-        from .core.errors import MentionsError
         raise MentionsError("no patient has a mentions.csv to compare with", cohort,
                             "evaluation and calibration need hand-made mentions")
     return out, labelset
@@ -202,7 +196,7 @@ def evaluate_detection(cohort: Union[str, os.PathLike], labelset: Optional[Label
 
     Returns a dict: ``overall`` and ``per_label`` (precision, recall, f1, tp, fp, fn),
     ``onset_error_s`` (median, p90, n), ``speed`` (audio_s, processing_s, x_real_time),
-    ``n_patients``, ``n_reference``, ``noise_suppressor`` (see :func:`.detect.noise_suppressor`)
+    ``n_patients``, ``n_reference``, ``noise_suppressor`` (see :func:`.denoise.noise_suppressor`)
     and ``tolerance_s``.
     """
     labelset = _vocab(vocab) or labelset
@@ -218,56 +212,3 @@ def _vocab(vocab: Union[str, os.PathLike, LabelSet, None]) -> Optional[LabelSet]
     return load_labelset(vocab)
 
 
-def calibrate_candidates(candidates: Sequence[PatientCandidates], labelset: LabelSet,
-                         rounds: int = 3) -> dict[str, float]:
-    """Per-phrase thresholds maximising the pooled F1 of the candidates."""
-    keyphrases = build_keyphrases(labelset)
-    phrases = [kp.phrase for kp in keyphrases]
-
-    def f1(th: Mapping[str, float]) -> float:
-        return evaluate_candidates(candidates, labelset, th)["overall"]["f1"]
-
-    values = sorted({round(h.confidence, 4) for c in candidates for h in c.hits})
-    grid = sorted(set([0.0] + [v for v in values] + [1.0]))
-    # One threshold for all first, then each phrase in turn.
-    best_global = max(grid, key=lambda t: (f1({p: t for p in phrases}), -abs(t - DEFAULT_THRESHOLD)))
-    current = {p: best_global for p in phrases}
-    best = f1(current)
-    for _ in range(rounds):
-        improved = False
-        for i, p in enumerate(phrases):
-            mine = sorted({round(h.confidence, 4) for c in candidates for h in c.hits
-                           if h.phrase_index == i})
-            if not mine:
-                continue
-            for t in [0.0] + mine + [min(1.0, mine[-1] + 1e-4)]:
-                trial = dict(current)
-                trial[p] = t
-                score = f1(trial)
-                if score > best + 1e-9:
-                    best, current, improved = score, trial, True
-        if not improved:
-            break
-    return current
-
-
-def calibrate(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
-              out: Union[str, os.PathLike, None] = None, progress: bool = True,
-              workers: Optional[int] = None) -> LabelSet:
-    """Choose per-phrase thresholds that maximise F1 on a cohort; return (and optionally save)
-    the vocabulary carrying them."""
-    candidates, labelset = collect_candidates(cohort, labelset, progress, workers)
-    chosen = calibrate_candidates(candidates, labelset)
-    keyphrases = build_keyphrases(labelset)
-    per_label: dict[str, list[tuple[str, float]]] = {lid: [] for lid in labelset.ids}
-    for kp in keyphrases:
-        per_label[kp.label].append((kp.phrase, round(chosen.get(kp.phrase, kp.threshold), 4)))
-    calibrated = LabelSet(tuple(replace(label, thresholds=tuple(per_label[label.id]))
-                                for label in labelset.labels))
-    if out is not None:
-        calibrated.save(out)
-    report = evaluate_candidates(candidates, calibrated)
-    log.info("calibrated on %d patients: F1 %.3f (precision %.3f, recall %.3f)",
-             report["n_patients"], report["overall"]["f1"], report["overall"]["precision"],
-             report["overall"]["recall"])
-    return calibrated

@@ -1,0 +1,291 @@
+"""Automatic detection of spoken landmark mentions (the paper's future work).
+
+An offline recogniser that ships its own model, pocketsphinx 5 (en-US acoustic model and CMU
+dictionary inside the wheel), finds every synonym of the label vocabulary in a procedure's audio:
+
+1. The audio is averaged to mono, resampled to 16 kHz, raised if it was recorded quietly
+   (:func:`.denoise.level_gain`), high-passed and passed through a noise suppressor
+   (:func:`.denoise.suppress_noise`: WebRTC's where the ``webrtc-noise-gain`` wheel exists, else
+   a stationary Wiener gain), then cut into voiced regions by pocketsphinx's voice-activity
+   detector (:mod:`.vad`), so silence costs nothing.
+2. Each region is searched by pocketsphinx's keyphrase spotter (:mod:`.spotter`): every
+   vocabulary phrase is a chain of triphone HMMs (one dictionary word, so the phones at word
+   joins have their neighbours as context) scored frame by frame against a free loop over the
+   39 English phones.  Acronyms are spelled ("PD" -> "P D"); words missing from the dictionary
+   come from a small medical lexicon or from espeak-ng's letter-to-sound rules when it is
+   installed (:mod:`.pronunciation`).
+3. Each hit's score is the log-likelihood ratio of the phrase against the phone loop over the
+   phrase's own frames, per frame; a logistic curve maps it to a confidence in 0-1.  A hit is
+   kept when its confidence reaches the phrase's threshold (:data:`.spotter.DEFAULT_THRESHOLD`
+   unless a calibrated vocabulary says otherwise, see :mod:`.calibrate`); overlapping hits
+   compete (:func:`select_mentions`).
+
+This module is the pipeline: recordings are cut into pieces decoded in worker processes, and
+the hits become mentions.  Onsets are the spotter's start frame of the phrase (10 ms frames), on
+the video clock.  Measured accuracy and speed, and what limits them: ``docs/detection.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..core.errors import EUSVoiceLabelError
+from ..data.mentions import Mention
+from ..data.procedure import Procedure, load_procedure
+from ..data.vocabulary import LabelSet, load_labelset
+from .denoise import RATE, level_gain, noise_suppressor, to_mono, to_pcm16
+from .spotter import Hit, Keyphrase, build_keyphrases, get_spotter
+from .vad import voiced_regions
+
+log = logging.getLogger(__name__)
+
+OVERLAP_S = 0.05  # phrases overlapping less than this are both kept
+
+CHUNK_S = 60.0          # recordings are decoded in pieces of this length ...
+CHUNK_OVERLAP_S = 3.0   # ... overlapping so that no phrase is lost at a cut
+PARALLEL_MIN_S = 120.0  # recordings shorter than this are decoded in one process
+
+
+def _spot_chunk(keyphrases: Sequence[Keyphrase], samples: np.ndarray, sample_rate: int,
+                t0_s: float, gain: float = 1.0) -> list[Hit]:
+    """Clean, segment and decode one piece of a recording (runs in worker processes too)."""
+    pcm = to_pcm16(samples, sample_rate, clean=True, gain=gain)
+    if len(pcm) < int(0.2 * RATE) or not np.any(pcm):
+        return []
+    spotter = get_spotter(keyphrases)
+    hits: list[Hit] = []
+    for a, b in voiced_regions(pcm):
+        hits.extend(spotter.spot(pcm[a:b], t0_s + a / RATE))
+    return hits
+
+
+MAX_WORKERS = 2  # decoding processes at most
+
+
+def default_workers(duration_s: float = math.inf) -> int:
+    """Decoding processes to use by default: one per core, at most :data:`MAX_WORKERS`; one
+    for a recording shorter than :data:`PARALLEL_MIN_S` (not worth starting processes)."""
+    return min(MAX_WORKERS, os.cpu_count() or 1) if duration_s >= PARALLEL_MIN_S else 1
+
+
+class DetectionCancelled(Exception):
+    """Detection was stopped by its ``should_stop`` callback (nothing is returned)."""
+
+
+Progress = Union[bool, Callable[[int, int], None]]
+
+
+def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
+                    progress: Progress = False, workers: Optional[int] = None,
+                    desc: str = "detect",
+                    should_stop: Optional[Callable[[], bool]] = None) -> list[Hit]:
+    """Every keyphrase hit in a recording, before thresholds, on the audio clock.
+
+    The recording is cut into overlapping pieces of :data:`CHUNK_S` decoded by ``workers``
+    processes (default: 2 on recordings of two minutes or more when the machine has 2 cores).
+    ``progress`` is True for a progress bar or a callback ``(seconds done, seconds in all)``
+    called after each piece; ``should_stop`` is checked after each piece and raises
+    :class:`DetectionCancelled` when it returns True.
+    """
+    x = to_mono(audio, finite=False)  # each piece is made finite as it is decoded (to_pcm16)
+    if sample_rate <= 0:
+        raise EUSVoiceLabelError(f"invalid sample rate {sample_rate}")
+    duration = len(x) / sample_rate
+    noise_suppressor()  # a bad EUSVOICELABEL_NOISE_SUPPRESSOR fails here, not in a worker
+    if duration < 0.2 or not np.any(x):
+        return []
+    keyphrases = build_keyphrases(labelset)
+    gain = level_gain(x)
+    step = int((CHUNK_S - CHUNK_OVERLAP_S) * sample_rate)
+    size = int(CHUNK_S * sample_rate)
+    starts = list(range(0, max(1, len(x) - int(CHUNK_OVERLAP_S * sample_rate)), step))
+    pieces = [(x[s:s + size], s / sample_rate) for s in starts]
+    workers = default_workers(duration) if workers is None else max(1, int(workers))
+    report = _AudioProgress(progress, round(duration), desc)
+    hits: list[Hit] = []
+    done = False
+    try:
+        if workers > 1 and len(pieces) > 1:
+            try:
+                hits = _spot_parallel(keyphrases, pieces, sample_rate, gain, workers,
+                                      report, should_stop)
+                done = True
+            except (OSError, RuntimeError, ImportError) as exc:  # e.g. no process spawning
+                log.warning("parallel decoding unavailable (%s); decoding in one process", exc)
+                hits = []
+                report.restart()
+        if not done:
+            for piece, t0 in pieces:
+                hits.extend(_spot_chunk(keyphrases, piece, sample_rate, t0, gain))
+                report.add(len(piece) / sample_rate)
+                if should_stop is not None and should_stop():
+                    raise DetectionCancelled("detection cancelled")
+    finally:
+        report.close()
+    return _dedupe(hits)
+
+
+class _AudioProgress:
+    """Seconds of audio decoded so far (at most the recording's length: pieces overlap), shown
+    as a tqdm bar (``progress=True``) or passed to ``progress(done_s, total_s)``."""
+
+    def __init__(self, progress: Progress, total_s: int, desc: str) -> None:
+        self.total_s = total_s
+        self.done_s = 0.0
+        self.callback = progress if callable(progress) else None
+        self.bar = None
+        if progress and self.callback is None:
+            self.bar = tqdm(total=total_s, desc=desc, unit="s audio", leave=False)
+
+    def add(self, seconds: float) -> None:
+        self.done_s = min(float(self.total_s), self.done_s + seconds)
+        if self.callback is not None:
+            self.callback(round(self.done_s), self.total_s)
+        elif self.bar is not None:
+            self.bar.update(round(self.done_s) - self.bar.n)
+
+    def restart(self) -> None:
+        self.done_s = 0.0
+        if self.bar is not None:
+            self.bar.reset()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: int,
+                   gain: float, workers: int, report: _AudioProgress,
+                   should_stop: Optional[Callable[[], bool]] = None) -> list[Hit]:
+    hits: list[Hit] = []
+    # "spawn": safe in any host (no forked copies of GUI or torch threads).
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(pieces)), mp_context=ctx) as pool:
+        futures = {pool.submit(_spot_chunk, keyphrases, piece, sample_rate, t0, gain):
+                   len(piece) for piece, t0 in pieces}
+        try:
+            for fut in as_completed(futures):
+                hits.extend(fut.result())
+                report.add(futures[fut] / sample_rate)
+                if should_stop is not None and should_stop():
+                    raise DetectionCancelled("detection cancelled")
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return hits
+
+
+def _dedupe(hits: list[Hit]) -> list[Hit]:
+    """Keep the best-scoring of overlapping hits of one phrase (repeats where long regions were
+    cut with overlap, and the decoder's near-identical alignments of one phrase).
+
+    Different phrases are all kept for :func:`select_mentions`: "tail of the pancreas" scores
+    lower per frame than the "pancreas" inside it, yet it is the mention (with its onset).
+    """
+    bucket_s = 1.0  # kept hits are filed under every second they touch: linear, not quadratic
+    kept: dict[tuple[int, int], list[Hit]] = {}
+    out: list[Hit] = []
+    for h in sorted(hits, key=lambda h: -h.score):
+        span = range(int(h.start_s // bucket_s), int(h.end_s // bucket_s) + 1)
+        if any(o.start_s < h.end_s and h.start_s < o.end_s
+               for b in span for o in kept.get((h.phrase_index, b), ())):
+            continue
+        out.append(h)
+        for b in span:
+            kept.setdefault((h.phrase_index, b), []).append(h)
+    return sorted(out, key=lambda h: h.start_s)
+
+
+def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
+                    thresholds: Optional[Mapping[str, float]] = None,
+                    audio_offset_s: float = 0.0) -> list[Mention]:
+    """Keep the hits whose confidence reaches their phrase's threshold, as video-clock
+    mentions."""
+    keyphrases = build_keyphrases(labelset, thresholds)
+    kept: list[Hit] = []
+    # Phrases spotted on the same stretch of speech compete: the most confident one wins (the
+    # longer one on a tie).  A longer phrase needs no other favour: its per-frame score is a
+    # fair match for the shorter one inside it once the decoder's beam lets it live (see
+    # KeywordSpotter), and where the speaker said only "pancreas", "head of the pancreas"
+    # over "and the pancreas" scores worse.
+    for h in sorted(hits, key=lambda h: (-h.confidence, h.start_s - h.end_s)):
+        if h.confidence < keyphrases[h.phrase_index].threshold:
+            continue
+        if any(h.start_s < k.end_s - OVERLAP_S and k.start_s < h.end_s - OVERLAP_S
+               for k in kept):
+            continue
+        kept.append(h)
+    out = []
+    for h in kept:
+        kp = keyphrases[h.phrase_index]
+        t = round(h.start_s - audio_offset_s, 3)
+        if t < 0:
+            continue  # spoken before the video started
+        out.append(Mention(t, kp.label, round(h.end_s - audio_offset_s, 3), kp.phrase,
+                           round(h.confidence, 4), "auto"))
+    return sorted(out, key=lambda m: m.time_s)
+
+
+def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[LabelSet] = None,
+                    *, audio_offset_s: float = 0.0,
+                    thresholds: Optional[Mapping[str, float]] = None,
+                    progress: Progress = False, workers: Optional[int] = None,
+                    should_stop: Optional[Callable[[], bool]] = None) -> list[Mention]:
+    """Find spoken landmark mentions in a recording.
+
+    Args:
+        audio: samples (float, -1..1), mono or multi-channel, any rate.
+        sample_rate: their rate in Hz.
+        labelset: the vocabulary (default: the paper's five landmarks); a calibrated vocabulary
+            carries per-phrase thresholds.
+        audio_offset_s: audio time = video time + offset (``procedure.json``).
+        thresholds: minimum confidence per phrase or label id (overrides the vocabulary's).
+        progress: True for a progress bar, or a callback ``(seconds done, seconds in all)``.
+        workers: decoding processes (default: 2 on long recordings, see
+            :func:`spot_candidates`).
+        should_stop: checked as the decoding goes; returning True raises
+            :class:`DetectionCancelled`.
+
+    Returns:
+        Mentions on the video clock (``source="auto"``), sorted by time, with the phrase heard
+        as ``text``, the end of the phrase and a confidence in 0-1.  Silent or very short
+        recordings give an empty list.
+    """
+    labelset = labelset or LabelSet.default()
+    hits = spot_candidates(audio, sample_rate, labelset, progress=progress, workers=workers,
+                           should_stop=should_stop)
+    return select_mentions(hits, labelset, thresholds, audio_offset_s)
+
+
+def detect_procedure(path_or_procedure: Union[str, os.PathLike, Procedure],
+                     labelset: Optional[LabelSet] = None,
+                     vocab: Union[str, os.PathLike, LabelSet, None] = None,
+                     progress: bool = False, workers: Optional[int] = None
+                     ) -> list[Mention]:
+    """Detect the mentions of a procedure folder (or a loaded :class:`Procedure`).
+
+    ``vocab`` is a calibrated vocabulary (``detect --calibrate`` output) or a LabelSet; it
+    replaces ``labelset``.  Default vocabulary: the procedure's ``labels.json`` or the paper's.
+    """
+    if isinstance(vocab, LabelSet):
+        labelset = vocab
+    elif vocab is not None:
+        labelset = load_labelset(vocab)
+    if isinstance(path_or_procedure, Procedure):
+        proc = path_or_procedure
+        labelset = labelset or proc.labelset
+    else:
+        labelset = labelset or load_labelset(None, path_or_procedure)
+        proc = load_procedure(path_or_procedure, labelset=labelset)
+    samples, rate = proc._native_audio()
+    return detect_mentions(samples, rate, labelset, audio_offset_s=proc.audio_offset_s,
+                           progress=progress, workers=workers)

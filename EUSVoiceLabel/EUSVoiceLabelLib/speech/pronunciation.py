@@ -1,0 +1,164 @@
+"""How the vocabulary's words are spoken: CMU phone strings for each phrase word.
+
+Dictionary words come from the CMU dictionary shipped in the pocketsphinx wheel; acronyms are
+spelled letter by letter ("PD" -> P IY D IY); anatomical words missing from the dictionary come
+from a small medical lexicon, then from espeak-ng's letter-to-sound rules when it is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import pocketsphinx
+
+from ..core.errors import EUSVoiceLabelError
+
+
+# The 39 phones of the CMU dictionary (the acoustic model's phone set minus SIL).
+PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
+          "UH UW V W Y Z ZH").split()
+
+
+# Letter names, for spelled acronyms ("PD" -> P IY D IY).
+LETTERS = {
+    "a": "EY", "b": "B IY", "c": "S IY", "d": "D IY", "e": "IY", "f": "EH F", "g": "JH IY",
+    "h": "EY CH", "i": "AY", "j": "JH EY", "k": "K EY", "l": "EH L", "m": "EH M", "n": "EH N",
+    "o": "OW", "p": "P IY", "q": "K Y UW", "r": "AA R", "s": "EH S", "t": "T IY", "u": "Y UW",
+    "v": "V IY", "w": "D AH B AH L Y UW", "x": "EH K S", "y": "W AY", "z": "Z IY",
+}
+
+
+# Anatomical words missing from the CMU dictionary (several spoken variants where usage varies).
+MEDICAL_LEXICON: dict[str, tuple[str, ...]] = {
+    "wirsung": ("W ER S AH NG", "V IH R S UH NG", "W IH R S AH NG"),
+    "choledochus": ("K OW L EH D AH K AH S", "K AH L EH D AH K AH S"),
+    "choledochal": ("K OW L EH D AH K AH L",),
+    "uncinate": ("AH N S IH N EY T", "AH N S AH N AH T"),
+    "parenchyma": ("P ER EH NG K AH M AH", "P AE R AH NG K AY M AH"),
+    "spleno": ("S P L IY N OW",),
+    "splenoportal": ("S P L IY N OW P AO R T AH L",),
+    "splenomesenteric": ("S P L IY N OW M EH S AH N T EH R IH K",),
+    "mesenteric": ("M EH S AH N T EH R IH K",),
+    "ampulla": ("AE M P UH L AH", "AE M P Y UW L AH"),
+    "papilla": ("P AH P IH L AH",),
+    "duodenum": ("D UW AH D IY N AH M", "D UW AA D AH N AH M"),
+    "choledocholithiasis": ("K OW L EH D AH K OW L IH TH AY AH S IH S",),
+    "celiac": ("S IY L IY AE K",),
+    "hepatic": ("HH AH P AE T IH K",),
+    "cystic": ("S IH S T IH K",),
+    "vater": ("F AA T ER", "V AA T ER"),
+}
+MAX_VARIANTS = 3  # pronunciation variants kept per word
+
+
+@functools.lru_cache(maxsize=1)
+def model_paths() -> tuple[str, str]:
+    """(acoustic model folder, dictionary file) shipped in the pocketsphinx wheel."""
+    root = Path(pocketsphinx.get_model_path())
+    hmm, dic = root / "en-us" / "en-us", root / "en-us" / "cmudict-en-us.dict"
+    if not (hmm / "mdef").is_file() or not dic.is_file():
+        raise EUSVoiceLabelError("the pocketsphinx en-US model is missing", root,
+                                 "reinstall pocketsphinx (its wheel ships the model)")
+    return str(hmm), str(dic)
+
+
+@functools.lru_cache(maxsize=1)
+def _cmudict() -> dict[str, tuple[str, ...]]:
+    """The CMU dictionary shipped with pocketsphinx: word -> pronunciations."""
+    out: dict[str, list[str]] = {}
+    with open(model_paths()[1], encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            word = re.sub(r"\(\d+\)$", "", parts[0])
+            out.setdefault(word, []).append(" ".join(parts[1:]))
+    return {w: tuple(p) for w, p in out.items()}
+
+
+# espeak-ng IPA -> CMU phones (longest symbols first when scanning).
+_IPA = {
+    "tʃ": "CH", "dʒ": "JH", "aɪ": "AY", "aʊ": "AW", "eɪ": "EY", "oʊ": "OW", "əʊ": "OW", "ɔɪ": "OY",
+    "ɜː": "ER", "ɝ": "ER", "ɚ": "ER", "ɑː": "AA", "ɔː": "AO", "iː": "IY", "uː": "UW", "ɪə": "IH R",
+    "eə": "EH R", "ʊə": "UH R", "ɑ": "AA", "ɒ": "AA", "æ": "AE", "ʌ": "AH", "ə": "AH", "ɐ": "AH",
+    "ɔ": "AO", "ɛ": "EH", "e": "EH", "ɪ": "IH", "i": "IY", "ᵻ": "IH", "ʊ": "UH", "u": "UW",
+    "o": "OW", "a": "AE", "b": "B", "d": "D", "ð": "DH", "f": "F", "ɡ": "G", "g": "G", "h": "HH",
+    "j": "Y", "k": "K", "l": "L", "m": "M", "n": "N", "ŋ": "NG", "p": "P", "ɹ": "R", "r": "R",
+    "s": "S", "ʃ": "SH", "t": "T", "θ": "TH", "v": "V", "w": "W", "z": "Z", "ʒ": "ZH", "x": "K",
+    "ɾ": "T", "ʔ": "", "ɫ": "L", "y": "UW", "ø": "ER", "œ": "ER", "ç": "HH",
+}
+_IPA_KEYS = sorted(_IPA, key=len, reverse=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _espeak_pronunciation(word: str) -> Optional[str]:
+    """CMU phones for a word from espeak-ng's letter-to-sound rules, if espeak-ng is present."""
+    exe = shutil.which("espeak-ng") or shutil.which("espeak")
+    if exe is None:
+        return None
+    try:
+        ipa = subprocess.run([exe, "-q", "-v", "en-us", "--ipa", word], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    ipa = re.sub(r"[ˈˌː.\s\-_]", lambda m: "ː" if m.group(0) == "ː" else "", ipa)
+    phones: list[str] = []
+    i = 0
+    while i < len(ipa):
+        for key in _IPA_KEYS:
+            if ipa.startswith(key, i):
+                if _IPA[key]:
+                    phones.extend(_IPA[key].split())
+                i += len(key)
+                break
+        else:
+            i += 1  # unknown symbol (stress, length, tie): skip
+    return " ".join(phones) or None
+
+
+def _is_acronym(token: str, raw: str) -> bool:
+    """Whether a phrase word is spoken letter by letter: upper-case or dotted in the vocabulary
+    ("PD", "P.D."), or a short word without vowels ("cbd")."""
+    if re.fullmatch(r"(?:[A-Za-z]\.){2,}[A-Za-z]?\.?", raw):
+        return True
+    letters = re.sub(r"[^A-Za-z]", "", raw)
+    if 2 <= len(letters) <= 5 and letters.isupper():
+        return True
+    return 2 <= len(token) <= 5 and not re.search(r"[aeiouy]", token)
+
+
+def word_pronunciations(token: str, raw: str = "") -> list[list[str]]:
+    """How one normalised phrase word is spoken: a list of units, each with its pronunciation
+    variants (CMU phone strings).
+
+    ``raw`` is the word as written in the vocabulary, used to recognise acronyms.  An acronym
+    is one unit per letter ("PD" -> [["P IY"], ["D IY"]]); other words are one unit from the
+    CMU dictionary, else the medical lexicon, else espeak-ng.  The keyword search uses
+    each unit's first pronunciation (:attr:`Keyphrase.pronunciation`).  Empty when no
+    pronunciation is found.
+    """
+    if token.isalpha() and _is_acronym(token, raw or token):
+        return [[LETTERS[c]] for c in token]
+    prons = list(_cmudict().get(token, ()))[:MAX_VARIANTS]
+    if not prons and token.isalpha():
+        # Rare words: the curated readings; espeak-ng's letter-to-sound rules only for a word
+        # the lexicon lacks (a reading after the first is never searched, so asking espeak-ng
+        # for a known word would only start a process for nothing).
+        prons = list(MEDICAL_LEXICON.get(token, ()))[:MAX_VARIANTS]
+        if not prons:
+            guess = _espeak_pronunciation(token)
+            prons = [guess] if guess else []
+    return [prons] if prons else []
+
+
+def raw_words(synonym: str) -> list[str]:
+    """The vocabulary's spelling of each normalised word (to spot upper-case acronyms)."""
+    # Same splitting as normalize_words, keeping case: dotted acronyms collapse first.
+    text = re.sub(r"\b((?:[A-Za-z]\.){2,}[A-Za-z]?)", lambda m: m.group(1).replace(".", ""),
+                  synonym)
+    return re.findall(r"[A-Za-z0-9']+", text)
