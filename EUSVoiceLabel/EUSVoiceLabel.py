@@ -232,7 +232,7 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ state
     def _updateGui(self, caller=None, event=None) -> None:
         """Enable what can be done now; the Apply tooltip says what is missing."""
-        from EUSVoiceLabelLib.slicer_support import apply_problems, path_or_none
+        from EUSVoiceLabelLib.slicer.support import apply_problems, path_or_none
 
         p = self._parameterNode
         if p is None:
@@ -299,7 +299,7 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.recordingPath = pathlib.Path(folder)
 
     def onLoadProcedure(self) -> None:
-        from EUSVoiceLabelLib.slicer_support import path_or_none
+        from EUSVoiceLabelLib.slicer.support import path_or_none
 
         p = self._parameterNode
         if not self.logic.setupPythonRequirements(needTorch=False):
@@ -366,7 +366,7 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ training
     def onTrain(self) -> None:
-        from EUSVoiceLabelLib.slicer_support import path_or_none
+        from EUSVoiceLabelLib.slicer.support import path_or_none
 
         p = self._parameterNode
         if not self.logic.setupPythonRequirements(needTorch=True):
@@ -496,7 +496,7 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ export
     def onExport(self) -> None:
-        from EUSVoiceLabelLib.slicer_support import path_or_none
+        from EUSVoiceLabelLib.slicer.support import path_or_none
 
         p = self._parameterNode
         folder = path_or_none(p.exportFolder)
@@ -510,7 +510,7 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 n=len(files), folder=folder))
 
     def onAddToCohort(self) -> None:
-        from EUSVoiceLabelLib.slicer_support import path_or_none
+        from EUSVoiceLabelLib.slicer.support import path_or_none
 
         p = self._parameterNode
         cohort = path_or_none(p.cohortFolder)
@@ -568,7 +568,7 @@ class _TrainingProcess:
             self.process.kill()
 
     def _onOutput(self) -> None:
-        from EUSVoiceLabelLib.slicer_support import parse_progress, split_log_lines
+        from EUSVoiceLabelLib.slicer.support import parse_progress, split_log_lines
 
         data = self.process.readAllStandardOutput().data()
         chunk = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
@@ -690,7 +690,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                                    .format(error=exc))
             return
         # Slicer 5.10: check, ask, install (the check uses only the standard library).
-        from EUSVoiceLabelLib.slicer_support import missing_requirements, read_requirements
+        from EUSVoiceLabelLib.slicer.support import missing_requirements, read_requirements
 
         missing = missing_requirements(read_requirements(requirementsPath))
         if not missing:
@@ -730,7 +730,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             the slice views with its browser; None when cancelled.  The audio path and offset
             are stored as node attributes so a saved scene reopens with them.
         """
-        from EUSVoiceLabelLib.slicer_support import (LARGE_SEQUENCE_BYTES, cine_ijk_to_ras,
+        from EUSVoiceLabelLib.slicer.support import (LARGE_SEQUENCE_BYTES, cine_ijk_to_ras,
                                                      index_value, procedure_from_files)
 
         proc = procedure_from_files(recordingPath, audio=audioPath, audio_offset_s=audioOffsetS,
@@ -791,7 +791,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         sequence already in the scene, e.g. a DICOM cine loop.  Stored as node attributes, so
         a saved scene keeps them.  Returns the sequence node."""
         from EUSVoiceLabelLib.core.errors import MediaError
-        from EUSVoiceLabelLib.slicer_support import path_or_none
+        from EUSVoiceLabelLib.slicer.support import path_or_none
 
         if sequenceNode is None:
             raise ValueError("no volume sequence given")
@@ -808,7 +808,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         """The library ``Procedure`` behind a volume sequence: the files it was loaded from,
         or (for a sequence made elsewhere) its frames read lazily from the scene plus the
         audio stored on the node."""
-        from EUSVoiceLabelLib.slicer_support import (procedure_from_files, procedure_from_frames,
+        from EUSVoiceLabelLib.slicer.support import (procedure_from_files, procedure_from_frames,
                                                      sequence_times)
 
         key = sequenceNode.GetID()
@@ -889,7 +889,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def mentionsToTable(self, mentions, sequenceNode=None, tableNode=None) -> vtkMRMLTableNode:
         """Write mentions into an editable table node (time_s, label, end_s, text,
         confidence, source); a new table when ``tableNode`` is None."""
-        from EUSVoiceLabelLib.review import MENTION_COLUMNS, mentions_to_rows
+        from EUSVoiceLabelLib.slicer.review import MENTION_COLUMNS, mentions_to_rows
 
         if tableNode is None:
             base = (sequenceNode.GetName() + " mentions") if sequenceNode else "EUS mentions"
@@ -907,7 +907,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         Raises:
             MentionsError: naming the row at fault.
         """
-        from EUSVoiceLabelLib.review import mentions_from_rows
+        from EUSVoiceLabelLib.slicer.review import mentions_from_rows
 
         columns, rows = self.readTable(tableNode)
         return mentions_from_rows(columns, rows, labelset or self._labelset(),
@@ -979,7 +979,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def loadModel(self, checkpointPath, device: str = "auto"):
         """The ``LabelModel`` of a checkpoint (kept while the file is unchanged)."""
         from EUSVoiceLabelLib.labelling import LabelModel
-        from EUSVoiceLabelLib.slicer_support import path_or_none
+        from EUSVoiceLabelLib.slicer.support import path_or_none
 
         path = path_or_none(checkpointPath)
         if path is None:
@@ -1042,7 +1042,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                        heatOpacity: float = 0.5) -> vtkMRMLTableNode:
         """Turn a library ``LabelResult`` into the results table and the synchronised output
         sequences (see :meth:`label`)."""
-        from EUSVoiceLabelLib.review import RESULT_COLUMNS, ReviewTable
+        from EUSVoiceLabelLib.slicer.review import RESULT_COLUMNS, ReviewTable
 
         review = ReviewTable.from_windows(result.windows, result.labelset)
         if resultsTable is None:
@@ -1083,7 +1083,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             slicer.mrmlScene.RemoveNode(points)
 
     def _masterTimes(self, sequenceNode):
-        from EUSVoiceLabelLib.slicer_support import sequence_times
+        from EUSVoiceLabelLib.slicer.support import sequence_times
 
         n = sequenceNode.GetNumberOfDataNodes()
         values = [sequenceNode.GetNthIndexValue(i) for i in range(n)]
@@ -1101,7 +1101,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def _writeOutputs(self, result, sequenceNode, browser, resultsTable) -> None:
         import numpy as np
 
-        from EUSVoiceLabelLib.slicer_support import crop_ijk_to_ras, overlay_timeline
+        from EUSVoiceLabelLib.slicer.support import crop_ijk_to_ras, overlay_timeline
 
         proc = result.procedure
         labelset = result.labelset
@@ -1239,8 +1239,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         return LabelSet.default()
 
     def reviewTable(self, resultsTable):
-        """The review state of a results table (``EUSVoiceLabelLib.review.ReviewTable``)."""
-        from EUSVoiceLabelLib.review import ReviewTable
+        """The review state of a results table (``EUSVoiceLabelLib.slicer.review.ReviewTable``)."""
+        from EUSVoiceLabelLib.slicer.review import ReviewTable
 
         columns, rows = self.readTable(resultsTable)
         return ReviewTable.from_rows(columns, rows, self.labelsetForResults(resultsTable),
@@ -1288,14 +1288,14 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def sortResults(self, resultsTable, key: str = "confidence", ascending: bool = True) -> None:
         """Reorder the results rows by ``confidence`` (least confident first), ``time`` or
         ``window``; review state is kept."""
-        from EUSVoiceLabelLib.review import RESULT_COLUMNS
+        from EUSVoiceLabelLib.slicer.review import RESULT_COLUMNS
 
         review = self.reviewTable(resultsTable)
         self.writeTable(resultsTable, RESULT_COLUMNS, review.to_rows(key, ascending))
 
     def jumpToWindow(self, resultsTable, window: int) -> int:
         """Move the sequence browser to the first frame of a window; returns the item."""
-        from EUSVoiceLabelLib.slicer_support import master_item_at
+        from EUSVoiceLabelLib.slicer.support import master_item_at
 
         nodes = self.outputNodes(resultsTable)
         browser, frames = nodes["browser"], nodes["frames"]
@@ -1321,7 +1321,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         from EUSVoiceLabelLib.core.fileio import atomic_write_text
         from EUSVoiceLabelLib.labelling import write_label_outputs
         from EUSVoiceLabelLib.core.outputlock import output_lock
-        from EUSVoiceLabelLib.review import labels_csv_with_review
+        from EUSVoiceLabelLib.slicer.review import labels_csv_with_review
 
         result = self._results.get(resultsTable.GetID())
         if result is None:
@@ -1348,7 +1348,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         with the reviewed labels) so that training from that cohort learns the corrections.
         Returns the new procedure folder."""
         from EUSVoiceLabelLib.data.mentions import Mention
-        from EUSVoiceLabelLib.slicer_support import write_training_procedure
+        from EUSVoiceLabelLib.slicer.support import write_training_procedure
 
         frames = self.outputNodes(resultsTable)["frames"]
         proc = self.procedureForSequence(frames)
@@ -1372,7 +1372,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         (``PythonSlicer -m EUSVoiceLabelLib train COHORT --out MODEL ...``); the GUI stays
         responsive.  ``logCallback(line)``, ``progressCallback(fraction, description)`` and
         ``finishedCallback(ok)`` report on it.  Returns the process wrapper (``.cancel()``)."""
-        from EUSVoiceLabelLib.slicer_support import train_arguments
+        from EUSVoiceLabelLib.slicer.support import train_arguments
 
         if self._training is not None and self._training.isRunning():
             raise RuntimeError(_("A training run is already in progress."))
@@ -1427,7 +1427,7 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
     def _tinyModel(self, frames: int = 5):
         """A tiny cohort written with the library and a model trained for 2 epochs on CPU."""
         from EUSVoiceLabelLib.data.dataset import build_window_set
-        from EUSVoiceLabelLib.slicer_support import write_tiny_procedure
+        from EUSVoiceLabelLib.slicer.support import write_tiny_procedure
         from EUSVoiceLabelLib.train.config import TrainConfig
         from EUSVoiceLabelLib.train.checkpoints import preprocessing_settings, save_checkpoint
         from EUSVoiceLabelLib.train.loop import train_model
@@ -1467,7 +1467,7 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
     def test_ReviewAndTables(self):
         """Mentions and results tables round-trip through table nodes; review is kept."""
         from EUSVoiceLabelLib.data.mentions import Mention
-        from EUSVoiceLabelLib.review import RESULT_COLUMNS
+        from EUSVoiceLabelLib.slicer.review import RESULT_COLUMNS
 
         self.delayDisplay("Tables and review")
         logic = EUSVoiceLabelLogic()
@@ -1590,7 +1590,7 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         """'Train from cohort folder' runs as a background process and writes the model."""
         import time
 
-        from EUSVoiceLabelLib.slicer_support import write_tiny_procedure
+        from EUSVoiceLabelLib.slicer.support import write_tiny_procedure
 
         cohort = self.tempDir / "cohort"
         write_tiny_procedure(cohort / "p1", seed=1)

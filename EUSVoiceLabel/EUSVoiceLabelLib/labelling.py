@@ -32,8 +32,8 @@ from .nn.explain import grad_cam, peak_of, upsample_map
 from .core.fileio import atomic_write_text
 from .data.mentions import Mention
 from .data.procedure import Procedure, onset_frame
-from .slicer_files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv,
-                           frame_geometry, markups_points_json, pixel_to_lps)
+from .slicer.files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv, frame_geometry,
+                           markups_points_json, pixel_to_lps)
 from .data.vocabulary import LabelSet
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ class LabelOutputWriter:
         out["run.json"] = d / "run.json"
         if "frames.seq.nrrd" in out:
             try:
-                from .slicer_scene import write_scene_mrml
+                from .slicer.scene import write_scene_mrml
             except ImportError:  # pragma: no cover - scene writer not available
                 write_scene_mrml = None
             if write_scene_mrml is not None:

@@ -348,7 +348,7 @@ def odd_settings(data: bytes, rng: random.Random) -> bytes:
 # --------------------------------------------------------------------------- seed files
 def make_seeds(root: Path) -> dict[str, list[tuple[Path, list[Callable]]]]:
     """Small valid files of every format (with their format-aware corruptions), by kind."""
-    from EUSVoiceLabelLib.slicer_files import write_frame_sequence
+    from EUSVoiceLabelLib.slicer.files import write_frame_sequence
 
     root.mkdir(parents=True, exist_ok=True)
     size = (48, 32)

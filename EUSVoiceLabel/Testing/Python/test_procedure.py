@@ -71,7 +71,7 @@ def test_frames_folder_with_wav_and_offset(tmp_path, capsys):
 
 
 def test_seq_nrrd_frames(tmp_path):
-    from EUSVoiceLabelLib.slicer_files import write_frame_sequence
+    from EUSVoiceLabelLib.slicer.files import write_frame_sequence
 
     folder = tmp_path / "p"
     folder.mkdir()

@@ -1,6 +1,6 @@
 """The Slicer module's Slicer-free logic: review bookkeeping, editable tables, inputs, geometry,
-synchronised-output timelines and background-training plumbing (EUSVoiceLabelLib.review and
-EUSVoiceLabelLib.slicer_support)."""
+synchronised-output timelines and background-training plumbing (EUSVoiceLabelLib.slicer.review and
+EUSVoiceLabelLib.slicer.support)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ import pytest
 
 from EUSVoiceLabelLib.core.errors import ConfigError, MediaError, MentionsError, ProcedureError
 from EUSVoiceLabelLib.data.mentions import Mention
-from EUSVoiceLabelLib.review import (ACCEPTED, CORRECTED, MENTION_COLUMNS, PENDING,
-                                     RESULT_COLUMNS, ReviewTable, mentions_from_rows,
-                                     mentions_to_rows)
-from EUSVoiceLabelLib.slicer_support import (CallbackFrameSource, apply_problems,
-                                             cine_ijk_to_ras, crop_ijk_to_ras, master_item_at,
-                                             overlay_timeline, parse_image_size, parse_progress,
-                                             path_or_none, procedure_from_files,
-                                             procedure_from_frames, recording_kind,
-                                             sequence_times, split_log_lines, to_grey_uint8,
-                                             train_arguments)
+from EUSVoiceLabelLib.slicer.review import (ACCEPTED, CORRECTED, MENTION_COLUMNS, PENDING,
+                                            RESULT_COLUMNS, ReviewTable, mentions_from_rows,
+                                            mentions_to_rows)
+from EUSVoiceLabelLib.slicer.support import (CallbackFrameSource, apply_problems, cine_ijk_to_ras,
+                                             crop_ijk_to_ras, master_item_at, overlay_timeline,
+                                             parse_image_size, parse_progress, path_or_none,
+                                             procedure_from_files, procedure_from_frames,
+                                             recording_kind, sequence_times, split_log_lines,
+                                             to_grey_uint8, train_arguments)
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 import mediafactory as mf
@@ -313,7 +312,7 @@ def tiny_run(tmp_path_factory):
 
     from EUSVoiceLabelLib.data.dataset import build_window_set
     from EUSVoiceLabelLib.labelling import LabelModel, label_procedure
-    from EUSVoiceLabelLib.slicer_support import write_tiny_procedure
+    from EUSVoiceLabelLib.slicer.support import write_tiny_procedure
     from EUSVoiceLabelLib.train.config import TrainConfig
     from EUSVoiceLabelLib.train.checkpoints import preprocessing_settings, save_checkpoint
     from EUSVoiceLabelLib.train.loop import train_model
@@ -339,8 +338,8 @@ def test_tiny_procedure_pipeline_review_export_and_training_data(tiny_run):
     from EUSVoiceLabelLib.data.export import export_dataset
     from EUSVoiceLabelLib.labelling import write_label_outputs
     from EUSVoiceLabelLib.data.procedure import load_procedure
-    from EUSVoiceLabelLib.review import labels_csv_with_review
-    from EUSVoiceLabelLib.slicer_support import write_training_procedure
+    from EUSVoiceLabelLib.slicer.review import labels_csv_with_review
+    from EUSVoiceLabelLib.slicer.support import write_training_procedure
 
     result, proc = tiny_run.result, tiny_run.proc
     assert len(result.windows) == 4 and proc.frame_size == (96, 64)
@@ -380,7 +379,7 @@ def test_tiny_procedure_pipeline_review_export_and_training_data(tiny_run):
 
 def test_training_procedure_from_a_scene_sequence_streams_frames(tiny_run, tmp_path):
     from EUSVoiceLabelLib.data.procedure import load_procedure
-    from EUSVoiceLabelLib.slicer_support import write_training_procedure
+    from EUSVoiceLabelLib.slicer.support import write_training_procedure
 
     src = tiny_run.proc
     frames = src.frames(0, src.n_frames)
@@ -395,7 +394,7 @@ def test_training_procedure_from_a_scene_sequence_streams_frames(tiny_run, tmp_p
 
 
 def test_requirements_file_is_checkable():
-    from EUSVoiceLabelLib.slicer_support import missing_requirements, read_requirements
+    from EUSVoiceLabelLib.slicer.support import missing_requirements, read_requirements
 
     reqs = read_requirements(REPO / "EUSVoiceLabel" / "Resources" / "requirements.txt")
     assert reqs and not any(r.split(">")[0].split("=")[0].strip() in ("torch", "torchvision")
@@ -411,7 +410,7 @@ def test_requirements_file_is_checkable():
 
 
 def test_labels_csv_with_review_adds_the_column():
-    from EUSVoiceLabelLib.review import labels_csv_with_review
+    from EUSVoiceLabelLib.slicer.review import labels_csv_with_review
 
     text = "window,time_s,predicted_label\n0,1.0,pancreas\n1,2.0,bile_duct\n"
     out = labels_csv_with_review(text, {1: "portal_vein"})

@@ -1,7 +1,7 @@
 """scene.mrml: well-formed MRML whose references, files and browser wiring are consistent.
 
 Slicer cannot run here, so the tests check the scene against the rules read from Slicer's
-source (see the docstring of ``EUSVoiceLabelLib.slicer_scene``): every referenced node exists,
+source (see the docstring of ``EUSVoiceLabelLib.slicer.scene``): every referenced node exists,
 every file is relative and present, the browser synchronises the three sequences with the
 frames as master, the proxies' classes match the items the ``.seq.nrrd`` files declare, the
 master sequence is read last, and omitted files leave no nodes behind.
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from EUSVoiceLabelLib.core.errors import ConfigError
-from EUSVoiceLabelLib.slicer_files import (LABELMAP_NODE, SCALAR_NODE, color_table_csv,
+from EUSVoiceLabelLib.slicer.files import (LABELMAP_NODE, SCALAR_NODE, color_table_csv,
                                            markups_points_json, write_frame_sequence)
-from EUSVoiceLabelLib.slicer_scene import BUILTIN_COLOR_IDS, INFERNO_COLOR_ID, write_scene_mrml
+from EUSVoiceLabelLib.slicer.scene import BUILTIN_COLOR_IDS, INFERNO_COLOR_ID, write_scene_mrml
 
 # Element name -> MRML class, as the classes' GetNodeTagName() say in Slicer's source.
 TAG_CLASS = {

@@ -112,8 +112,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from .core.errors import ConfigError
-from .core.fileio import atomic_write_text
+from ..core.errors import ConfigError
+from ..core.fileio import atomic_write_text
 
 #: Written as the scene's version (``vtkMRMLScene::ParseVersion`` "new style"); Slicer warns
 #: when it loads a scene made for a newer version than itself.

@@ -18,13 +18,15 @@ the exports agree.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional, Sequence
 
-from .core.errors import MentionsError
-from .data.mentions import CSV_FIELDS, Mention
-from .data.vocabulary import LabelSet
+from ..core.errors import MentionsError
+from ..data.mentions import CSV_FIELDS, Mention
+from ..data.vocabulary import LabelSet
 
 #: Columns of the mentions table (the ``mentions.csv`` columns).
 MENTION_COLUMNS: tuple[str, ...] = CSV_FIELDS
@@ -305,9 +307,6 @@ class ReviewTable:
 def labels_csv_with_review(text: str, reviewed: dict[int, str]) -> str:
     """Add (or replace) the ``reviewed_label`` column of a ``labels.csv`` text (the file
     ``eusvoicelabel label`` writes), so ``eusvoicelabel export`` uses the reviewed labels."""
-    import csv
-    import io
-
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or "window" not in rows[0]:
         raise MentionsError("not a labels.csv (no 'window' column)")

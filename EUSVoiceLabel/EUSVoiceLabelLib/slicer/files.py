@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .core.fileio import atomic_path
+from ..core.fileio import atomic_path
 
 SCALAR_NODE = "vtkMRMLScalarVolumeNode"
 LABELMAP_NODE = "vtkMRMLLabelMapVolumeNode"

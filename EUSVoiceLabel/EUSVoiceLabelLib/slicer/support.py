@@ -20,21 +20,31 @@ can be decided without Slicer lives here:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .core.errors import ConfigError, MediaError, ProcedureError
-from .data.media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames,
-                         write_wav)
-from .data.mentions import Mention, read_mentions
-from .data.procedure import FPS, Procedure, default_crop, is_procedure_folder, load_procedure
-from .data.vocabulary import LabelSet, load_labelset
+from ..core.errors import ConfigError, MediaError, OutputError, ProcedureError
+from ..data.media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames,
+                          write_wav)
+from ..data.mentions import Mention, read_mentions, write_mentions_csv
+from ..data.procedure import FPS, Procedure, default_crop, is_procedure_folder, load_procedure
+from ..data.vocabulary import LabelSet, load_labelset
+from .files import SequenceStreamWriter, write_frame_sequence
+
+try:  # pip's own copy is always there in practice; without it only names are compared
+    from packaging.requirements import Requirement
+except ImportError:  # pragma: no cover
+    Requirement = None  # type: ignore[assignment]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -319,7 +329,7 @@ def apply_problems(has_frames: bool, has_audio: bool, model_path: Optional[Path]
 def cine_ijk_to_ras(spacing_mm: Optional[Sequence[float]] = None) -> np.ndarray:
     """IJKToRAS of a 2-D frame in Slicer's DICOM-cine convention: ``diag(-sx, -sy, 1)`` with
     the origin at 0, so frames appear upright in the axial view (ijkToLPS ``diag(sx, sy, 1)``,
-    the same geometry :mod:`EUSVoiceLabelLib.slicer_files` writes)."""
+    the same geometry :mod:`EUSVoiceLabelLib.slicer.files` writes)."""
     sx, sy = (float(v) for v in (spacing_mm or (1.0, 1.0)))
     return np.diag([-sx, -sy, 1.0, 1.0])
 
@@ -491,12 +501,6 @@ def missing_requirements(requirements: Sequence[str]) -> list[str]:
     """The requirements not satisfied by the installed distributions (name and, when the
     ``packaging`` library is available, version range).  Used on Slicer 5.10, which lacks
     ``slicer.packaging.pip_ensure``."""
-    from importlib import metadata
-
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # pragma: no cover - pip's own copy is always there in practice
-        Requirement = None  # type: ignore[assignment]
     missing = []
     for line in requirements:
         name, spec = re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0], None
@@ -531,14 +535,6 @@ def write_training_procedure(proc: Procedure, mentions: Sequence[Mention],
         ProcedureError: no mentions, or no audio to train the voice branch on.
         OutputError: the folder cannot be written.
     """
-    import json
-    import shutil
-    import tempfile
-
-    from .core.errors import OutputError
-    from .data.mentions import write_mentions_csv
-    from .slicer_files import SequenceStreamWriter
-
     if not mentions:
         raise ProcedureError("no labelled windows to add", proc.path,
                              "label the procedure and review at least one window")
@@ -615,8 +611,6 @@ def write_tiny_procedure(folder: os.PathLike | str, seconds: float = 8.0,
     on the label, and the audio plays a tone whose pitch depends on the label, so a model
     trained for a few steps can tell them apart.
     """
-    from .slicer_files import write_frame_sequence
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
