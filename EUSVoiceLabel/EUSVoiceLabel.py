@@ -978,7 +978,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ labelling
     def loadModel(self, checkpointPath, device: str = "auto"):
         """The ``LabelModel`` of a checkpoint (kept while the file is unchanged)."""
-        from EUSVoiceLabelLib.labelling import LabelModel
+        from EUSVoiceLabelLib.labelling.run import LabelModel
         from EUSVoiceLabelLib.slicer.support import path_or_none
 
         path = path_or_none(checkpointPath)
@@ -1020,7 +1020,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             the heat-map peak) and the text-node sequence (each frame's label); see
             :meth:`outputNodes`.
         """
-        from EUSVoiceLabelLib.labelling import label_procedure
+        from EUSVoiceLabelLib.labelling.run import label_procedure
 
         if sequenceNode is None or mentionsTable is None:
             raise ValueError("a volume sequence and a mentions table are needed")
@@ -1319,7 +1319,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         """
         from EUSVoiceLabelLib.data.export import export_dataset
         from EUSVoiceLabelLib.core.fileio import atomic_write_text
-        from EUSVoiceLabelLib.labelling import write_label_outputs
+        from EUSVoiceLabelLib.labelling.output import write_label_outputs
         from EUSVoiceLabelLib.core.outputlock import output_lock
         from EUSVoiceLabelLib.slicer.review import labels_csv_with_review
 

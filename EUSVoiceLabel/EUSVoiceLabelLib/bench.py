@@ -557,7 +557,8 @@ def _paper_checkpoint(path: Path, image_size: Sequence[int], width: float, seed:
 def _label_child(folder: str, model_path: str, out_dir: str, device: str, threads: int,
                  queue: Any) -> None:
     """Runs in a fresh process: label with heat maps (all outputs written), then without."""
-    from .labelling import LabelModel, label_procedure, label_to_folder
+    from .labelling.run import LabelModel, label_procedure
+    from .labelling.folder import label_to_folder
     from .data.procedure import load_procedure
 
     torch.set_num_threads(threads)

@@ -432,7 +432,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_label(args: argparse.Namespace) -> int:
-    from .labelling import label_to_folder
+    from .labelling.folder import label_to_folder
     from .nn.devices import seed_everything
 
     seed_everything(args.seed)

@@ -58,7 +58,7 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     from .data.dataset import build_window_set
     from .train.evaluation import evaluate_cohort
     from .data.export import export_dataset
-    from .labelling import label_to_folder
+    from .labelling.folder import label_to_folder
     from .data.mentions import read_mentions_csv
     from .synth import synth_cohort
     from .train.config import TrainConfig

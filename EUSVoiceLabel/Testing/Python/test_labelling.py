@@ -18,8 +18,9 @@ from torch import nn
 import mediafactory as mf
 from EUSVoiceLabelLib.cli import main as cli
 from EUSVoiceLabelLib.nn.explain import grad_cam, peak_of, upsample_map
-from EUSVoiceLabelLib.labelling import (LabelModel, LabelOutputWriter, label_procedure,
-                                        label_to_folder, write_label_outputs)
+from EUSVoiceLabelLib.labelling.run import LabelModel, label_procedure
+from EUSVoiceLabelLib.labelling.output import LabelOutputWriter, write_label_outputs
+from EUSVoiceLabelLib.labelling.folder import label_to_folder
 from EUSVoiceLabelLib.data.procedure import load_procedure
 from test_procedure import tree_hash
 

@@ -311,7 +311,7 @@ def tiny_run(tmp_path_factory):
     import torch
 
     from EUSVoiceLabelLib.data.dataset import build_window_set
-    from EUSVoiceLabelLib.labelling import LabelModel, label_procedure
+    from EUSVoiceLabelLib.labelling.run import LabelModel, label_procedure
     from EUSVoiceLabelLib.slicer.support import write_tiny_procedure
     from EUSVoiceLabelLib.train.config import TrainConfig
     from EUSVoiceLabelLib.train.checkpoints import preprocessing_settings, save_checkpoint
@@ -336,7 +336,7 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_procedure_pipeline_review_export_and_training_data(tiny_run):
     from EUSVoiceLabelLib.data.export import export_dataset
-    from EUSVoiceLabelLib.labelling import write_label_outputs
+    from EUSVoiceLabelLib.labelling.output import write_label_outputs
     from EUSVoiceLabelLib.data.procedure import load_procedure
     from EUSVoiceLabelLib.slicer.review import labels_csv_with_review
     from EUSVoiceLabelLib.slicer.support import write_training_procedure

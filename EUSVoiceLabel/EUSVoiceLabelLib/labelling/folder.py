@@ -1,0 +1,66 @@
+"""``eusvoicelabel label``: label a procedure folder with a checkpoint and write every output
+into a folder; the windows come from the procedure's mentions, a mentions file or transcript, or
+automatic detection."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from tqdm.auto import tqdm
+
+from ..core.errors import MentionsError
+from ..data.mentions import Mention, read_mentions
+from ..data.procedure import Procedure, load_procedure
+from ..data.vocabulary import LabelSet
+from ..speech.detect import detect_mentions
+from .output import LabelOutputWriter
+from .run import DEFAULT_CAM_THRESHOLD, LabelModel, LabelResult, label_procedure
+
+
+def resolve_mentions(proc: Procedure, mentions: Optional[str], labelset: LabelSet,
+                     progress: bool = False) -> list[Mention]:
+    """The windows to label: ``"auto"`` detects them from the audio, a path reads a mentions
+    CSV or SRT/WebVTT transcript, None takes the procedure's own mentions.csv (else auto)."""
+    if mentions is None and proc.mentions:
+        return list(proc.mentions)
+    if mentions is None or str(mentions) == "auto":
+        found = detect_mentions(proc.audio, proc.sample_rate, labelset,
+                                audio_offset_s=proc.audio_offset_s, progress=progress)
+        found = [m for m in found if 0 <= m.time_s < proc.duration_s]
+        if not found:
+            raise MentionsError("no landmark mention was detected in the audio", proc.path,
+                                "check the recording, or give a mentions CSV or transcript")
+        return found
+    return read_mentions(mentions, labelset, offset_s=proc.audio_offset_s)
+
+
+def label_to_folder(procedure: os.PathLike | str, model_path: os.PathLike | str,
+                    out_dir: os.PathLike | str, mentions: Optional[str] = None,
+                    device: str = "auto", with_cam: bool = True,
+                    cam_threshold: float = DEFAULT_CAM_THRESHOLD,
+                    progress: bool = True) -> tuple[LabelResult, dict[str, Path]]:
+    """Label a procedure folder and write every output into ``out_dir`` (the command
+    ``eusvoicelabel label``)."""
+    model = LabelModel.load(model_path, device)
+    proc = load_procedure(procedure, labelset=model.labelset)
+    chosen = resolve_mentions(proc, mentions, model.labelset, progress=progress)
+    proc.check_mentions(chosen)
+    writer = LabelOutputWriter(out_dir, proc, model.labelset, chosen, model.settings.frames,
+                               cam_threshold, provenance={
+                                   "model": str(model_path), "variant": model.variant,
+                                   "mentions": "procedure" if mentions is None else str(mentions),
+                                   "device": str(model.device)})
+    bar = tqdm(total=len(chosen), desc="label", unit="window", disable=not progress)
+    try:
+        result = label_procedure(proc, model, chosen, with_cam=with_cam,
+                                 progress=lambda done, total: bar.update(1),
+                                 on_window=writer.add, cam_threshold=cam_threshold)
+        files = writer.finish(result)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    return result, files

@@ -1,0 +1,191 @@
+"""The outputs of a labelling run, streamed window by window into the output folder:
+``labels.csv``, ``frame_labels.csv``, the frame, heat-map and landmark sequences, the colour
+table, the markups points, ``run.json`` and the scene file (SPEC §3)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..core.errors import ConfigError, OutputError
+from ..core.fileio import atomic_write_text
+from ..data.mentions import Mention
+from ..data.procedure import Procedure
+from ..data.vocabulary import LabelSet
+from ..slicer.files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv, frame_geometry,
+                            markups_points_json, pixel_to_lps)
+from ..slicer.scene import write_scene_mrml
+from .run import (DEFAULT_CAM_THRESHOLD, LabelResult, WindowResult, frame_owners,
+                  window_frame_indices)
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def labels_csv(result: LabelResult) -> str:
+    """One row per window: times, spoken and predicted labels, the network's confidence, the
+    mention's source, phrase and detector confidence (automatic mentions), the heat-map peak and
+    the class probabilities."""
+    ids = result.labelset.ids
+    header = ["window", "time_s", "end_s", "spoken_label", "predicted_label", "confidence",
+              "agrees", "source", "text", "mention_confidence", "peak_col", "peak_row",
+              *[f"p_{i}" for i in ids]]
+    rows = []
+    for w in result.windows:
+        spoken = w.spoken_label or ""
+        rows.append([w.index, f"{w.time_s:.3f}", "" if w.end_s is None else f"{w.end_s:.3f}",
+                     spoken, w.predicted, f"{w.confidence:.4f}",
+                     "" if not spoken else int(spoken == w.predicted), w.mention.source,
+                     w.mention.text,
+                     "" if w.mention.confidence is None else f"{w.mention.confidence:.4f}",
+                     "" if w.peak is None else w.peak[0],
+                     "" if w.peak is None else w.peak[1],
+                     *[f"{p:.4f}" for p in w.probabilities]])
+    return _csv_text(header, rows)
+
+
+def frame_labels_csv(result: LabelResult) -> str:
+    rows = [[r["frame_index"], f"{r['time_s']:.3f}", r["label"], f"{r['confidence']:.4f}",
+             r["window"], r["spoken_label"]] for r in result.frame_labels()]
+    return _csv_text(["frame_index", "time_s", "label", "confidence", "window", "spoken_label"],
+                     rows)
+
+
+class LabelOutputWriter:
+    """Streams a labelling run to ``out_dir`` (SPEC §3 files), one window at a time.
+
+    Create it with the windows' mentions, pass :meth:`add` as ``on_window`` to
+    :func:`label_procedure`, then call :meth:`finish`.  Every file is written through a
+    temporary file and renamed, so an interrupted run leaves no half-written output.
+    """
+
+    SEQUENCES = ("frames.seq.nrrd", "cam.seq.nrrd", "landmarks.seq.nrrd")
+
+    def __init__(self, out_dir: os.PathLike | str, proc: Procedure, labelset: LabelSet,
+                 mentions: Sequence[Mention], frames_per_window: int,
+                 cam_threshold: float = DEFAULT_CAM_THRESHOLD, write_sequences: bool = True,
+                 provenance: Optional[dict] = None):
+        if not 0.0 < cam_threshold < 1.0:
+            raise ConfigError(f"cam threshold must lie between 0 and 1, not {cam_threshold}")
+        self.out_dir = Path(out_dir)
+        if self.out_dir.resolve() == proc.path.resolve() or \
+                proc.path.resolve() in self.out_dir.resolve().parents:
+            raise OutputError("the output folder lies inside the input procedure", self.out_dir,
+                              "choose an output folder outside the procedure folder")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.provenance = dict(provenance or {})
+        self.proc = proc
+        self.labelset = labelset
+        self.cam_threshold = cam_threshold
+        mentions = sorted(mentions, key=lambda m: m.time_s)
+        # Which frames each window writes.
+        owner = frame_owners([window_frame_indices(m, frames_per_window, proc.fps)
+                              for m in mentions], proc.n_frames)
+        self._owned: dict[int, list[int]] = {}
+        for f, k in owner.items():
+            self._owned.setdefault(k, []).append(f)
+        self.frame_indices = sorted(owner)
+        times = [f / proc.fps for f in self.frame_indices]
+        w, h = proc.frame_size
+        spacing = proc.pixel_spacing_mm
+        self._writers: list[SequenceStreamWriter] = []
+        if write_sequences:
+            self._writers = [
+                SequenceStreamWriter(self.out_dir / "frames.seq.nrrd", w, h, times, "uint8",
+                                     spacing),
+                SequenceStreamWriter(self.out_dir / "cam.seq.nrrd", w, h, times, "float32",
+                                     spacing),
+                SequenceStreamWriter(self.out_dir / "landmarks.seq.nrrd", w, h, times, "uint8",
+                                     spacing, node_class=LABELMAP_NODE),
+            ]
+        self.geometry = frame_geometry(spacing, (w, h))
+
+    def add(self, window: WindowResult, frames: np.ndarray) -> None:
+        """Write the frames this window owns (frames = the window's cropped frames)."""
+        if not self._writers:
+            return
+        first = int(window.frame_indices[0])
+        cam = window.cam if window.cam is not None else np.zeros(frames.shape[1:], np.float32)
+        value = self.labelset.index(window.predicted) + 1
+        region = np.where(cam >= self.cam_threshold, value, 0).astype(np.uint8)
+        if window.cam is None:
+            region[:] = 0
+        for f in self._owned.get(window.index, []):
+            frames_w, cam_w, land_w = self._writers
+            frames_w.add(frames[f - first])
+            cam_w.add(cam.astype(np.float32))
+            land_w.add(region)
+
+    def abort(self) -> None:
+        for w in self._writers:
+            w.abort()
+
+    def finish(self, result: LabelResult) -> dict[str, Path]:
+        """Close the sequences and write the CSV, colour table, markups and scene files."""
+        out: dict[str, Path] = {}
+        if any(w.count != len(w.times) for w in self._writers):
+            # A cancelled run has frames missing: drop the sequences, keep the tables.
+            self.abort()
+            self._writers = []
+        for w in self._writers:
+            out[w.path.name] = w.close()
+        d = self.out_dir
+        atomic_write_text(d / "labels.csv", labels_csv(result))
+        out["labels.csv"] = d / "labels.csv"
+        atomic_write_text(d / "frame_labels.csv", frame_labels_csv(result))
+        out["frame_labels.csv"] = d / "frame_labels.csv"
+        entries = [(i + 1, lab.name, lab.color) for i, lab in enumerate(self.labelset.labels)]
+        atomic_write_text(d / "landmarks.csv", color_table_csv(entries))
+        out["landmarks.csv"] = d / "landmarks.csv"
+        points = []
+        for w in result.windows:
+            if w.peak is None:
+                continue
+            lab = self.labelset.get(w.predicted)
+            points.append({
+                "label": lab.name,
+                "position": pixel_to_lps(w.peak[0], w.peak[1], self.geometry),
+                "description": f"t={w.time_s:.2f} s, confidence {w.confidence:.2f}"
+                               + (f", said: {w.spoken_label}" if w.spoken_label else "")})
+        atomic_write_text(d / "landmarks.mrk.json",
+                          markups_points_json("EUS landmarks", points))
+        out["landmarks.mrk.json"] = d / "landmarks.mrk.json"
+
+        run = {"procedure": str(self.proc.path), "procedure_name": self.proc.name,
+               "labels": self.labelset.to_json(), "cam_threshold": self.cam_threshold,
+               "windows": len(result.windows), "cancelled": result.cancelled,
+               "frames": len(self.frame_indices), "eusvoicelabel_version": __version__,
+               **self.provenance}
+        atomic_write_text(d / "run.json", json.dumps(run, indent=2) + "\n")
+        out["run.json"] = d / "run.json"
+        if "frames.seq.nrrd" in out:
+            out["scene.mrml"] = write_scene_mrml(d / "scene.mrml", fps=self.proc.fps,
+                                                 name=self.proc.name)
+        return out
+
+
+def write_label_outputs(result: LabelResult, out_dir: os.PathLike | str,
+                        frames_per_window: Optional[int] = None) -> dict[str, Path]:
+    """Write every output of a finished :class:`LabelResult` (re-reading its frames)."""
+    n = frames_per_window or (len(result.windows[0].frame_indices) if result.windows else 25)
+    writer = LabelOutputWriter(out_dir, result.procedure, result.labelset,
+                               [w.mention for w in result.windows], n, result.cam_threshold)
+    try:
+        for w in result.windows:
+            writer.add(w, result.procedure.frames_window(w.time_s, n))
+        return writer.finish(result)
+    except BaseException:
+        writer.abort()
+        raise

@@ -1,0 +1,209 @@
+"""Labelling a procedure: every mention window gets a predicted landmark, its confidence, class
+probabilities and a Grad-CAM heat map.
+
+Windows are processed one at a time (decoded by time range), so a 20-minute procedure never
+sits in memory; their outputs are streamed to disk by :mod:`.output`.  Each frame of the
+labelled windows belongs to one window: the latest window whose 25 frames include it (a mention
+spoken while the previous window is still running takes over from its onset).
+
+The landmark region of a window (``landmarks.seq.nrrd``) is where its heat map reaches
+``cam_threshold`` (default 0.5, i.e. half of the map's peak, the usual Grad-CAM
+"evidence region"), labelled with the predicted landmark's value (class index + 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..core.errors import MentionsError
+from ..data.audio import SpectrogramSettings, spectrogram
+from ..data.dataset import WindowSettings, resize_frames
+from ..data.mentions import Mention
+from ..data.procedure import Procedure, onset_frame
+from ..data.vocabulary import LabelSet
+from ..nn.devices import select_device
+from ..nn.explain import grad_cam, peak_of, upsample_map
+from ..nn.fastpath import optimise_for_inference
+from ..train.checkpoints import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAM_THRESHOLD = 0.5
+
+
+class LabelModel:
+    """A trained model ready to label windows (read from a checkpoint, never unpickled)."""
+
+    def __init__(self, loaded, device) -> None:
+        self._loaded = loaded
+        # Frozen weights, BatchNorm folded, channels-last: same predictions, and Grad-CAM's
+        # backward stops at the heat-map layer (measured 2x faster; docs/benchmarks.md).
+        # In place: the loaded copy is used for nothing else (saves a copy of the weights).
+        self.model = optimise_for_inference(loaded.model, device, inplace=True)
+        self.labelset: LabelSet = loaded.labelset
+        self.variant: str = loaded.config.variant
+        self.device = device
+        pre = loaded.preprocessing or {}
+        size = pre.get("image_size") or list(loaded.config.image_size)
+        self.settings = WindowSettings(
+            image_size=tuple(int(v) for v in size),
+            frames=int(pre.get("frames", loaded.config.frames)),
+            spectrogram=SpectrogramSettings.from_json(pre.get("spectrogram", {})))
+
+    @classmethod
+    def load(cls, path: os.PathLike | str, device: str = "auto",
+             labelset: Optional[LabelSet] = None) -> "LabelModel":
+        """Load a checkpoint written by ``eusvoicelabel train``.
+
+        Raises:
+            CheckpointError: unreadable, untrusted or incompatible checkpoint.
+        """
+        dev = select_device(device)
+        return cls(load_checkpoint(path, labelset=labelset, device=dev), dev)
+
+    @property
+    def has_image(self) -> bool:
+        return getattr(self.model, "image_branch", None) is not None
+
+
+@dataclass
+class WindowResult:
+    """The labelling of one mention window."""
+
+    index: int
+    mention: Mention
+    predicted: str
+    confidence: float
+    probabilities: np.ndarray  # float32 (K,)
+    frame_indices: np.ndarray  # int64 (frames,) on the 25 fps grid
+    cam: Optional[np.ndarray] = None  # float32 (H, W) at the cropped frame size, 0-1
+    joint: Optional[np.ndarray] = None  # float32 (H, W) joint image-voice map, 0-1
+    peak: Optional[tuple[int, int]] = None  # (column, row) of the heat-map maximum
+
+    @property
+    def time_s(self) -> float:
+        return self.mention.time_s
+
+    @property
+    def end_s(self) -> Optional[float]:
+        return self.mention.end_s
+
+    @property
+    def spoken_label(self) -> Optional[str]:
+        """The label that was said (known for file / transcript / detected mentions)."""
+        return self.mention.label or None
+
+
+@dataclass
+class LabelResult:
+    """All windows of a labelled procedure."""
+
+    procedure: Procedure
+    labelset: LabelSet
+    windows: list[WindowResult] = field(default_factory=list)
+    cancelled: bool = False
+    cam_threshold: float = DEFAULT_CAM_THRESHOLD
+
+    def frame_owners(self) -> dict[int, int]:
+        """Frame index -> index (in ``windows``) of the window that labels it."""
+        return frame_owners([w.frame_indices for w in self.windows], self.procedure.n_frames)
+
+    def frame_labels(self) -> list[dict]:
+        """One row per labelled frame: frame_index, time_s, label, confidence, window,
+        spoken_label."""
+        rows = []
+        for f, k in self.frame_owners().items():
+            w = self.windows[k]
+            rows.append({"frame_index": f, "time_s": f / self.procedure.fps,
+                         "label": w.predicted, "confidence": w.confidence, "window": w.index,
+                         "spoken_label": w.spoken_label or ""})
+        return rows
+
+
+def frame_owners(windows: Sequence[np.ndarray], n_frames: int) -> dict[int, int]:
+    """Frame index -> position in ``windows`` (frame-index arrays in onset order) of the window
+    that labels it, sorted by frame: a later window takes over overlapping frames, frames past
+    the recording belong to none."""
+    owners: dict[int, int] = {}
+    for k, indices in enumerate(windows):
+        for f in indices:
+            if 0 <= f < n_frames:
+                owners[int(f)] = k
+    return dict(sorted(owners.items()))
+
+
+def window_frame_indices(mention: Mention, frames: int, fps: float) -> np.ndarray:
+    """The frame indices (25 fps grid) of a mention's window."""
+    return onset_frame(mention.time_s, fps) + np.arange(frames, dtype=np.int64)
+
+
+def label_procedure(proc: Procedure, model: LabelModel,
+                    mentions: Optional[Sequence[Mention]] = None, with_cam: bool = True,
+                    joint_map: bool = False,
+                    progress: Optional[Callable[[int, int], None]] = None,
+                    should_stop: Optional[Callable[[], bool]] = None,
+                    on_window: Optional[Callable[[WindowResult, np.ndarray], None]] = None,
+                    cam_threshold: float = DEFAULT_CAM_THRESHOLD) -> LabelResult:
+    """Label every mention window of a procedure.
+
+    Args:
+        proc: the procedure.
+        model: a :class:`LabelModel`.
+        mentions: windows to label (default: the procedure's mentions).
+        with_cam: compute Grad-CAM heat maps (needs an image branch).
+        joint_map: also keep the joint image-voice map C.
+        progress: called with (done, total) after each window.
+        should_stop: checked before each window; when it returns True labelling stops and the
+            result (``cancelled=True``) keeps the windows done so far.
+        on_window: called with each window's result and its cropped frames (uint8), e.g. to
+            stream outputs to disk.
+    """
+    mentions = sorted(proc.mentions if mentions is None else mentions, key=lambda m: m.time_s)
+    if not mentions:
+        raise MentionsError("no mentions to label", proc.path,
+                            "give --mentions auto, a mentions CSV or a transcript")
+    if list(model.labelset.ids) != list(proc.labelset.ids):
+        log.info("labelling with the model's labels %s", model.labelset.ids)
+    proc.check_mentions(mentions)
+    settings = model.settings
+    result = LabelResult(proc, model.labelset, cam_threshold=cam_threshold)
+    net = model.model.eval()
+    crop_hw = (proc.frame_size[1], proc.frame_size[0])
+    for k, m in enumerate(mentions):
+        if should_stop is not None and should_stop():
+            result.cancelled = True
+            break
+        frames = proc.frames_window(m.time_s, settings.frames)
+        image = resize_frames(frames, settings.image_size).astype(np.float32) / 255.0
+        voice = spectrogram(proc.voice_window(m), proc.sample_rate, settings.spectrogram)
+        img_t = torch.from_numpy(image)[None].to(model.device)
+        voice_t = torch.from_numpy(voice)[None].to(model.device)
+        cam = joint = None
+        if with_cam and model.has_image:
+            exp = grad_cam(net, img_t, voice_t, joint=joint_map)
+            probs = exp.probabilities
+            if exp.cam is not None:
+                cam = upsample_map(exp.cam, crop_hw)
+            if exp.joint is not None:
+                joint = upsample_map(exp.joint, crop_hw)
+        else:
+            with torch.inference_mode():
+                probs = torch.softmax(net(img_t, voice_t).float(), dim=1)[0].cpu().numpy()
+        cls = int(np.argmax(probs))
+        w = WindowResult(index=k, mention=m, predicted=model.labelset.ids[cls],
+                         confidence=float(probs[cls]), probabilities=probs.astype(np.float32),
+                         frame_indices=window_frame_indices(m, settings.frames, proc.fps),
+                         cam=cam, joint=joint, peak=peak_of(cam) if cam is not None else None)
+        result.windows.append(w)
+        if on_window is not None:
+            on_window(w, frames)
+        if progress is not None:
+            progress(k + 1, len(mentions))
+    return result
