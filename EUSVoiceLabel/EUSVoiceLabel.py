@@ -19,21 +19,43 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
+import time
+from importlib import util as importlib_util
 from typing import Annotated, Callable, Optional
 
+import numpy as np
 import qt
-import vtk
-
 import slicer
-from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
-                    vtkMRMLSequenceBrowserNode, vtkMRMLSequenceNode, vtkMRMLTableNode)
-from slicer.i18n import tr as _
-from slicer.i18n import translate
+import vtk
+from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSequenceBrowserNode,
+                    vtkMRMLSequenceNode, vtkMRMLTableNode)
+from slicer.i18n import tr as _, translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest,
-                                           ScriptedLoadableModuleWidget)
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+
+# The library ships next to this file.  These of its modules import only the standard library
+# and numpy, which Slicer bundles; the parts that need torch, pocketsphinx or the other packages
+# of Resources/requirements.txt are imported in the methods that use them, after
+# setupPythonRequirements, so that this module loads before they are installed.
+from EUSVoiceLabelLib.core.errors import CheckpointError, MediaError, MentionsError
+from EUSVoiceLabelLib.core.fileio import atomic_write_text
+from EUSVoiceLabelLib.core.outputlock import output_lock
+from EUSVoiceLabelLib.data.mentions import Mention, read_mentions
+from EUSVoiceLabelLib.data.procedure import load_procedure
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.slicer.review import (MENTION_COLUMNS, RESULT_COLUMNS, ReviewTable,
+                                            labels_csv_with_review, mentions_from_rows,
+                                            mentions_to_rows)
+from EUSVoiceLabelLib.slicer.support import (LARGE_SEQUENCE_BYTES, apply_problems, cine_ijk_to_ras,
+                                             crop_ijk_to_ras, index_value, master_item_at,
+                                             missing_requirements, overlay_timeline, parse_progress,
+                                             path_or_none, procedure_from_files,
+                                             procedure_from_frames, read_requirements,
+                                             sequence_times, split_log_lines, train_arguments,
+                                             write_tiny_procedure, write_training_procedure)
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -232,8 +254,6 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ state
     def _updateGui(self, caller=None, event=None) -> None:
         """Enable what can be done now; the Apply tooltip says what is missing."""
-        from EUSVoiceLabelLib.slicer.support import apply_problems, path_or_none
-
         p = self._parameterNode
         if p is None:
             return
@@ -299,8 +319,6 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.recordingPath = pathlib.Path(folder)
 
     def onLoadProcedure(self) -> None:
-        from EUSVoiceLabelLib.slicer.support import path_or_none
-
         p = self._parameterNode
         if not self.logic.setupPythonRequirements(needTorch=False):
             return
@@ -366,8 +384,6 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ training
     def onTrain(self) -> None:
-        from EUSVoiceLabelLib.slicer.support import path_or_none
-
         p = self._parameterNode
         if not self.logic.setupPythonRequirements(needTorch=True):
             return
@@ -496,8 +512,6 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ export
     def onExport(self) -> None:
-        from EUSVoiceLabelLib.slicer.support import path_or_none
-
         p = self._parameterNode
         folder = path_or_none(p.exportFolder)
         if folder is None:
@@ -510,8 +524,6 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 n=len(files), folder=folder))
 
     def onAddToCohort(self) -> None:
-        from EUSVoiceLabelLib.slicer.support import path_or_none
-
         p = self._parameterNode
         cohort = path_or_none(p.cohortFolder)
         if cohort is None:
@@ -568,8 +580,6 @@ class _TrainingProcess:
             self.process.kill()
 
     def _onOutput(self) -> None:
-        from EUSVoiceLabelLib.slicer.support import parse_progress, split_log_lines
-
         data = self.process.readAllStandardOutput().data()
         chunk = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
         state = parse_progress(chunk)
@@ -672,8 +682,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                 raise InstallError(_("Installing PyTorch failed: {error}").format(error=exc))
 
     def _ensureRequirements(self) -> None:
-        from importlib import util as importlib_util
-
         requirementsPath = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
         if importlib_util.find_spec("slicer.packaging") is not None:  # Slicer 5.12+
             import slicer.packaging
@@ -690,7 +698,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                                    .format(error=exc))
             return
         # Slicer 5.10: check, ask, install (the check uses only the standard library).
-        from EUSVoiceLabelLib.slicer.support import missing_requirements, read_requirements
 
         missing = missing_requirements(read_requirements(requirementsPath))
         if not missing:
@@ -730,9 +737,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             the slice views with its browser; None when cancelled.  The audio path and offset
             are stored as node attributes so a saved scene reopens with them.
         """
-        from EUSVoiceLabelLib.slicer.support import (LARGE_SEQUENCE_BYTES, cine_ijk_to_ras,
-                                                     index_value, procedure_from_files)
-
         proc = procedure_from_files(recordingPath, audio=audioPath, audio_offset_s=audioOffsetS,
                                     fps=fps, mentions=mentionsPath, crop=crop)
         w, h = proc.frame_size
@@ -790,9 +794,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         """Attach an audio file (and offset: audio time = video time + offset) to a volume
         sequence already in the scene, e.g. a DICOM cine loop.  Stored as node attributes, so
         a saved scene keeps them.  Returns the sequence node."""
-        from EUSVoiceLabelLib.core.errors import MediaError
-        from EUSVoiceLabelLib.slicer.support import path_or_none
-
         if sequenceNode is None:
             raise ValueError("no volume sequence given")
         audio = path_or_none(audioPath)
@@ -808,9 +809,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         """The library ``Procedure`` behind a volume sequence: the files it was loaded from,
         or (for a sequence made elsewhere) its frames read lazily from the scene plus the
         audio stored on the node."""
-        from EUSVoiceLabelLib.slicer.support import (procedure_from_files, procedure_from_frames,
-                                                     sequence_times)
-
         key = sequenceNode.GetID()
         if key in self._procedures:
             return self._procedures[key]
@@ -877,8 +875,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ mentions
     def _labelset(self, sequenceNode=None):
-        from EUSVoiceLabelLib.data.vocabulary import LabelSet
-
         if sequenceNode is not None:
             try:
                 return self.procedureForSequence(sequenceNode).labelset
@@ -889,8 +885,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def mentionsToTable(self, mentions, sequenceNode=None, tableNode=None) -> vtkMRMLTableNode:
         """Write mentions into an editable table node (time_s, label, end_s, text,
         confidence, source); a new table when ``tableNode`` is None."""
-        from EUSVoiceLabelLib.slicer.review import MENTION_COLUMNS, mentions_to_rows
-
         if tableNode is None:
             base = (sequenceNode.GetName() + " mentions") if sequenceNode else "EUS mentions"
             tableNode = slicer.mrmlScene.AddNewNodeByClass(
@@ -907,8 +901,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         Raises:
             MentionsError: naming the row at fault.
         """
-        from EUSVoiceLabelLib.slicer.review import mentions_from_rows
-
         columns, rows = self.readTable(tableNode)
         return mentions_from_rows(columns, rows, labelset or self._labelset(),
                                   where=f"table {tableNode.GetName()}")
@@ -916,8 +908,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def mentionsFromFile(self, sequenceNode, path, tableNode=None) -> vtkMRMLTableNode:
         """Read a mentions CSV or an SRT/WebVTT transcript (times on the audio clock are
         shifted by the sequence's audio offset) into a mentions table."""
-        from EUSVoiceLabelLib.data.mentions import read_mentions
-
         proc = self.procedureForSequence(sequenceNode)
         mentions = read_mentions(path, proc.labelset, offset_s=proc.audio_offset_s)
         proc.check_mentions(mentions)
@@ -931,6 +921,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         ``progressCallback(done, total)`` gets seconds of audio; when ``shouldStop()`` returns
         True detection stops, the table is left as it was and None is returned.
         """
+        # deferred: pocketsphinx (requirements.txt)
         from EUSVoiceLabelLib.speech.detect import DetectionCancelled, detect_mentions
 
         proc = self.procedureForSequence(sequenceNode)
@@ -978,13 +969,10 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ labelling
     def loadModel(self, checkpointPath, device: str = "auto"):
         """The ``LabelModel`` of a checkpoint (kept while the file is unchanged)."""
-        from EUSVoiceLabelLib.labelling.run import LabelModel
-        from EUSVoiceLabelLib.slicer.support import path_or_none
+        from EUSVoiceLabelLib.labelling.run import LabelModel  # deferred: torch
 
         path = path_or_none(checkpointPath)
         if path is None:
-            from EUSVoiceLabelLib.core.errors import CheckpointError
-
             raise CheckpointError("no model checkpoint given", None,
                                   "choose a .pt file or train a model")
         mtime = path.stat().st_mtime if path.is_file() else None
@@ -1020,7 +1008,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             the heat-map peak) and the text-node sequence (each frame's label); see
             :meth:`outputNodes`.
         """
-        from EUSVoiceLabelLib.labelling.run import label_procedure
+        from EUSVoiceLabelLib.labelling.run import label_procedure  # deferred: torch
 
         if sequenceNode is None or mentionsTable is None:
             raise ValueError("a volume sequence and a mentions table are needed")
@@ -1028,8 +1016,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         proc = self.procedureForSequence(sequenceNode)
         mentions = self.mentionsFromTable(mentionsTable, model.labelset)
         if not mentions:
-            from EUSVoiceLabelLib.core.errors import MentionsError
-
             raise MentionsError("no mentions to label", f"table {mentionsTable.GetName()}",
                                 "load, detect or type the spoken landmark names first")
         result = label_procedure(proc, model, mentions, with_cam=withHeatMaps,
@@ -1042,8 +1028,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                        heatOpacity: float = 0.5) -> vtkMRMLTableNode:
         """Turn a library ``LabelResult`` into the results table and the synchronised output
         sequences (see :meth:`label`)."""
-        from EUSVoiceLabelLib.slicer.review import RESULT_COLUMNS, ReviewTable
-
         review = ReviewTable.from_windows(result.windows, result.labelset)
         if resultsTable is None:
             resultsTable = slicer.mrmlScene.AddNewNodeByClass(
@@ -1083,8 +1067,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             slicer.mrmlScene.RemoveNode(points)
 
     def _masterTimes(self, sequenceNode):
-        from EUSVoiceLabelLib.slicer.support import sequence_times
-
         n = sequenceNode.GetNumberOfDataNodes()
         values = [sequenceNode.GetNthIndexValue(i) for i in range(n)]
         return sequence_times(values, sequenceNode.GetIndexUnit(), self._browserFps(sequenceNode))
@@ -1099,10 +1081,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         return seq
 
     def _writeOutputs(self, result, sequenceNode, browser, resultsTable) -> None:
-        import numpy as np
-
-        from EUSVoiceLabelLib.slicer.support import crop_ijk_to_ras, overlay_timeline
-
         proc = result.procedure
         labelset = result.labelset
         masterTimes = self._masterTimes(sequenceNode)
@@ -1228,8 +1206,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ review
     def labelsetForResults(self, resultsTable):
         """The vocabulary of a results table (the model's labels)."""
-        from EUSVoiceLabelLib.data.vocabulary import LabelSet
-
         result = self._results.get(resultsTable.GetID()) if resultsTable else None
         if result is not None:
             return result.labelset
@@ -1240,8 +1216,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
 
     def reviewTable(self, resultsTable):
         """The review state of a results table (``EUSVoiceLabelLib.slicer.review.ReviewTable``)."""
-        from EUSVoiceLabelLib.slicer.review import ReviewTable
-
         columns, rows = self.readTable(resultsTable)
         return ReviewTable.from_rows(columns, rows, self.labelsetForResults(resultsTable),
                                      where=f"table {resultsTable.GetName()}")
@@ -1288,15 +1262,11 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def sortResults(self, resultsTable, key: str = "confidence", ascending: bool = True) -> None:
         """Reorder the results rows by ``confidence`` (least confident first), ``time`` or
         ``window``; review state is kept."""
-        from EUSVoiceLabelLib.slicer.review import RESULT_COLUMNS
-
         review = self.reviewTable(resultsTable)
         self.writeTable(resultsTable, RESULT_COLUMNS, review.to_rows(key, ascending))
 
     def jumpToWindow(self, resultsTable, window: int) -> int:
         """Move the sequence browser to the first frame of a window; returns the item."""
-        from EUSVoiceLabelLib.slicer.support import master_item_at
-
         nodes = self.outputNodes(resultsTable)
         browser, frames = nodes["browser"], nodes["frames"]
         if browser is None or frames is None:
@@ -1317,11 +1287,9 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         Returns:
             ``{name: path}`` of the written files.
         """
+        # deferred: torch, Pillow, tqdm (requirements.txt)
         from EUSVoiceLabelLib.data.export import export_dataset
-        from EUSVoiceLabelLib.core.fileio import atomic_write_text
         from EUSVoiceLabelLib.labelling.output import write_label_outputs
-        from EUSVoiceLabelLib.core.outputlock import output_lock
-        from EUSVoiceLabelLib.slicer.review import labels_csv_with_review
 
         result = self._results.get(resultsTable.GetID())
         if result is None:
@@ -1347,9 +1315,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         """Add the reviewed procedure to a cohort folder (recording, audio, ``mentions.csv``
         with the reviewed labels) so that training from that cohort learns the corrections.
         Returns the new procedure folder."""
-        from EUSVoiceLabelLib.data.mentions import Mention
-        from EUSVoiceLabelLib.slicer.support import write_training_procedure
-
         frames = self.outputNodes(resultsTable)["frames"]
         proc = self.procedureForSequence(frames)
         review = self.reviewTable(resultsTable)
@@ -1372,8 +1337,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         (``PythonSlicer -m EUSVoiceLabelLib train COHORT --out MODEL ...``); the GUI stays
         responsive.  ``logCallback(line)``, ``progressCallback(fraction, description)`` and
         ``finishedCallback(ok)`` report on it.  Returns the process wrapper (``.cancel()``)."""
-        from EUSVoiceLabelLib.slicer.support import train_arguments
-
         if self._training is not None and self._training.isRunning():
             raise RuntimeError(_("A training run is already in progress."))
         args = train_arguments(cohortFolder, modelPath, epochs=epochs, image_size=imageSize,
@@ -1407,7 +1370,6 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
 
     def setUp(self):
         slicer.mrmlScene.Clear()
-        import tempfile
 
         self.tempDir = pathlib.Path(tempfile.mkdtemp(prefix="EUSVoiceLabelTest"))
 
@@ -1426,8 +1388,8 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
     # ---- helpers
     def _tinyModel(self, frames: int = 5):
         """A tiny cohort written with the library and a model trained for 2 epochs on CPU."""
+        # deferred: torch
         from EUSVoiceLabelLib.data.dataset import build_window_set
-        from EUSVoiceLabelLib.slicer.support import write_tiny_procedure
         from EUSVoiceLabelLib.train.config import TrainConfig
         from EUSVoiceLabelLib.train.checkpoints import preprocessing_settings, save_checkpoint
         from EUSVoiceLabelLib.train.loop import train_model
@@ -1466,9 +1428,6 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
     # ---- tests
     def test_ReviewAndTables(self):
         """Mentions and results tables round-trip through table nodes; review is kept."""
-        from EUSVoiceLabelLib.data.mentions import Mention
-        from EUSVoiceLabelLib.slicer.review import RESULT_COLUMNS
-
         self.delayDisplay("Tables and review")
         logic = EUSVoiceLabelLogic()
         table = logic.mentionsToTable([Mention(2.0, "bile_duct"), Mention(1.0, "pancreas", 1.5)])
@@ -1553,10 +1512,6 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
     def test_LabelSceneSequence(self):
         """Label a volume sequence that is already in the scene (e.g. a DICOM cine loop) with
         an audio file attached to it."""
-        import numpy as np
-
-        from EUSVoiceLabelLib.data.procedure import load_procedure
-
         cohort, model = self._tinyModel()
         source = load_procedure(cohort / "p1")
         seq = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
@@ -1588,10 +1543,6 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
 
     def test_BackgroundTraining(self):
         """'Train from cohort folder' runs as a background process and writes the model."""
-        import time
-
-        from EUSVoiceLabelLib.slicer.support import write_tiny_procedure
-
         cohort = self.tempDir / "cohort"
         write_tiny_procedure(cohort / "p1", seed=1)
         write_tiny_procedure(cohort / "p2", seed=2, labels=("bile_duct", "pancreas"))

@@ -32,22 +32,38 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
+import multiprocessing as mp
 import os
 import platform
+import queue as queue_mod
 import statistics
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from . import __version__
+from .core.fileio import atomic_write_text
+from .data.dataset import WindowSettings, load_windows_cached
+from .data.procedure import load_procedure
+from .data.vocabulary import LabelSet
+from .labelling.folder import label_to_folder
+from .labelling.run import LabelModel, label_procedure
+from .nn.devices import select_device
+from .nn.explain import grad_cam
 from .nn.fastpath import (autocast_for, bf16_is_fast, maybe_compile, optimise_for_inference,
                           prepare_image)
+from .nn.network import build_model
+from .speech.detect import detect_mentions
+from .synth.longvideo import make_procedure
+from .train.checkpoints import save_checkpoint
+from .train.config import TrainConfig
+from .train.loop import TrainResult, weighted_loss
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +128,7 @@ def _rss_bytes() -> int:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
-        import resource
+        import resource  # Unix only
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
@@ -188,8 +204,6 @@ def time_interleaved(cases: dict[str, Callable[[], Any]], repeats: int, device: 
 # --------------------------------------------------------------------------- FLOPs
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs counted by FlopCounterMode while ``fn`` runs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as fc:
         fn()
     return int(fc.get_total_flops())
@@ -200,9 +214,6 @@ def model_flops(image_size: Sequence[int], width: float = 1.0, frames: int = FRA
                 ) -> dict[str, float]:
     """FLOPs per sample (GFLOP) of each branch, the joint product + head and the whole
     network, forward and training step, on meta tensors (nothing is computed)."""
-    from .nn.network import build_model
-    from .train.loop import weighted_loss
-
     with torch.device("meta"):
         model = build_model(variant, num_classes, frames, width=width)
     image = torch.empty(batch, frames, *image_size, device="meta")
@@ -287,9 +298,6 @@ def _trained_like_batchnorm(model: torch.nn.Module, seed: int) -> None:
 def inference_cases(image_size: Sequence[int], width: float, device: torch.device,
                     repeats: int, compile_: bool = False, seed: int = 0) -> dict[str, Any]:
     """Latency per window (batch 1), baseline vs optimised, with and without Grad-CAM."""
-    from .nn.explain import grad_cam
-    from .nn.network import build_model
-
     torch.manual_seed(seed)
     base = build_model("proposed", 5, FRAMES, width=width)
     _trained_like_batchnorm(base, seed)
@@ -353,9 +361,6 @@ def training_cases(image_size: Sequence[int], width: float, device: torch.device
     """Seconds per Adam step on a preloaded batch, baseline (eager fp32 NCHW) vs optimised
     (the training loop's path: channels-last and bf16 autocast on CUDA, compiled on request;
     on CPU also the channels-last experiment when ``with_channels_last``)."""
-    from .nn.network import build_model
-    from .train.loop import weighted_loss
-
     image, voice, labels = _inputs(batch, image_size, device, seed)
     weights = torch.ones(5, device=device)
 
@@ -392,119 +397,11 @@ def training_cases(image_size: Sequence[int], width: float, device: torch.device
     return {"batch": batch, "cases": res}
 
 
-# --------------------------------------------------------------------------- synthetic media
-def _clip_frames(n: int, size: tuple[int, int], seed: int = 0) -> Iterator[np.ndarray]:
-    """Smooth moving grey blobs with light speckle (compresses like real EUS, unlike noise)."""
-    w, h = size
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    centres = rng.uniform(0, 1, (5, 2)) * (w, h)
-    speed = rng.normal(0, 2, (5, 2))
-    speckle = rng.normal(0, 6, (h, w)).astype(np.float32)
-    for i in range(n):
-        img = np.full((h, w), 30.0, np.float32)
-        for (cx, cy), (vx, vy) in zip(centres, speed):
-            img += 120 * np.exp(-(((xx - cx - vx * i) / 60) ** 2 + ((yy - cy - vy * i) / 40) ** 2))
-        yield np.clip(img + speckle, 0, 255).astype(np.uint8)
-
-
-def write_long_video(path: Path, seconds: float, size: tuple[int, int] = (720, 480),
-                     clip_seconds: float = 10.0, fps: int = 25) -> Path:
-    """A long H.264 video made fast: one short clip is encoded, then its packets are remuxed
-    with shifted timestamps until ``seconds`` are covered."""
-    import av
-
-    clip = path.with_suffix(".clip.mp4")
-    n_clip = int(clip_seconds * fps)
-    with av.open(str(clip), "w") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height = size
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "ultrafast", "crf": "30", "g": str(fps)}
-        for i, img in enumerate(_clip_frames(n_clip, size)):
-            vf = av.VideoFrame.from_ndarray(img, format="gray").reformat(format="yuv420p")
-            vf.pts = i
-            for p in vs.encode(vf):
-                out.mux(p)
-        for p in vs.encode(None):
-            out.mux(p)
-    return repeat_clip(clip, path, seconds, clip_seconds)
-
-
-def repeat_clip(clip: Path, path: Path, seconds: float, clip_seconds: float) -> Path:
-    """Remux the packets of a short H.264 ``clip`` again and again with shifted timestamps
-    into ``path`` until ``seconds`` are covered (no re-encoding), then delete the clip."""
-    import av
-
-    repeats = int(math.ceil(seconds / clip_seconds))
-    with av.open(str(clip)) as src:
-        sv = src.streams.video[0]
-        packets = [p for p in src.demux(sv) if p.size]
-        span = int(round(clip_seconds / sv.time_base))  # the clip's length in stream ticks
-        with av.open(str(path), "w") as out:
-            ov = out.add_stream_from_template(sv)
-            for r in range(repeats):
-                for p in packets:
-                    q = av.Packet(bytes(p))
-                    q.stream = ov
-                    q.pts = p.pts + r * span
-                    q.dts = p.dts + r * span
-                    q.time_base = sv.time_base
-                    q.is_keyframe = p.is_keyframe
-                    out.mux(q)
-    clip.unlink()
-    return path
-
-
-def make_procedure(folder: Path, seconds: float, n_mentions: int, seed: int = 0,
-                   size: tuple[int, int] = (720, 480)) -> Path:
-    """A procedure folder for timing: long video, a 48 kHz wav with quiet room noise and a
-    spoken landmark phrase (flite TTS) at each mention, and mentions.csv."""
-    from .core.fileio import atomic_write_text
-    from .data.vocabulary import LabelSet
-
-    folder.mkdir(parents=True, exist_ok=True)
-    write_long_video(folder / "video.mp4", seconds, size)
-    rate = 48000
-    rng = np.random.default_rng(seed)
-    audio = (0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
-    labels = LabelSet.default()
-    times = np.linspace(5.0, max(6.0, seconds - 8.0), n_mentions)
-    rows = ["time_s,label,end_s"]
-    try:
-        from .synth.speech import speak
-        have_tts = True
-    except Exception:  # pragma: no cover - TTS engines missing: silent mentions
-        have_tts = False
-    for k, t in enumerate(times):
-        lab = labels.labels[k % len(labels)]
-        end = t + 1.0
-        if have_tts:
-            try:
-                x = 0.5 * speak(f"this is the {lab.name}", "flite_slt")
-                i = int(t * rate)
-                x = x[: len(audio) - i]
-                audio[i:i + len(x)] += x
-                end = t + len(x) / rate
-            except Exception:  # pragma: no cover
-                pass
-        rows.append(f"{t:.3f},{lab.id},{end:.3f}")
-    atomic_write_text(folder / "mentions.csv", "\n".join(rows) + "\n")
-    from .data.media import write_wav
-
-    write_wav(folder / "audio.wav", audio, rate)
-    return folder
-
 
 def data_cases(workdir: Path, image_size: Sequence[int], seconds: float = 120.0,
                n_mentions: int = 8, kws_seconds: float = 60.0) -> dict[str, Any]:
     """Windows/s from video (seek + decode + crop + resize + spectrogram) vs from the cache,
     and the keyword spotter's real-time factor."""
-    from .data.dataset import WindowSettings, load_windows_cached
-    from .speech.detect import detect_mentions
-    from .data.procedure import load_procedure
-    from .data.vocabulary import LabelSet
-
     folder = make_procedure(workdir / "data_proc", seconds, n_mentions)
     labels = LabelSet.default()
     settings = WindowSettings(image_size=tuple(image_size), frames=FRAMES)
@@ -536,13 +433,6 @@ def data_cases(workdir: Path, image_size: Sequence[int], seconds: float = 120.0,
 # --------------------------------------------------------------------------- labelling
 def _paper_checkpoint(path: Path, image_size: Sequence[int], width: float, seed: int) -> Path:
     """A random-init model saved as a checkpoint (labelling cost does not depend on weights)."""
-    from .data.dataset import WindowSettings
-    from .nn.network import build_model
-    from .train.config import TrainConfig
-    from .train.loop import TrainResult
-    from .train.checkpoints import save_checkpoint
-    from .data.vocabulary import LabelSet
-
     labels = LabelSet.default()
     cfg = TrainConfig(variant="proposed", epochs=0, image_size=tuple(image_size),
                       frames=FRAMES, width=width, seed=seed)
@@ -557,10 +447,6 @@ def _paper_checkpoint(path: Path, image_size: Sequence[int], width: float, seed:
 def _label_child(folder: str, model_path: str, out_dir: str, device: str, threads: int,
                  queue: Any) -> None:
     """Runs in a fresh process: label with heat maps (all outputs written), then without."""
-    from .labelling.run import LabelModel, label_procedure
-    from .labelling.folder import label_to_folder
-    from .data.procedure import load_procedure
-
     torch.set_num_threads(threads)
     rss_import = round(_rss_bytes() / 2 ** 20, 1)
     try:
@@ -595,8 +481,6 @@ def labelling_case(workdir: Path, minutes: float, n_windows: int, image_size: Se
                    width: float, device: str, threads: int, seed: int = 0) -> dict[str, Any]:
     """Label a ``minutes`` long synthetic procedure (``label`` with heat maps and all outputs)
     in a fresh process; seconds per window with / without heat maps and its peak RSS."""
-    import multiprocessing as mp
-
     folder = make_procedure(workdir / "long_proc", minutes * 60.0, n_windows, seed)
     model_path = _paper_checkpoint(workdir / "paper_random.pt", image_size, width, seed)
     ctx = mp.get_context("spawn")
@@ -604,7 +488,6 @@ def labelling_case(workdir: Path, minutes: float, n_windows: int, image_size: Se
     p = ctx.Process(target=_label_child, args=(str(folder), str(model_path),
                                                str(workdir / "label_out"), device, threads, q))
     p.start()
-    import queue as queue_mod
     while True:  # never wait forever on a child that died before reporting
         try:
             res = q.get(timeout=2.0)
@@ -640,9 +523,6 @@ def _summaries(res: dict[str, Any], flops: dict[str, float], peak_gflops: float,
 def run_bench(s: BenchSettings, progress: Callable[[str], None] = lambda m: None
               ) -> dict[str, Any]:
     """Run the benchmark and return its JSON-able result (see the module docstring)."""
-    from . import __version__
-    from .nn.devices import select_device
-
     device = select_device(s.device)
     threads = s.threads or cpu_count()
     torch.set_num_threads(threads)
@@ -888,8 +768,6 @@ def markdown_report(r: dict[str, Any], command: str) -> str:
 
 def update_markdown(path: Path, section: str, text: str) -> None:
     """Replace the ``section`` block between the bench markers of ``path`` (append if absent)."""
-    from .core.fileio import atomic_write_text
-
     begin = f"{MARK_BEGIN[:-4]} {section} -->"
     end = f"{MARK_END[:-4]} {section} -->"
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -904,12 +782,10 @@ def update_markdown(path: Path, section: str, text: str) -> None:
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """The JSON result, written atomically."""
-    from .core.fileio import atomic_write_text
-
     atomic_write_text(path, json.dumps(result, indent=2, default=float) + "\n")
 
 
 __all__ = ["BenchSettings", "run_bench", "model_flops", "measure_peak", "inference_cases",
            "training_cases", "data_cases", "labelling_case", "time_interleaved", "PeakMemory",
            "check_regressions", "markdown_report", "update_markdown", "write_result",
-           "make_procedure", "write_long_video", "QUICK_TOLERANCE", "PAPER_SIZE", "DEMO_SIZE"]
+           "QUICK_TOLERANCE", "PAPER_SIZE", "DEMO_SIZE"]

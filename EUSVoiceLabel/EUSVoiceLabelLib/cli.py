@@ -3,19 +3,30 @@
 Each sub-command has a ``_add_<name>`` function that declares its arguments and a
 ``_run_<name>`` function that calls the library; the library does the work, this file only
 parses, reports and turns project errors into one-line messages with a non-zero exit code.
+
+A ``_run_<name>`` imports the library modules that need torch, PyAV or pocketsphinx when it
+runs, so that starting the program (``eusvoicelabel --help``) imports none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .core.errors import EUSVoiceLabelError
+from .core.errors import ConfigError, EUSVoiceLabelError, OutputError
+from .core.fileio import atomic_write_text
+from .core.outputlock import output_lock
+from .data.mentions import write_mentions_csv
+from .data.procedure import load_procedure
+from .data.vocabulary import load_labelset
 
 log = logging.getLogger("eusvoicelabel")
 
@@ -93,11 +104,6 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    import json
-
-    from .data.procedure import load_procedure
-    from .data.vocabulary import load_labelset
-
     labelset = load_labelset(args.labels, args.procedure)
     proc = load_procedure(args.procedure, labelset=labelset)
     proc.validate()
@@ -114,7 +120,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train / evaluate
 def _weights_for(args: argparse.Namespace, variant: str) -> Optional[Path]:
-    from .nn.network import NEEDS_WEIGHTS
+    from .nn.network import NEEDS_WEIGHTS  # deferred: torch
 
     kind = NEEDS_WEIGHTS.get(variant)
     if kind is None:
@@ -134,18 +140,16 @@ def _train_settings(args: argparse.Namespace) -> dict:
 
 
 def _window_set(args: argparse.Namespace, labelset):
-    from .data.dataset import build_window_set
+    from .data.dataset import build_window_set  # deferred: torch
 
     return build_window_set(args.cohort, labelset, image_size=tuple(args.image_size),
                             frames=args.frames, cache_dir=args.cache, progress=not args.quiet)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .core.errors import ConfigError, OutputError
-    from .train.config import TrainConfig
+    from .train.config import TrainConfig  # deferred: torch
     from .train.checkpoints import preprocessing_settings, save_checkpoint
     from .train.loop import train_model
-    from .data.vocabulary import load_labelset
 
     if args.variant == "all":
         raise ConfigError("'train' trains one variant", hint="use 'evaluate --variant all'")
@@ -153,7 +157,7 @@ def _run_train(args: argparse.Namespace) -> int:
                       **_train_settings(args))
     if args.out.is_dir():
         raise ConfigError("--out must be a checkpoint file, not a folder", args.out)
-    from .train.distributed import init_from_env, shutdown
+    from .train.distributed import init_from_env, shutdown  # deferred: torch
 
     labelset = load_labelset(args.labels, args.cohort)
     # torchrun --nproc_per_node=K -m EUSVoiceLabelLib train ...: data-parallel training.  The
@@ -198,9 +202,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .train.evaluation import evaluate_all, evaluate_cohort
+    from .train.evaluation import evaluate_all, evaluate_cohort  # deferred: torch
     from .train.config import TrainConfig
-    from .data.vocabulary import load_labelset
 
     labelset = load_labelset(args.labels, args.cohort)
     settings = _train_settings(args)
@@ -245,7 +248,7 @@ def _add_pretrain_voice(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pretrain_voice(args: argparse.Namespace) -> int:
-    from .train.voice_pretrain import pretrain_keyword_model
+    from .train.voice_pretrain import pretrain_keyword_model  # deferred: torch
 
     speakers = [s.strip() for s in args.speakers.split(",") if s.strip()] \
         if args.speakers else None
@@ -300,9 +303,7 @@ def _frame_size(text: str) -> tuple[int, int]:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    import time
-
-    from .synth import synth_cohort
+    from .synth import synth_cohort  # deferred: torch and PyAV
 
     t0 = time.perf_counter()
     out = synth_cohort(args.out, patients=args.patients, seed=args.seed, counts=args.counts,
@@ -341,15 +342,9 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    import json
-
-    from .speech.detect import detect_procedure
+    from .speech.detect import detect_procedure  # deferred: pocketsphinx
     from .speech.calibrate import calibrate
     from .speech.evaluate import evaluate_detection
-    from .core.errors import ConfigError
-    from .core.fileio import atomic_write_text
-    from .data.mentions import write_mentions_csv
-    from .data.vocabulary import load_labelset
 
     labelset = load_labelset(args.vocab or args.labels, args.procedure)
     progress = not args.quiet
@@ -432,7 +427,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_label(args: argparse.Namespace) -> int:
-    from .labelling.folder import label_to_folder
+    from .labelling.folder import label_to_folder  # deferred: torch
     from .nn.devices import seed_everything
 
     seed_everything(args.seed)
@@ -462,7 +457,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .data.export import export_dataset
+    from .data.export import export_dataset  # deferred: Pillow and tqdm
 
     path = export_dataset(args.source, args.out, every=args.every, progress=not args.quiet)
     with open(path, encoding="utf-8") as fh:
@@ -486,7 +481,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoSettings, run_demo
+    from .demo import DemoSettings, run_demo  # deferred: torch and matplotlib
 
     settings = DemoSettings(patients=args.patients, epochs=args.epochs, seed=args.seed)
     device = "cpu" if args.device == "auto" else args.device
@@ -535,8 +530,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    import shlex
-
+    # deferred: torch
     from .bench import BenchSettings, markdown_report, run_bench, update_markdown, write_result
 
     device = "cpu" if args.device == "auto" and not _cuda() else args.device
@@ -570,7 +564,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _cuda() -> bool:
-    import torch
+    import torch  # deferred: not needed for --help
 
     return torch.cuda.is_available()
 
@@ -611,7 +605,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.captureWarnings(True)
-    from .core.outputlock import output_lock
 
     out = getattr(args, "out", None)
     if int(os.environ.get("RANK", "0")) > 0:

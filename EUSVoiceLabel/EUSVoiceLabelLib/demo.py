@@ -26,9 +26,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from .core.errors import OutputError
+from .core.fileio import atomic_path, atomic_write_text
+from .data.dataset import build_window_set
+from .data.export import export_dataset
+from .data.mentions import read_mentions_csv
+from .data.vocabulary import LabelSet
+from .labelling.folder import label_to_folder
+from .synth import synth_cohort
+from .train.checkpoints import preprocessing_settings, save_checkpoint
+from .train.config import TrainConfig
+from .train.evaluation import evaluate_cohort
+from .train.loop import train_model
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +68,6 @@ def _step(name: str, t0: float) -> None:
 def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "cpu",
              progress: bool = True, force: bool = False) -> Path:
     """Run the demo into ``out`` and return the path of ``report.md``."""
-    from .data.dataset import build_window_set
-    from .train.evaluation import evaluate_cohort
-    from .data.export import export_dataset
-    from .labelling.folder import label_to_folder
-    from .data.mentions import read_mentions_csv
-    from .synth import synth_cohort
-    from .train.config import TrainConfig
-    from .train.checkpoints import preprocessing_settings, save_checkpoint
-    from .train.loop import train_model
-    from .data.vocabulary import LabelSet
-
     s = settings or DemoSettings()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -124,7 +126,6 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     timings["total"] = round(time.perf_counter() - t0, 1)
     report = out / "report.md"
     _write_report(report, s, metrics, label_result, detection, timings, heldout, files)
-    from .core.fileio import atomic_write_text
     atomic_write_text(out / "demo.json", json.dumps({
         "settings": asdict(s), "timings_s": timings,
         "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1")},
@@ -149,12 +150,7 @@ def _detection_agreement(truth, found, tolerance_s: float = 0.5) -> dict:
 
 def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
     """One column per labelled window: its middle frame with the heat map over it."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .core.fileio import atomic_path
 
     windows = result.windows[:max_windows]
     if not windows:
@@ -185,8 +181,6 @@ def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
 
 def _write_report(path: Path, s: DemoSettings, metrics: dict, result, detection: dict,
                   timings: dict, heldout: Path, files: dict) -> None:
-    from .core.fileio import atomic_write_text
-
     b = metrics["bootstrap"]
     lines = [
         "# EUSVoiceLabel demo report", "",

@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch is imported where it is used: importing this module stays cheap
+# torch and scipy are imported in the functions that use them: the Slicer module imports this
+# module (through data.procedure) before its Python requirements are installed, and
+# ``import EUSVoiceLabelLib`` stays cheap.
+if TYPE_CHECKING:
     import torch
 
 SAMPLE_RATE = 48_000
@@ -64,7 +67,7 @@ def resample(samples: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     samples = np.asarray(samples, dtype=np.float32)
     if int(sr_in) == int(sr_out) or samples.size == 0:
         return samples.astype(np.float32, copy=False)
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # deferred: see the note at the imports
 
     ratio = Fraction(int(sr_out), int(sr_in)).limit_denominator(10_000)
     out = resample_poly(samples, ratio.numerator, ratio.denominator)
@@ -83,7 +86,7 @@ def fit_one_second(samples: np.ndarray, length: int = SAMPLE_RATE) -> np.ndarray
 
 def stft_magnitude_torch(waves: "torch.Tensor") -> "torch.Tensor":
     """Magnitude STFT of a batch of 1-s waves (B, 48000) -> (B, 1024, 66), on their device."""
-    import torch
+    import torch  # deferred: see the note at the imports
 
     frames = waves.unfold(-1, FRAME_LENGTH, FRAME_STEP)  # (B, 66, 1200)
     window = torch.hann_window(FRAME_LENGTH, periodic=True, dtype=waves.dtype,
@@ -95,7 +98,7 @@ def stft_magnitude_torch(waves: "torch.Tensor") -> "torch.Tensor":
 def scale_spectrogram_torch(mag: "torch.Tensor",
                             settings: SpectrogramSettings) -> "torch.Tensor":
     """Apply the settings' scaling to magnitudes (B, F, T)."""
-    import torch
+    import torch  # deferred: see the note at the imports
 
     out = mag
     if settings.scale == "log":
@@ -124,7 +127,7 @@ def spectrogram(samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
     Returns:
         float32 array of shape (1024, 66): frequency bins x time frames.
     """
-    import torch
+    import torch  # deferred: see the note at the imports
 
     settings = settings or SpectrogramSettings()
     x = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -143,7 +146,7 @@ def spectrogram(samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
 def spectrogram_batch(waves: np.ndarray, settings: SpectrogramSettings | None = None
                       ) -> np.ndarray:
     """Spectrograms of a batch of 1-s, 48 kHz waves (B, 48000) -> (B, 1024, 66) float32."""
-    import torch
+    import torch  # deferred: see the note at the imports
 
     settings = settings or SpectrogramSettings()
     waves = np.asarray(waves, dtype=np.float32)

@@ -36,7 +36,7 @@ MAX_FRAME_SIDE = 8192
 
 
 def _av():
-    import av  # imported lazily: PyAV is heavy and only needed for media files
+    import av  # deferred: heavy; the Slicer module imports this before requirements.txt
 
     return av
 
@@ -243,7 +243,7 @@ class FrameFolderSource(FrameSource):
         _check_size(self.path, self.width, self.height)
 
     def _load(self, index: int) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError  # deferred: requirements.txt (Slicer)
 
         path = self.files[index]
         try:
@@ -278,7 +278,7 @@ class NrrdSequenceSource(FrameSource):
     """A Slicer volume sequence (``.seq.nrrd``) of 2-D frames; times from its index values."""
 
     def __init__(self, path: os.PathLike | str):
-        import nrrd
+        import nrrd  # deferred: requirements.txt (Slicer)
 
         self.path = Path(path)
         try:

@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, resample
 from ..core.errors import MediaError, MentionsError, ProcedureError
+from .audio import SAMPLE_RATE, resample
 from .media import (AUDIO_SUFFIXES, VIDEO_SUFFIXES, FrameSource, VideoFileSource, load_audio,
                     open_frames)
 from .mentions import Mention, read_mentions

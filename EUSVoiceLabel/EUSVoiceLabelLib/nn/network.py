@@ -189,7 +189,7 @@ class PretrainedImageBranch(nn.Module):
     def __init__(self, arch: str, weights: Optional[Path], frames: int, out_channels: int,
                  load: bool = True) -> None:
         super().__init__()
-        import torchvision
+        import torchvision  # deferred: ~2 s to import, pretrained backbones only
 
         if arch == "vgg16":
             # Only VGG16's convolutional part ("features"): the 120 M-parameter classifier is

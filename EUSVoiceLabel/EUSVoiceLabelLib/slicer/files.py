@@ -57,7 +57,7 @@ def write_frame_sequence(path: os.PathLike | str, frames: np.ndarray, times: Seq
 
     Written atomically; every frame shares one geometry (see :func:`frame_geometry`).
     """
-    import slicerio
+    import slicerio  # deferred: requirements.txt, not bundled with Slicer
 
     frames = np.asarray(frames)
     if frames.ndim != 3 or len(frames) != len(times):

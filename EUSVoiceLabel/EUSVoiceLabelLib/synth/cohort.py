@@ -18,19 +18,24 @@ import csv
 import io
 import json
 import math
+import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+import av
 import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from scipy.io import wavfile
+from tqdm import tqdm
 
 from ..core.errors import ConfigError, OutputError
 from ..core.fileio import atomic_path, atomic_write_text
 from ..data.vocabulary import LabelSet
-from . import images as im
-from . import speech as sp
+from . import images as im, speech as sp
 
 
 FPS = 25
@@ -162,8 +167,6 @@ class _Overlay:
 
     def __init__(self, rng: np.random.Generator, w: int, h: int,
                  crop: tuple[int, int, int, int], name: str):
-        from PIL import Image, ImageDraw, ImageFont
-
         self.Image, self.ImageDraw = Image, ImageDraw
         self.w, self.h, self.crop = w, h, crop
         size = max(6, int(round(11 * h / 480)))
@@ -232,7 +235,6 @@ def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]
 
     ``on_mention(1)`` is called as each mention's view is rendered (progress)."""
     tick = on_mention or (lambda n: _tick())
-    import torch
 
     torch.set_num_threads(1)
     rng = np.random.default_rng([spec.seed, spec.index, 1])
@@ -348,8 +350,6 @@ def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]
                                  view_starts, gain_steps, n_frames, crop, mentions,
                                  pcm if spec.audio_mode == "embedded" else None, tick)
     if spec.audio_mode == "wav":
-        from scipy.io import wavfile
-
         with atomic_path(folder / "audio.wav") as tmp:
             wavfile.write(tmp, SAMPLE_RATE, pcm)
 
@@ -439,8 +439,6 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
                  n_frames: int, crop: tuple[int, int, int, int], mentions: list[dict],
                  pcm: Optional[np.ndarray], tick: Callable[[int], object]) -> list[dict]:
     """Render all frames and encode them (H.264, optional AAC track); returns truth windows."""
-    import av
-
     W, H = spec.frame_size
     x, y, cw, ch = crop
     windows: list[dict] = []
@@ -576,7 +574,6 @@ def synth_cohort(out: Union[str, os.PathLike], patients: int = 12, seed: int = 0
     total = sum(sum(c.values()) for c in plan)
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=total, unit="mention", desc="synth", leave=False)
     # largest patients first so the pool stays busy
     order = sorted(specs, key=lambda s: -sum(s.counts.values()))
@@ -585,8 +582,6 @@ def synth_cohort(out: Union[str, os.PathLike], patients: int = 12, seed: int = 0
             for s in order:
                 make_patient(s, bar.update if bar is not None else None)
         else:
-            import multiprocessing as mp
-
             ctx = mp.get_context("spawn")
             done = ctx.Value("i", 0)
             with ctx.Pool(workers, initializer=_init_worker, initargs=(done,)) as pool:

@@ -17,7 +17,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+import av
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 LANDMARKS = ("pancreas", "portal_vein", "pancreatic_duct", "portal_venous_confluence",
@@ -135,9 +138,6 @@ class View:
 # --------------------------------------------------------------------------- helpers
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Zero-mean unit-std smooth random field (filtered white noise at low res, upsampled)."""
-    import torch
-    import torch.nn.functional as F
-
     f = max(1.0, sigma / 3.0)
     small = (int(math.ceil(shape[0] / f)) + 2, int(math.ceil(shape[1] / f)) + 2)
     n = gaussian_filter(rng.standard_normal(small), sigma / f, mode="wrap").astype(np.float32)
@@ -405,9 +405,6 @@ def build_view(rng: np.random.Generator, g: Geometry, look: PatientLook, named: 
 
 def _beam_attenuation(alpha: np.ndarray, g: Geometry, total_db: float) -> np.ndarray:
     """Cumulative round-trip attenuation (dB) along rays from the apex, in world px."""
-    import torch
-    import torch.nn.functional as F
-
     nr, nt = 160, 96
     half = math.radians(80)
     r = np.linspace(0, g.r1 * 1.35, nr, dtype=np.float32)
@@ -438,8 +435,6 @@ class Renderer:
     landmarks are on screen (for truth)."""
 
     def __init__(self, g: Geometry, look: PatientLook, rng: np.random.Generator):
-        import torch
-
         self.g, self.look = g, look
         self.torch = torch
         h, w = g.crop_h, g.crop_w
@@ -550,7 +545,5 @@ class Renderer:
 
 def _resize_u8(img: np.ndarray, w: int, h: int) -> np.ndarray:
     """Bilinear resize of a uint8 grey image (libswscale through PyAV: fast and exact)."""
-    import av
-
     return av.VideoFrame.from_ndarray(img, format="gray").reformat(
         w, h, format="gray", interpolation="FAST_BILINEAR").to_ndarray()

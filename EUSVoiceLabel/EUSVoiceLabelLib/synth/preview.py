@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from ..core.fileio import atomic_path
+from ..data.procedure import find_patients, load_procedure
 
 
 def landmark_grid(cohort: Union[str, os.PathLike], label: str, out: Union[str, os.PathLike],
@@ -19,10 +21,6 @@ def landmark_grid(cohort: Union[str, os.PathLike], label: str, out: Union[str, o
     patients first), columns = frames of its 1 s window, named landmark boxed (red) and other
     visible landmarks boxed (yellow); ``scale`` resizes the picture.  Reads the video through
     the project's procedure loader."""
-    from PIL import Image, ImageDraw
-
-    from ..data.procedure import find_patients, load_procedure
-
     picks = []
     for pat in find_patients(cohort):
         truth = json.loads((pat / "truth.json").read_text())

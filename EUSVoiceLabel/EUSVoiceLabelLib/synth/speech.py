@@ -17,13 +17,14 @@ import math
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from scipy.io import wavfile
-from scipy.signal import fftconvolve, resample_poly, sosfilt, butter
+from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 
 from ..core.errors import ConfigError
 
@@ -179,8 +180,6 @@ def synthesize_many(items: Sequence[tuple[str, "Speaker | str"]]) -> None:
                 jobs.append(cmd)
         # The engines are separate processes: run a few at once (output files fix the order).
         if len(jobs) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
             with ThreadPoolExecutor(max_workers=min(4, len(jobs))) as pool:
                 list(pool.map(_run, jobs))
         elif jobs:

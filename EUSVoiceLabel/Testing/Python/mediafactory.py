@@ -145,7 +145,7 @@ def write_long_video(path: Path, seconds: float, size: tuple[int, int] = (720, 4
                      clip_seconds: float = 10.0, fps: int = 25) -> Path:
     """A long H.264 video made fast: one short clip is encoded, then its packets are remuxed
     again and again with shifted timestamps (frame i shows ``frame_level(i % clip_frames)``)."""
-    from EUSVoiceLabelLib.bench import repeat_clip
+    from EUSVoiceLabelLib.synth.longvideo import repeat_clip
 
     clip = path.with_suffix(".clip.mp4")
     write_video(clip, int(clip_seconds * fps), fps=fps, size=size, lossless=False)

@@ -7,11 +7,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import mediafactory as mf
 import numpy as np
 import pytest
 
-import mediafactory as mf
-from EUSVoiceLabelLib.data.dataset import build_window_set, cache_key, WindowSettings
+from EUSVoiceLabelLib.data.dataset import WindowSettings, build_window_set, cache_key
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 

@@ -19,17 +19,17 @@ import pytest
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
-from EUSVoiceLabelLib.speech.spotter import DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter
+from EUSVoiceLabelLib.core.errors import EUSVoiceLabelError
+from EUSVoiceLabelLib.data.mentions import Mention
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.speech.calibrate import calibrate_candidates
 from EUSVoiceLabelLib.speech.denoise import (SUPPRESSOR_ENV, level_gain, noise_suppressor,
                                              suppress_noise, webrtc_suppress)
 from EUSVoiceLabelLib.speech.detect import detect_mentions, detect_procedure, select_mentions
+from EUSVoiceLabelLib.speech.evaluate import (PatientCandidates, evaluate_candidates,
+                                              evaluate_detection, match, score_detections)
 from EUSVoiceLabelLib.speech.pronunciation import word_pronunciations
-from EUSVoiceLabelLib.core.errors import EUSVoiceLabelError
-from EUSVoiceLabelLib.speech.evaluate import (PatientCandidates, evaluate_detection,
-                                              evaluate_candidates, match, score_detections)
-from EUSVoiceLabelLib.speech.calibrate import calibrate_candidates
-from EUSVoiceLabelLib.data.mentions import Mention
-from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.speech.spotter import DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed")
 

@@ -4,17 +4,17 @@ prints it on one line with a non-zero exit code.  Inputs are never modified."""
 import json
 import os
 
+import mediafactory as mf
 import numpy as np
 import pytest
 import scipy.io.wavfile
+from test_procedure import tree_hash
 
-import mediafactory as mf
 from EUSVoiceLabelLib import load_procedure
 from EUSVoiceLabelLib.cli import main as cli
-from EUSVoiceLabelLib.data.dataset import build_window_set
 from EUSVoiceLabelLib.core.errors import (EUSVoiceLabelError, MediaError, MentionsError,
                                           ProcedureError)
-from test_procedure import tree_hash
+from EUSVoiceLabelLib.data.dataset import build_window_set
 
 
 def run_info(folder, capsys):

@@ -9,12 +9,10 @@ import types
 import numpy as np
 import pytest
 
-from EUSVoiceLabelLib.train import evaluation as ev
-from EUSVoiceLabelLib.train import folds as lopo
-from EUSVoiceLabelLib.train import metrics as mt
 from EUSVoiceLabelLib.core.errors import ConfigError
-from EUSVoiceLabelLib.train.config import TrainConfig
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.train import evaluation as ev, folds as lopo, metrics as mt
+from EUSVoiceLabelLib.train.config import TrainConfig
 
 SIZE = (32, 64)
 FRAMES = 5

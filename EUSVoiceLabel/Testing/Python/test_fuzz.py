@@ -42,12 +42,10 @@ import zlib
 from pathlib import Path
 from typing import Callable, Optional
 
+import mediafactory as mf
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import mediafactory as mf
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 N_CASES = int(os.environ.get("EUSVOICELABEL_FUZZ_CASES", "240"))
 N_CHECKPOINT_CASES = int(os.environ.get("EUSVOICELABEL_FUZZ_CHECKPOINT_CASES", "40"))

@@ -8,21 +8,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import jsonschema
+import mediafactory as mf
 import nrrd
 import numpy as np
 import pytest
 import slicerio
 import torch
+from test_procedure import tree_hash
 from torch import nn
 
-import mediafactory as mf
 from EUSVoiceLabelLib.cli import main as cli
-from EUSVoiceLabelLib.nn.explain import grad_cam, peak_of, upsample_map
-from EUSVoiceLabelLib.labelling.run import LabelModel, label_procedure
-from EUSVoiceLabelLib.labelling.output import LabelOutputWriter, write_label_outputs
-from EUSVoiceLabelLib.labelling.folder import label_to_folder
 from EUSVoiceLabelLib.data.procedure import load_procedure
-from test_procedure import tree_hash
+from EUSVoiceLabelLib.labelling.folder import label_to_folder
+from EUSVoiceLabelLib.labelling.output import LabelOutputWriter, write_label_outputs
+from EUSVoiceLabelLib.labelling.run import LabelModel, label_procedure
+from EUSVoiceLabelLib.nn.explain import grad_cam, peak_of, upsample_map
 
 SCHEMA = Path(__file__).resolve().parents[3].parent / "shared" / "slicer-schemas" / \
     "markups-schema-v1.0.3.json"

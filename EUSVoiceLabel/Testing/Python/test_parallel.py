@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.train import evaluation as ev
+from EUSVoiceLabelLib.train.config import TrainConfig
 from EUSVoiceLabelLib.train.distributed import DistContext
 from EUSVoiceLabelLib.train.parallel import worker_plan
-from EUSVoiceLabelLib.train.config import TrainConfig
-from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 SIZE = (32, 64)
 FRAMES = 5

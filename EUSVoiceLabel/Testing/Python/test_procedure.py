@@ -5,10 +5,10 @@ import json
 import logging
 from pathlib import Path
 
+import mediafactory as mf
 import numpy as np
 import pytest
 
-import mediafactory as mf
 from EUSVoiceLabelLib import load_procedure
 from EUSVoiceLabelLib.cli import main as cli
 from EUSVoiceLabelLib.data.media import load_audio

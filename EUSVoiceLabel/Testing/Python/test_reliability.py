@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+import mediafactory as mf
 import numpy as np
 import pytest
 import torch
 
-import mediafactory as mf
 from EUSVoiceLabelLib.cli import main as cli
 from EUSVoiceLabelLib.core.errors import CheckpointError, OutputError, TrainingError
 

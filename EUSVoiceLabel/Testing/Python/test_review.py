@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import mediafactory as mf
 import numpy as np
 import pytest
 
 from EUSVoiceLabelLib.core.errors import ConfigError, MediaError, MentionsError, ProcedureError
 from EUSVoiceLabelLib.data.mentions import Mention
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.slicer.review import (ACCEPTED, CORRECTED, MENTION_COLUMNS, PENDING,
                                             RESULT_COLUMNS, ReviewTable, mentions_from_rows,
                                             mentions_to_rows)
@@ -23,9 +25,6 @@ from EUSVoiceLabelLib.slicer.support import (CallbackFrameSource, apply_problems
                                              procedure_from_files, procedure_from_frames,
                                              recording_kind, sequence_times, split_log_lines,
                                              to_grey_uint8, train_arguments)
-from EUSVoiceLabelLib.data.vocabulary import LabelSet
-
-import mediafactory as mf
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -285,25 +285,62 @@ def test_module_follows_the_scripted_module_conventions():
     assert "slicer.mrmlScene.Clear" in ast.unparse(setup)
 
 
+# Packages the Slicer module may only import after setupPythonRequirements (not bundled with
+# Slicer, or torch from the PyTorch extension).
+NOT_BUNDLED = ("torch", "torchvision", "av", "PIL", "nrrd", "slicerio", "scipy", "tqdm",
+               "pocketsphinx", "silero_vad", "webrtc_noise_gain", "matplotlib")
+
+_BLOCKED_IMPORT = """
+import importlib.abc, sys
+blocked = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+sys.meta_path.insert(0, Block())
+for module in sys.argv[2:]:
+    __import__(module)
+print("ok")
+"""
+
+
 def test_module_installs_nothing_and_imports_no_heavy_package_at_import_time():
     """Dependencies come on first use: the module's top level imports only what Slicer
-    bundles, and pip / PyTorch installs happen inside logic methods."""
+    bundles and the library modules that need nothing else, and pip / PyTorch installs happen
+    inside logic methods."""
     tree = _module_ast()
-    allowed = {"__future__", "json", "os", "pathlib", "shutil", "sys", "typing", "qt", "vtk",
-               "slicer", "slicer.i18n", "slicer.parameterNodeWrapper",
-               "slicer.ScriptedLoadableModule", "slicer.util"}
+    allowed = {"__future__", "json", "os", "pathlib", "shutil", "sys", "tempfile", "time",
+               "importlib", "typing", "numpy", "qt", "vtk", "slicer", "slicer.i18n",
+               "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util"}
+    library = []
     for node in tree.body:
         if isinstance(node, ast.Import):
             assert {a.name for a in node.names} <= allowed, ast.unparse(node)
         elif isinstance(node, ast.ImportFrom):
-            assert node.module in allowed, ast.unparse(node)
+            if node.module.startswith("EUSVoiceLabelLib."):
+                library.append(node.module)
+            else:
+                assert node.module in allowed, ast.unparse(node)
         elif isinstance(node, ast.Expr):
             assert "pip_install" not in ast.unparse(node)
+    # The library modules imported at the top load without any package Slicer lacks.
+    assert library
+    out = subprocess.run([sys.executable, "-c", _BLOCKED_IMPORT, ",".join(NOT_BUNDLED), *library],
+                         cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     src = MODULE_PY.read_text(encoding="utf-8")
     # 5.12-only packaging API is feature-detected; 5.10 falls back to pip_install after asking
     assert 'find_spec("slicer.packaging")' in src
     assert "confirmOkCancelDisplay" in src and "slicer.util.pip_install" in src
     assert "PyTorchUtils" in src and 'skip_packages=["torch"' in src
+
+
+def test_command_line_starts_without_the_heavy_packages():
+    """``eusvoicelabel --help`` and the package's lazy API import no heavy package."""
+    out = subprocess.run([sys.executable, "-c", _BLOCKED_IMPORT, ",".join(NOT_BUNDLED),
+                          "EUSVoiceLabelLib", "EUSVoiceLabelLib.cli"],
+                         cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_logic_methods_are_documented_for_batch_use():

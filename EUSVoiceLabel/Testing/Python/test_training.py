@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from EUSVoiceLabelLib.core.errors import CheckpointError, ConfigError
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.nn.devices import select_device
 from EUSVoiceLabelLib.nn.network import VARIANTS
+from EUSVoiceLabelLib.train.checkpoints import load_checkpoint, save_checkpoint
 from EUSVoiceLabelLib.train.config import PAPER_SETTINGS, TrainConfig
 from EUSVoiceLabelLib.train.loop import (class_weights_from_labels, predict_proba, train_model,
                                          weighted_loss)
-from EUSVoiceLabelLib.train.checkpoints import load_checkpoint, save_checkpoint
-from EUSVoiceLabelLib.nn.devices import select_device
-from EUSVoiceLabelLib.data.vocabulary import LabelSet
 
 SIZE = (32, 64)
 FRAMES = 5
