@@ -12,7 +12,7 @@ What is measured (docs/benchmarks.md has the figures and the commands that made 
   attainable peak, not a datasheet figure).
 - **Inference latency per window** (batch 1) with and without Grad-CAM and **training
   throughput** (samples/s of full Adam steps), the baseline (eager fp32, NCHW, trainable
-  weights, ``no_grad``) and the optimised path of :mod:`.fastpath` (frozen weights, BatchNorm
+  weights, ``no_grad``) and the optimised path of :mod:`.nn.fastpath` (frozen weights, BatchNorm
   folded, channels-last, ``inference_mode``, bf16 autocast where native, ``torch.compile`` on
   request) timed *interleaved* in one run (A B B A ...), several repeats, median.  Achieved
   FLOP/s are given as a fraction of the measured peak.

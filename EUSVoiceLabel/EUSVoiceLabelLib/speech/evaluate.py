@@ -136,7 +136,7 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
         bar = tqdm(total=len(patients), desc="detect", unit="patient")
     found: list[Optional[PatientCandidates]] = []
     if n_workers > 1:
-        ctx = multiprocessing.get_context("spawn")  # safe in any host (see detect.py)
+        ctx = multiprocessing.get_context("spawn")  # safe in any host (see speech/detect.py)
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
             # Warm the workers (imports, decoder set-up) outside the timing.
             list(pool.map(_warm_worker, [labelset] * n_workers))

@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
     """The input settings a model depends on: image size, frames, spectrogram scaling.
 
-    Taken from the window set's ``settings`` (dataset.WindowSettings) when it has one.
+    Taken from the window set's ``settings`` (data.dataset.WindowSettings) when it has one.
     """
     settings = getattr(data, "settings", None)
     out: dict[str, Any] = dict(settings.to_json()) if hasattr(settings, "to_json") else {}

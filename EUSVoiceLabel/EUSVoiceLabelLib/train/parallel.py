@@ -1,6 +1,6 @@
 """LOPO folds in parallel processes: one per GPU when there are several, else N CPU workers.
 
-The folds are independent (:func:`evaluation.run_fold` is a pure function of the windows, the
+The folds are independent (:func:`.folds.run_fold` is a pure function of the windows, the
 fold and the configuration, and every fold's seed depends only on the run's seed and the
 held-out patient), so they can run in any order on any worker.  The window set is written once
 as ``.npy`` files and memory-mapped by every worker (no copy of the frames per process), and
@@ -96,11 +96,11 @@ def run_folds(ws: Any, folds: Sequence[Any], cfg: Any, device: str = "auto",
               state_paths: Optional[dict[str, Path]] = None,
               on_result: Optional[Callable[[Any], None]] = None,
               progress: bool = True) -> list[Any]:
-    """Run :func:`evaluation.run_fold` for every fold in worker processes.
+    """Run :func:`.folds.run_fold` for every fold in worker processes.
 
     Args:
         ws: the window set (images/voices/labels/patients/labelset).
-        folds: the :class:`evaluation.Fold` objects to run.
+        folds: the :class:`.folds.Fold` objects to run.
         cfg: the TrainConfig.
         device: "auto", "cpu" or "cuda" (several GPUs: one worker each).
         workers: number of processes (default: the GPUs, else the CPU cores).
