@@ -262,13 +262,6 @@ def _run_pretrain_voice(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- later issues
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise EUSVoiceLabelError(f"'{name}' is not available in this version")
-    return run
-
-
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="make a synthetic EUS + speech cohort",
                        description="Write a synthetic cohort (H.264 video with EUS-like "

@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from .errors import OutputError
 
@@ -73,12 +73,6 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
 def atomic_write_text(path: os.PathLike | str, text: str) -> None:
     """Write UTF-8 text to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_with(path: os.PathLike | str, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` and rename the result onto ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
 
 
 def file_sha256(path: os.PathLike | str, chunk: int = 1 << 20) -> str:

@@ -17,7 +17,6 @@ per-sample standardisation makes the voice branch insensitive to it.  ``scale="m
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
@@ -155,12 +154,3 @@ def spectrogram_batch(waves: np.ndarray, settings: SpectrogramSettings | None = 
     with torch.no_grad():
         mag = stft_magnitude_torch(torch.from_numpy(waves.astype(np.float64)))
         return scale_spectrogram_torch(mag, settings).numpy().astype(np.float32)
-
-
-def rms_db(samples: np.ndarray) -> float:
-    """Root-mean-square level in dB full scale (-inf for silence)."""
-    x = np.asarray(samples, dtype=np.float64)
-    if x.size == 0:
-        return -math.inf
-    rms = float(np.sqrt(np.mean(x * x)))
-    return 20.0 * math.log10(rms) if rms > 0 else -math.inf

@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..core.errors import MentionsError
 from ..core.fileio import atomic_write_text
@@ -276,10 +276,3 @@ def read_mentions(path: os.PathLike | str, labelset: Optional[LabelSet] = None,
     if path.suffix.lower() in TRANSCRIPT_SUFFIXES:
         return mentions_from_transcript(path, labelset, offset_s)
     return read_mentions_csv(path, labelset)
-
-
-def counts_by_label(mentions: Iterable[Mention]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for m in mentions:
-        counts[m.label] = counts.get(m.label, 0) + 1
-    return counts

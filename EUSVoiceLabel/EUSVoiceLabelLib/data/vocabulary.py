@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from ..core.errors import VocabularyError
 from ..core.fileio import atomic_write_text
@@ -307,14 +307,3 @@ def load_labelset(path: Optional[os.PathLike | str] = None,
             if cand.is_file():
                 return LabelSet.load(cand)
     return LabelSet.default()
-
-
-def default_labelset() -> LabelSet:
-    return LabelSet.default()
-
-
-def label_counts(labels: Iterable[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for lab in labels:
-        counts[lab] = counts.get(lab, 0) + 1
-    return counts

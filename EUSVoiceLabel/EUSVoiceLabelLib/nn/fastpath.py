@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,12 +122,5 @@ def maybe_compile(model: nn.Module, enabled: bool = True, **kw: Any) -> nn.Modul
         return model
 
 
-@contextlib.contextmanager
-def inference_context(device: torch.device | str) -> Iterator[None]:
-    """``torch.inference_mode`` plus bf16 autocast where it is fast."""
-    with torch.inference_mode(), autocast_for(device):
-        yield
-
-
 __all__ = ["fold_batchnorm", "bf16_is_fast", "autocast_for", "use_channels_last",
-           "prepare_image", "optimise_for_inference", "maybe_compile", "inference_context"]
+           "prepare_image", "optimise_for_inference", "maybe_compile"]

@@ -28,8 +28,8 @@ from torch.nn import functional as F
 
 from .. import __version__
 from ..core.errors import CheckpointError
-from ..core.fileio import atomic_path
-from .torchfile import DIGEST_KEY, check_weights_digest, load_untrusted_torch, weights_digest
+from .torchfile import (DIGEST_KEY, check_weights_digest, load_untrusted_torch, torch_save_atomic,
+                        weights_digest)
 
 FORMAT = "eusvoicelabel-keyword"
 FORMAT_VERSION = 1
@@ -99,8 +99,7 @@ def save_keyword_checkpoint(path: Path, model: KeywordNet, words: Sequence[str],
             "words": list(words), "info": info,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     data[DIGEST_KEY] = weights_digest(data, "state_dict")
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    torch_save_atomic(path, data)
 
 
 def read_keyword_checkpoint(path: Path) -> dict[str, Any]:

@@ -19,11 +19,6 @@ import pocketsphinx
 from ..core.errors import EUSVoiceLabelError
 
 
-# The 39 phones of the CMU dictionary (the acoustic model's phone set minus SIL).
-PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
-          "UH UW V W Y Z ZH").split()
-
-
 # Letter names, for spelled acronyms ("PD" -> P IY D IY).
 LETTERS = {
     "a": "EY", "b": "B IY", "c": "S IY", "d": "D IY", "e": "IY", "f": "EH F", "g": "JH IY",

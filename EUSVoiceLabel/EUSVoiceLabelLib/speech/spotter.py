@@ -194,7 +194,6 @@ SCORE_SLOPE = 1.5
 # the synthetic cohorts, at the same speed.
 BEAM = 1e-100
 _SPOTTERS: dict[tuple, KeywordSpotter] = {}
-SPOTTER_OPTIONS: dict[str, object] = {}
 
 
 def get_spotter(keyphrases: Union[LabelSet, Sequence[Keyphrase]]) -> KeywordSpotter:
@@ -206,5 +205,5 @@ def get_spotter(keyphrases: Union[LabelSet, Sequence[Keyphrase]]) -> KeywordSpot
     if spotter is None:
         if len(_SPOTTERS) > 4:
             _SPOTTERS.clear()
-        spotter = _SPOTTERS[key] = KeywordSpotter(keyphrases, **SPOTTER_OPTIONS)
+        spotter = _SPOTTERS[key] = KeywordSpotter(keyphrases)
     return spotter
