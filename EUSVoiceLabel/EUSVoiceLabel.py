@@ -43,6 +43,7 @@ from slicer.util import VTKObservationMixin
 from EUSVoiceLabelLib.core.errors import CheckpointError, MediaError, MentionsError
 from EUSVoiceLabelLib.core.fileio import atomic_write_text
 from EUSVoiceLabelLib.core.outputlock import output_lock
+from EUSVoiceLabelLib.core.paper import FPS, WINDOW_FRAMES
 from EUSVoiceLabelLib.data.mentions import Mention, read_mentions
 from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
@@ -140,7 +141,7 @@ class EUSVoiceLabelParameterNode:
     recordingPath: pathlib.Path
     audioPath: pathlib.Path
     audioOffsetS: Annotated[float, WithinRange(-3600.0, 3600.0)] = 0.0
-    framesFps: Annotated[float, WithinRange(1.0, 1000.0)] = 25.0
+    framesFps: Annotated[float, WithinRange(1.0, 1000.0)] = FPS
     inputSequence: vtkMRMLSequenceNode
     mentionsPath: pathlib.Path
     mentionsTable: vtkMRMLTableNode
@@ -713,7 +714,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             raise InstallError(_("Installing Python packages failed: {error}").format(error=exc))
 
     # ------------------------------------------------------------------ procedures
-    def loadProcedure(self, recordingPath, audioPath=None, audioOffsetS=None, fps: float = 25.0,
+    def loadProcedure(self, recordingPath, audioPath=None, audioOffsetS=None, fps: float = FPS,
                       mentionsPath=None, crop=None, name: Optional[str] = None,
                       progressCallback=None, shouldStop=None, confirmLarge: bool = True
                       ) -> Optional[vtkMRMLSequenceNode]:
@@ -819,7 +820,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         recording = sequenceNode.GetAttribute(ATTR_RECORDING)
         if recording and os.path.exists(recording):
             proc = procedure_from_files(recording, audio=audio, audio_offset_s=offset,
-                                        fps=float(sequenceNode.GetAttribute(ATTR_FPS) or 25.0),
+                                        fps=float(sequenceNode.GetAttribute(ATTR_FPS) or FPS),
                                         crop=crop)
         else:
             n = sequenceNode.GetNumberOfDataNodes()
@@ -849,7 +850,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def _browserFps(self, sequenceNode) -> float:
         browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForSequenceNode(sequenceNode)
         fps = browser.GetPlaybackRateFps() if browser else 0.0
-        return fps if fps > 0 else 25.0
+        return fps if fps > 0 else FPS
 
     def browserForSequence(self, sequenceNode, show: bool = True,
                            fps: Optional[float] = None) -> vtkMRMLSequenceBrowserNode:
@@ -861,7 +862,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             browser = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLSequenceBrowserNode",
                 slicer.mrmlScene.GenerateUniqueName(sequenceNode.GetName() + " browser"))
-            browser.SetPlaybackRateFps(fps or 25.0)
+            browser.SetPlaybackRateFps(fps or FPS)
             browser.AddSynchronizedSequenceNode(sequenceNode)
             browser.SetAndObserveMasterSequenceNodeID(sequenceNode.GetID())
             logic.UpdateProxyNodesFromSequences(browser)
@@ -1084,7 +1085,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         proc = result.procedure
         labelset = result.labelset
         masterTimes = self._masterTimes(sequenceNode)
-        frames = len(result.windows[0].frame_indices) if result.windows else 25
+        frames = len(result.windows[0].frame_indices) if result.windows else WINDOW_FRAMES
         spans = [(w.time_s, w.time_s + frames / proc.fps) for w in result.windows]
         timeline = overlay_timeline(spans, masterTimes)
         name = sequenceNode.GetName()
@@ -1397,10 +1398,10 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         cohort = self.tempDir / "cohort"
         write_tiny_procedure(cohort / "p1", seed=1)
         write_tiny_procedure(cohort / "p2", seed=2, labels=("bile_duct", "pancreas"))
-        ws = build_window_set(cohort, image_size=(32, 48), frames=frames, progress=False,
-                              cache_dir=self.tempDir / "cache")
         cfg = TrainConfig(epochs=2, batch_size=4, image_size=(32, 48), frames=frames,
                           width=0.0625, lr=1e-3)
+        ws = build_window_set(cohort, settings=cfg.window_settings(), progress=False,
+                              cache_dir=self.tempDir / "cache")
         res = train_model(ws, cfg, len(ws.labelset), device="cpu", progress=False)
         model = self.tempDir / "model.pt"
         save_checkpoint(model, res, ws.labelset, preprocessing_settings(ws, cfg))

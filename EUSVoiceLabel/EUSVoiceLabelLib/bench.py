@@ -49,6 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import __version__
 from .core.fileio import atomic_write_text
+from .core.paper import IMAGE_SIZE, SPECTROGRAM_SHAPE, WINDOW_FRAMES
 from .data.dataset import WindowSettings, load_windows_cached
 from .data.procedure import load_procedure
 from .data.vocabulary import LabelSet
@@ -67,10 +68,8 @@ from .train.loop import TrainResult, weighted_loss
 
 log = logging.getLogger(__name__)
 
-PAPER_SIZE = (350, 690)
 DEMO_SIZE = (64, 128)      # demo.DemoSettings image size (with width 0.25)
 TEST_SIZE = (32, 64)       # the unit tests' windows (with width 0.125)
-FRAMES = 25
 #: An optimised path may be at most this much slower than its baseline before ``--quick``
 #: fails: medians of interleaved repeats on a shared 2-core machine still move by ~10 %.
 QUICK_TOLERANCE = 0.15
@@ -86,7 +85,7 @@ class BenchSettings:
     """What ``bench`` runs."""
 
     device: str = "cpu"
-    image_size: tuple[int, int] = PAPER_SIZE
+    image_size: tuple[int, int] = IMAGE_SIZE
     width: float = 1.0
     quick: bool = False
     repeats: int = 3
@@ -209,7 +208,7 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(fc.get_total_flops())
 
 
-def model_flops(image_size: Sequence[int], width: float = 1.0, frames: int = FRAMES,
+def model_flops(image_size: Sequence[int], width: float = 1.0, frames: int = WINDOW_FRAMES,
                 num_classes: int = 5, variant: str = "proposed", batch: int = 2
                 ) -> dict[str, float]:
     """FLOPs per sample (GFLOP) of each branch, the joint product + head and the whole
@@ -217,7 +216,7 @@ def model_flops(image_size: Sequence[int], width: float = 1.0, frames: int = FRA
     with torch.device("meta"):
         model = build_model(variant, num_classes, frames, width=width)
     image = torch.empty(batch, frames, *image_size, device="meta")
-    voice = torch.empty(batch, 1024, 66, device="meta")
+    voice = torch.empty(batch, *SPECTROGRAM_SHAPE, device="meta")
     labels = torch.zeros(batch, dtype=torch.long, device="meta")
     w = torch.ones(num_classes, device="meta")
     model.eval()
@@ -275,8 +274,8 @@ def measure_peak(device: torch.device, dtype: torch.dtype, min_seconds: float = 
 def _inputs(batch: int, image_size: Sequence[int], device: torch.device, seed: int = 0
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    image = torch.rand(batch, FRAMES, *image_size, generator=g)
-    voice = torch.randn(batch, 1024, 66, generator=g)
+    image = torch.rand(batch, WINDOW_FRAMES, *image_size, generator=g)
+    voice = torch.randn(batch, *SPECTROGRAM_SHAPE, generator=g)
     labels = torch.randint(0, 5, (batch,), generator=g)
     return image.to(device), voice.to(device), labels.to(device)
 
@@ -299,7 +298,7 @@ def inference_cases(image_size: Sequence[int], width: float, device: torch.devic
                     repeats: int, compile_: bool = False, seed: int = 0) -> dict[str, Any]:
     """Latency per window (batch 1), baseline vs optimised, with and without Grad-CAM."""
     torch.manual_seed(seed)
-    base = build_model("proposed", 5, FRAMES, width=width)
+    base = build_model("proposed", 5, WINDOW_FRAMES, width=width)
     _trained_like_batchnorm(base, seed)
     base = base.to(device).eval()
     fast = optimise_for_inference(base, device)
@@ -366,7 +365,7 @@ def training_cases(image_size: Sequence[int], width: float, device: torch.device
 
     def make(optimised: bool, channels_last: bool) -> Callable[[], None]:
         torch.manual_seed(seed)
-        model = build_model("proposed", 5, FRAMES, width=width).to(device).train()
+        model = build_model("proposed", 5, WINDOW_FRAMES, width=width).to(device).train()
         img = image
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -404,7 +403,7 @@ def data_cases(workdir: Path, image_size: Sequence[int], seconds: float = 120.0,
     and the keyword spotter's real-time factor."""
     folder = make_procedure(workdir / "data_proc", seconds, n_mentions)
     labels = LabelSet.default()
-    settings = WindowSettings(image_size=tuple(image_size), frames=FRAMES)
+    settings = WindowSettings(image_size=tuple(image_size), frames=WINDOW_FRAMES)
     cache = workdir / "cache"
     out: dict[str, Any] = {"procedure_seconds": seconds, "windows": n_mentions,
                            "image_size": list(image_size)}
@@ -435,11 +434,11 @@ def _paper_checkpoint(path: Path, image_size: Sequence[int], width: float, seed:
     """A random-init model saved as a checkpoint (labelling cost does not depend on weights)."""
     labels = LabelSet.default()
     cfg = TrainConfig(variant="proposed", epochs=0, image_size=tuple(image_size),
-                      frames=FRAMES, width=width, seed=seed)
+                      frames=WINDOW_FRAMES, width=width, seed=seed)
     torch.manual_seed(seed)
-    model = build_model("proposed", len(labels), FRAMES, width=width).eval()
-    pre = WindowSettings(image_size=tuple(image_size), frames=FRAMES).to_json()
-    pre["voice_shape"] = [1024, 66]
+    model = build_model("proposed", len(labels), WINDOW_FRAMES, width=width).eval()
+    pre = cfg.window_settings().to_json()
+    pre["voice_shape"] = list(SPECTROGRAM_SHAPE)
     save_checkpoint(path, TrainResult(model, cfg, [1.0] * len(labels)), labels, pre)
     return path
 
@@ -537,13 +536,13 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] = lambda m: None
         "load_average_start": load_average(), "bf16_native": bf16_is_fast(device),
     }
     small_size, small_width = (DEMO_SIZE, 0.25)
-    sizes = {"paper": (PAPER_SIZE, 1.0), "demo": (DEMO_SIZE, 0.25), "test": (TEST_SIZE, 0.125)}
+    sizes = {"paper": (IMAGE_SIZE, 1.0), "demo": (DEMO_SIZE, 0.25), "test": (TEST_SIZE, 0.125)}
     if tuple(s.image_size) not in {v[0] for v in sizes.values()} or \
             s.width not in {v[1] for v in sizes.values()}:
         sizes["chosen"] = (tuple(s.image_size), s.width)
     progress("FLOPs (meta tensors)")
     out["flops_gflop_per_sample"] = {
-        k: {"image_size": list(sz), "frames": FRAMES, "width": w, **model_flops(sz, w)}
+        k: {"image_size": list(sz), "frames": WINDOW_FRAMES, "width": w, **model_flops(sz, w)}
         for k, (sz, w) in sizes.items()}
 
     progress("matmul peak fp32 / bf16")
@@ -788,4 +787,4 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
 __all__ = ["BenchSettings", "run_bench", "model_flops", "measure_peak", "inference_cases",
            "training_cases", "data_cases", "labelling_case", "time_interleaved", "PeakMemory",
            "check_regressions", "markdown_report", "update_markdown", "write_result",
-           "QUICK_TOLERANCE", "PAPER_SIZE", "DEMO_SIZE"]
+           "QUICK_TOLERANCE", "DEMO_SIZE"]

@@ -24,6 +24,8 @@ from . import __version__
 from .core.errors import ConfigError, EUSVoiceLabelError, OutputError
 from .core.fileio import atomic_write_text
 from .core.outputlock import output_lock
+from .core.paper import BATCH_SIZE, IMAGE_SIZE, VIDEO_SIZE, WINDOW_FRAMES
+from .core.variants import DEFAULT_VARIANT, VARIANTS, parse_image_size, variant_help, variant_spec
 from .data.mentions import write_mentions_csv
 from .data.procedure import load_procedure
 from .data.vocabulary import load_labelset
@@ -45,28 +47,34 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _image_size(text: str) -> tuple[int, int]:
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h < 8 or w < 8 or h > 4096 or w > 4096:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"image size must be HxW with 8..4096 pixels each (e.g. 350x690), not {text!r}")
-    return h, w
+        return parse_image_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_PAPER_SIZE = f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
+
+#: The TrainConfig fields the training options set (None when not given: then the config's
+#: default, the paper's per variant, applies).
+_TRAIN_FIELDS = ("epochs", "lr", "batch_size", "image_size", "frames", "width", "joint_scale",
+                 "seed")
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", default="proposed",
-                   help="model variant: proposed, image_only, voice_only, vgg16_pretrained, "
-                        "resnet50_pretrained, voice_pretrained, random_pairs, reduced_input, "
-                        "image_only_vgg16, image_only_resnet50 (evaluate also: all)")
+    p.add_argument("--variant", default=DEFAULT_VARIANT, choices=(*VARIANTS, "all"),
+                   metavar="VARIANT",
+                   help=f"model variant (default: {DEFAULT_VARIANT}; evaluate also: all, every "
+                        f"row of Table III): {variant_help()}")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs (default: the paper's for the variant)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"batch size (default: {BATCH_SIZE})")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: the paper's for the variant)")
-    p.add_argument("--image-size", type=_image_size, default=(350, 690), metavar="HxW",
-                   help="network input size after cropping (default: 350x690)")
-    p.add_argument("--frames", type=int, default=25, help="frames per window (default: 25)")
+    p.add_argument("--image-size", type=_image_size, default=None, metavar="HxW",
+                   help=f"network input size after cropping (default: {_PAPER_SIZE})")
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"frames per window (default: {WINDOW_FRAMES})")
     p.add_argument("--labels", type=Path, default=None,
                    help="label vocabulary JSON (default: COHORT/labels.json or the paper's five)")
     p.add_argument("--weights", type=Path, default=None,
@@ -75,10 +83,10 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=None,
                    help="folder for the preprocessed-window cache (default: ~/.cache/eusvoicelabel "
                         "or $EUSVOICELABEL_CACHE)")
-    p.add_argument("--width", type=float, default=1.0,
+    p.add_argument("--width", type=float, default=None,
                    help="channel multiplier of the scratch branches (default: 1.0 = the paper, "
                         "R = 1024; e.g. 0.25 for a light CPU model)")
-    p.add_argument("--joint-scale", choices=["sum", "mean"], default="sum",
+    p.add_argument("--joint-scale", choices=["sum", "mean"], default=None,
                    help="joint map C = QP^T as in the paper (sum, default) or divided by R "
                         "(mean)")
     p.add_argument("--vgg16-weights", type=Path, default=None,
@@ -120,41 +128,42 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train / evaluate
 def _weights_for(args: argparse.Namespace, variant: str) -> Optional[Path]:
-    from .nn.network import NEEDS_WEIGHTS  # deferred: torch
-
-    kind = NEEDS_WEIGHTS.get(variant)
+    """The weights file a variant needs: ``--weights``, else ``--<kind>-weights``."""
+    kind = variant_spec(variant).weights
     if kind is None:
         return None
-    specific = getattr(args, f"{kind}_weights", None)
-    return args.weights or specific
+    return args.weights or getattr(args, f"{kind}_weights", None)
 
 
 def _train_settings(args: argparse.Namespace) -> dict:
-    """TrainConfig fields from the command line (epochs/lr None = the paper's per variant)."""
-    settings = {"epochs": args.epochs, "lr": args.lr, "image_size": tuple(args.image_size),
-                "frames": args.frames, "width": args.width, "joint_scale": args.joint_scale,
-                "seed": args.seed}
-    if args.batch_size is not None:
-        settings["batch_size"] = args.batch_size
-    return settings
+    """The TrainConfig fields the command line gave (None: not given)."""
+    return {name: getattr(args, name) for name in _TRAIN_FIELDS}
 
 
-def _window_set(args: argparse.Namespace, labelset):
+def _train_config(args: argparse.Namespace, variant: Optional[str] = None):
+    """The TrainConfig of the command line (``variant`` overrides ``--variant``)."""
+    from .train.config import TrainConfig  # deferred: torch
+
+    variant = variant or args.variant
+    return TrainConfig.from_settings(_train_settings(args), variant=variant,
+                                     weights=_weights_for(args, variant))
+
+
+def _window_set(args: argparse.Namespace, labelset, cfg):
+    """The cohort's sample windows, made as ``cfg`` trains on them."""
     from .data.dataset import build_window_set  # deferred: torch
 
-    return build_window_set(args.cohort, labelset, image_size=tuple(args.image_size),
-                            frames=args.frames, cache_dir=args.cache, progress=not args.quiet)
+    return build_window_set(args.cohort, labelset, settings=cfg.window_settings(),
+                            cache_dir=args.cache, progress=not args.quiet)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .train.config import TrainConfig  # deferred: torch
-    from .train.checkpoints import preprocessing_settings, save_checkpoint
+    from .train.checkpoints import preprocessing_settings, save_checkpoint  # deferred: torch
     from .train.loop import train_model
 
     if args.variant == "all":
         raise ConfigError("'train' trains one variant", hint="use 'evaluate --variant all'")
-    cfg = TrainConfig(variant=args.variant, weights=_weights_for(args, args.variant),
-                      **_train_settings(args))
+    cfg = _train_config(args)
     if args.out.is_dir():
         raise ConfigError("--out must be a checkpoint file, not a folder", args.out)
     from .train.distributed import init_from_env, shutdown  # deferred: torch
@@ -165,7 +174,7 @@ def _run_train(args: argparse.Namespace) -> int:
     ctx = init_from_env(args.device)
     if ctx is not None and not ctx.is_main:
         ctx.barrier()
-    ws = _window_set(args, labelset)
+    ws = _window_set(args, labelset, cfg)
     if ctx is not None and ctx.is_main:
         ctx.barrier()
     state = args.out.with_name(args.out.name + ".resume.pt")
@@ -203,22 +212,22 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .train.evaluation import evaluate_all, evaluate_cohort  # deferred: torch
-    from .train.config import TrainConfig
 
     labelset = load_labelset(args.labels, args.cohort)
-    settings = _train_settings(args)
     if args.variant == "all":
-        ws = _window_set(args, labelset)
+        # Every variant trains on the same windows (image size and frames are shared).
+        ws = _window_set(args, labelset, _train_config(args, DEFAULT_VARIANT))
         weights = {"vgg16": args.vgg16_weights, "resnet50": args.resnet50_weights,
                    "voice": args.voice_weights}
-        res = evaluate_all(ws, settings, args.out, weights=weights, device=args.device,
+        res = evaluate_all(ws, _train_settings(args), args.out, weights=weights,
+                           device=args.device,
                            progress=not args.quiet, resume=not args.restart,
                            workers=args.workers)
         print(res["table"])
         print(f"wrote {args.out}/<variant>/metrics.json ... and {args.out}/table_iii.md")
         return 0
-    cfg = TrainConfig(variant=args.variant, weights=_weights_for(args, args.variant), **settings)
-    ws = _window_set(args, labelset)
+    cfg = _train_config(args)
+    ws = _window_set(args, labelset, cfg)
     m = evaluate_cohort(ws, cfg, args.out, device=args.device, progress=not args.quiet,
                         resume=not args.restart, workers=args.workers)
     b = m["bootstrap"]
@@ -276,8 +285,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snr-db", type=float, default=15.0,
                    help="speech to room-noise ratio in dB, varied +-3 dB per patient "
                         "(default: 15)")
-    p.add_argument("--frame-size", type=_frame_size, default=(720, 480), metavar="WxH",
-                   help="video frame size; the crop scales alike (default: 720x480)")
+    p.add_argument("--frame-size", type=_frame_size, default=VIDEO_SIZE, metavar="WxH",
+                   help="video frame size; the crop scales alike (default: "
+                        f"{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]})")
     p.add_argument("--workers", type=int, default=None,
                    help="parallel processes (default: number of CPUs)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
@@ -445,7 +455,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", type=Path, help="cohort folder or label output folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--every", type=int, default=1,
-                   help="keep every N-th frame of each window (default: 1 = all 25)")
+                   help=f"keep every N-th frame of each window (default: 1 = all "
+                        f"{WINDOW_FRAMES})")
     _common(p)
 
 
@@ -493,8 +504,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                                    "side, data-path and keyword-spotting speed, labelling time "
                                    "and peak memory.  Exit code 1 when an optimised path is "
                                    "slower than its baseline.")
-    p.add_argument("--image-size", type=_image_size, default=(350, 690), metavar="HxW",
-                   help="network input size to measure (default: the paper's 350x690)")
+    p.add_argument("--image-size", type=_image_size, default=IMAGE_SIZE, metavar="HxW",
+                   help=f"network input size to measure (default: the paper's {_PAPER_SIZE})")
     p.add_argument("--width", type=float, default=1.0,
                    help="channel multiplier of the model measured (default: 1.0)")
     p.add_argument("--quick", action="store_true",

@@ -32,6 +32,7 @@ import numpy as np
 
 from .core.errors import OutputError
 from .core.fileio import atomic_path, atomic_write_text
+from .core.paper import WINDOW_FRAMES
 from .data.dataset import build_window_set
 from .data.export import export_dataset
 from .data.mentions import read_mentions_csv
@@ -54,7 +55,7 @@ class DemoSettings:
     mentions_per_patient: int = 8
     frame_size: tuple[int, int] = (360, 240)  # (W, H) of the synthetic video
     image_size: tuple[int, int] = (64, 128)  # (H, W) network input
-    frames: int = 25
+    frames: int = WINDOW_FRAMES
     width: float = 0.25  # fraction of the paper's channel counts
     epochs: int = 30
     lr: float = 1e-3
@@ -98,10 +99,10 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     t = mark("synth", t)
 
     labelset = LabelSet.default()
-    ws = build_window_set(cohort, labelset, image_size=s.image_size, frames=s.frames,
-                          cache_dir=out / "cache", progress=progress)
     cfg = TrainConfig(variant="proposed", epochs=s.epochs, lr=s.lr, image_size=s.image_size,
                       frames=s.frames, width=s.width, seed=s.seed)
+    ws = build_window_set(cohort, labelset, settings=cfg.window_settings(),
+                          cache_dir=out / "cache", progress=progress)
     metrics = evaluate_cohort(ws, cfg, out / "evaluate", device=device, progress=progress,
                               resume=False)
     t = mark("evaluate", t)

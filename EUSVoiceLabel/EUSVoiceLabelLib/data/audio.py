@@ -23,18 +23,14 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ..core.paper import FFT_LENGTH, FRAME_LENGTH, FRAME_STEP, SAMPLE_RATE
+
 # torch and scipy are imported in the functions that use them: the Slicer module imports this
 # module (through data.procedure) before its Python requirements are installed, and
 # ``import EUSVoiceLabelLib`` stays cheap.
 if TYPE_CHECKING:
     import torch
 
-SAMPLE_RATE = 48_000
-FRAME_LENGTH = 1200
-FRAME_STEP = 720
-FFT_LENGTH = 2046
-N_BINS = FFT_LENGTH // 2 + 1  # 1024
-N_FRAMES = 1 + (SAMPLE_RATE - FRAME_LENGTH) // FRAME_STEP  # 66
 TOP_DB = 80.0
 
 

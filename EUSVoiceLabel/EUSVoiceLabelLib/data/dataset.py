@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from ..core.errors import ProcedureError
 from ..core.fileio import atomic_path, file_sha256
+from ..core.paper import IMAGE_SIZE, SPECTROGRAM_SHAPE, WINDOW_FRAMES
 from .audio import SpectrogramSettings, spectrogram_batch
 from .mentions import Mention
-from .procedure import WINDOW_FRAMES, Procedure, find_patients, load_procedure
+from .procedure import Procedure, find_patients, load_procedure
 from .vocabulary import LabelSet, load_labelset
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def resize_frames(frames: np.ndarray, size: Optional[tuple[int, int]]) -> np.nda
 class WindowSettings:
     """Preprocessing that defines a sample window (part of every cache key and checkpoint)."""
 
-    image_size: Optional[tuple[int, int]] = (350, 690)
+    image_size: Optional[tuple[int, int]] = IMAGE_SIZE
     frames: int = WINDOW_FRAMES
     spectrogram: SpectrogramSettings = field(default_factory=SpectrogramSettings)
 
@@ -105,7 +106,7 @@ def extract_windows(proc: Procedure, mentions: Optional[Sequence[Mention]] = Non
         if progress is not None:
             progress(i + 1, len(mentions))
     voices = spectrogram_batch(waves, settings.spectrogram) if len(mentions) else \
-        np.zeros((0, 1024, 66), np.float32)
+        np.zeros((0, *SPECTROGRAM_SHAPE), np.float32)
     return Windows(images, voices, [m.label for m in mentions],
                    np.array([m.time_s for m in mentions], dtype=np.float64),
                    np.array([np.nan if m.end_s is None else m.end_s for m in mentions]))
@@ -216,11 +217,12 @@ class WindowSet:
 
 
 def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = None,
-                     image_size: Optional[tuple[int, int]] = (350, 690),
+                     image_size: Optional[tuple[int, int]] = IMAGE_SIZE,
                      frames: int = WINDOW_FRAMES, cache_dir: Optional[os.PathLike | str] = None,
                      progress: bool = True,
                      spectrogram_settings: Optional[SpectrogramSettings] = None,
-                     use_cache: bool = True) -> WindowSet:
+                     use_cache: bool = True,
+                     settings: Optional[WindowSettings] = None) -> WindowSet:
     """Preprocess every mention window of a cohort (cached; see the module doc).
 
     Args:
@@ -234,14 +236,17 @@ def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = N
         progress: show a progress bar.
         spectrogram_settings: spectrogram scaling (default: see :mod:`EUSVoiceLabelLib.data.audio`).
         use_cache: False decodes everything and writes no cache.
+        settings: the window settings as a whole (e.g. ``TrainConfig.window_settings()``);
+            when given, ``image_size``, ``frames`` and ``spectrogram_settings`` are not used.
 
     Raises:
         ProcedureError: no patient has any mention.
     """
     cohort = Path(cohort)
     labelset = labelset or load_labelset(None, cohort)
-    settings = WindowSettings(tuple(image_size) if image_size else None, frames,
-                              spectrogram_settings or SpectrogramSettings())
+    if settings is None:
+        settings = WindowSettings(tuple(image_size) if image_size else None, frames,
+                                  spectrogram_settings or SpectrogramSettings())
     patients = find_patients(cohort)
     cache: Optional[Path] = None
     if use_cache:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import OutputError, ProcedureError
 from ..core.fileio import atomic_path, atomic_write_text
+from ..core.paper import WINDOW_FRAMES
 from .media import NrrdSequenceSource
 from .procedure import find_patients, load_procedure, onset_frame
 from .vocabulary import load_labelset
@@ -79,7 +80,7 @@ def _check_out(source: Path, out_dir: Path) -> None:
 
 
 def export_cohort(cohort: os.PathLike | str, out_dir: os.PathLike | str, every: int = 1,
-                  frames: int = 25, progress: bool = False) -> Path:
+                  frames: int = WINDOW_FRAMES, progress: bool = False) -> Path:
     """Export every mention window of a cohort with its spoken label."""
     cohort, out_dir = Path(cohort), Path(out_dir)
     _check_out(cohort, out_dir)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..core.errors import MediaError
 from ..core.fileio import atomic_path
+from ..core.paper import FPS
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +222,9 @@ def _natural_key(name: str) -> list:
 
 
 class FrameFolderSource(FrameSource):
-    """A folder of numbered PNG/JPEG frames, played at ``fps`` (default 25)."""
+    """A folder of numbered PNG/JPEG frames, played at ``fps``."""
 
-    def __init__(self, path: os.PathLike | str, fps: float = 25.0):
+    def __init__(self, path: os.PathLike | str, fps: float = FPS):
         self.path = Path(path)
         try:
             names = [p.name for p in self.path.iterdir()
@@ -327,11 +328,11 @@ class NrrdSequenceSource(FrameSource):
         n, self.height, self.width = self.frames.shape
         times = _index_values(header, list_axis, n)
         if times is None:
-            times = np.arange(n) / 25.0
+            times = np.arange(n) / FPS
         self.times = times - times[0]
-        step = np.median(np.diff(self.times)) if n > 1 else 0.04
-        self.native_fps = float(1.0 / step) if step > 0 else 25.0
-        self.duration_s = float(self.times[-1] + (step if step > 0 else 0.04))
+        step = np.median(np.diff(self.times)) if n > 1 else 1.0 / FPS
+        self.native_fps = float(1.0 / step) if step > 0 else FPS
+        self.duration_s = float(self.times[-1] + (step if step > 0 else 1.0 / FPS))
 
     def read(self, times: Sequence[float]) -> np.ndarray:
         times = np.asarray(times, dtype=np.float64)
@@ -358,7 +359,7 @@ def _index_values(header: dict, axis: int, n: int) -> Optional[np.ndarray]:
     return None
 
 
-def open_frames(path: os.PathLike | str, fps: float = 25.0) -> FrameSource:
+def open_frames(path: os.PathLike | str, fps: float = FPS) -> FrameSource:
     """Open a video file, a frames folder or a ``.seq.nrrd`` as a :class:`FrameSource`."""
     path = Path(path)
     if path.is_dir():

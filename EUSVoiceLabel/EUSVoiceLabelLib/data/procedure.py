@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..core.errors import MediaError, MentionsError, ProcedureError
+from ..core.paper import CROP_SIZE, FPS, WINDOW_FRAMES
 from .audio import SAMPLE_RATE, resample
 from .media import (AUDIO_SUFFIXES, VIDEO_SUFFIXES, FrameSource, VideoFileSource, load_audio,
                     open_frames)
@@ -26,10 +27,6 @@ from .mentions import Mention, read_mentions
 from .vocabulary import LabelSet, load_labelset
 
 log = logging.getLogger(__name__)
-
-FPS = 25.0
-WINDOW_FRAMES = 25
-DEFAULT_CROP_SIZE = (690, 350)  # (W, H) of the paper's crop
 
 
 def onset_frame(t: float, fps: float = FPS) -> int:
@@ -39,8 +36,8 @@ def onset_frame(t: float, fps: float = FPS) -> int:
 
 def default_crop(width: int, height: int) -> tuple[int, int, int, int]:
     """The central 690x350 region when frames are larger, else the whole frame (per axis)."""
-    w = min(width, DEFAULT_CROP_SIZE[0])
-    h = min(height, DEFAULT_CROP_SIZE[1])
+    w = min(width, CROP_SIZE[0])
+    h = min(height, CROP_SIZE[1])
     return ((width - w) // 2, (height - h) // 2, w, h)
 
 

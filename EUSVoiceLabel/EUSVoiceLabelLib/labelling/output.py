@@ -16,6 +16,7 @@ import numpy as np
 from .. import __version__
 from ..core.errors import ConfigError, OutputError
 from ..core.fileio import atomic_write_text
+from ..core.paper import WINDOW_FRAMES
 from ..data.mentions import Mention
 from ..data.procedure import Procedure
 from ..data.vocabulary import LabelSet
@@ -179,7 +180,7 @@ class LabelOutputWriter:
 def write_label_outputs(result: LabelResult, out_dir: os.PathLike | str,
                         frames_per_window: Optional[int] = None) -> dict[str, Path]:
     """Write every output of a finished :class:`LabelResult` (re-reading its frames)."""
-    n = frames_per_window or (len(result.windows[0].frame_indices) if result.windows else 25)
+    n = frames_per_window or (len(result.windows[0].frame_indices) if result.windows else WINDOW_FRAMES)
     writer = LabelOutputWriter(out_dir, result.procedure, result.labelset,
                                [w.mention for w in result.windows], n, result.cam_threshold)
     try:

@@ -67,10 +67,10 @@ import torch
 from torch import nn
 
 from ..core.errors import CheckpointError, ConfigError
+from ..core.paper import N_BINS, N_FRAMES, R_CHANNELS, WINDOW_FRAMES
+from ..core.variants import IMAGE_SCRATCH, VOICE_KEYWORD, VOICE_SCRATCH, variant_spec
 from .keyword import KeywordFeatures, load_keyword_model
 from .torchfile import load_untrusted_torch
-
-R_CHANNELS = 1024
 
 #: VGG16 block plan: (number of convolutions, channels) per block; block 5 widened to R.
 IMAGE_BLOCKS: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (3, 256), (3, 512),
@@ -79,19 +79,6 @@ IMAGE_BLOCKS: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (3, 256), (3, 51
 #: VOICE_POOL_AFTER (0-based).
 VOICE_CHANNELS: tuple[int, ...] = (256, 256, 512, 512, R_CHANNELS, R_CHANNELS)
 VOICE_POOL_AFTER: tuple[int, ...] = (1, 3)
-
-#: Smallest image side the image branch accepts (4 valid 3/2 pools need 31 pixels).
-MIN_IMAGE_SIDE = 31
-
-VARIANTS: tuple[str, ...] = (
-    "proposed", "image_only", "voice_only", "vgg16_pretrained", "resnet50_pretrained",
-    "voice_pretrained", "random_pairs", "reduced_input", "image_only_vgg16",
-    "image_only_resnet50",
-)
-#: Variants that need a local weights file (``weights=``).
-NEEDS_WEIGHTS = {"vgg16_pretrained": "vgg16", "resnet50_pretrained": "resnet50",
-                 "image_only_vgg16": "vgg16", "image_only_resnet50": "resnet50",
-                 "voice_pretrained": "voice"}
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,20 +100,11 @@ def feature_grid(image_size: Sequence[int]) -> tuple[int, int]:
     return pool_out(int(image_size[0])), pool_out(int(image_size[1]))
 
 
-def check_image_size(image_size: Sequence[int]) -> None:
-    """Raise ConfigError if the image branch cannot take frames of this (H, W)."""
-    h, w = (int(v) for v in image_size)
-    if min(h, w) < MIN_IMAGE_SIDE:
-        raise ConfigError(f"image size {h}x{w} is too small for the image branch",
-                          hint=f"use at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
-                               "(e.g. --image-size 64x128)")
-
-
 # --------------------------------------------------------------------------- branches
 class VoiceBranch(nn.Module):
     """Six Conv1d + BatchNorm1d + ReLU over a (B, 1024, 66) spectrogram -> P (B, R, T')."""
 
-    def __init__(self, in_bins: int = 1024, width: float = 1.0) -> None:
+    def __init__(self, in_bins: int = N_BINS, width: float = 1.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_bins
@@ -147,7 +125,7 @@ class VoiceBranch(nn.Module):
 class ImageBranch(nn.Module):
     """VGG16-style 13 Conv2d + BatchNorm2d + ReLU, pools between blocks -> Q (B, R, H', W')."""
 
-    def __init__(self, in_frames: int = 25, width: float = 1.0,
+    def __init__(self, in_frames: int = WINDOW_FRAMES, width: float = 1.0,
                  select_from: Optional[int] = None) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -369,7 +347,7 @@ class EUSVoiceLabelNet(nn.Module):
         return self.features(image, voice)["logits"]
 
 
-def voice_time_steps(time_bins: int = 66) -> int:
+def voice_time_steps(time_bins: int = N_FRAMES) -> int:
     """T' of the scratch voice branch for ``time_bins`` spectrogram frames."""
     t = time_bins
     for _ in VOICE_POOL_AFTER:
@@ -419,14 +397,15 @@ class PretrainedVoiceBranch(nn.Module):
 
 
 # --------------------------------------------------------------------------- factory
-def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = 25, *,
+def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = WINDOW_FRAMES, *,
                 weights: Optional[str | Path] = None, width: float = 1.0,
                 joint_scale: str = "sum", load_pretrained: bool = True,
                 **kw: Any) -> EUSVoiceLabelNet:
     """Build the network of ``variant`` (see the module docstring).
 
     Args:
-        variant: one of :data:`VARIANTS`.
+        variant: one of :data:`..core.variants.VARIANTS`; its row of :data:`..core.variants.VARIANT_SPECS` says
+            which branches to build.
         num_classes: K, the number of labels.
         frames: frames per window in the image input (``reduced_input`` feeds 3 of them to the
             network; the pretrained backbones take 3 evenly spaced ones).
@@ -437,21 +416,19 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = 2
         joint_scale: "sum" (the paper's plain product, default) or "mean" (C / R).
         load_pretrained: False builds pretrained branches without reading ``weights`` (for
             loading a saved checkpoint, which holds them).
-        **kw: ``in_bins`` (spectrogram bins, default 1024).
+        **kw: ``in_bins`` (spectrogram bins, default :data:`..core.paper.N_BINS`).
 
     Returns:
         An :class:`EUSVoiceLabelNet` whose ``forward(image, voice)`` returns logits (B, K).
     """
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown variant {variant!r}", hint="choose one of " +
-                          ", ".join(VARIANTS))
+    spec = variant_spec(variant)
     if num_classes < 2:
         raise ConfigError(f"need at least 2 classes, got {num_classes}")
     if frames < 1:
         raise ConfigError(f"frames must be positive, got {frames}")
     if not (0 < width <= 4):
         raise ConfigError(f"width must be in (0, 4], got {width}")
-    in_bins = int(kw.pop("in_bins", 1024))
+    in_bins = int(kw.pop("in_bins", N_BINS))
     if kw:
         raise ConfigError("unknown model options: " + ", ".join(sorted(kw)))
     r = _scaled(R_CHANNELS, width)
@@ -459,21 +436,17 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = 2
 
     image: Optional[nn.Module] = None
     voice: Optional[nn.Module] = None
-    if variant in ("proposed", "random_pairs", "image_only"):
+    if spec.image == IMAGE_SCRATCH and spec.frames_used:
+        if frames < spec.frames_used:
+            raise ConfigError(f"{variant} needs windows of at least {spec.frames_used} frames")
+        image = ImageBranch(spec.frames_used, width, select_from=frames)
+    elif spec.image == IMAGE_SCRATCH:
         image = ImageBranch(frames, width)
-    elif variant == "reduced_input":
-        if frames < 3:
-            raise ConfigError("reduced_input needs windows of at least 3 frames")
-        image = ImageBranch(3, width, select_from=frames)
-    elif variant in ("vgg16_pretrained", "image_only_vgg16"):
-        image = PretrainedImageBranch("vgg16", wpath, frames, r, load_pretrained)
-    elif variant in ("resnet50_pretrained", "image_only_resnet50"):
-        image = PretrainedImageBranch("resnet50", wpath, frames, r, load_pretrained)
-
-    if variant in ("proposed", "random_pairs", "reduced_input", "voice_only",
-                   "vgg16_pretrained", "resnet50_pretrained"):
+    elif spec.image is not None:  # a torchvision backbone: "vgg16" / "resnet50"
+        image = PretrainedImageBranch(spec.image, wpath, frames, r, load_pretrained)
+    if spec.voice == VOICE_SCRATCH:
         voice = VoiceBranch(in_bins, width)
-    elif variant == "voice_pretrained":
+    elif spec.voice == VOICE_KEYWORD:
         voice = PretrainedVoiceBranch(wpath, r, load_pretrained)
     model = EUSVoiceLabelNet(variant, image, voice, num_classes, joint_scale)
     model.input_frames = frames  # frames per window the caller supplies
@@ -493,6 +466,6 @@ def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["build_model", "EUSVoiceLabelNet", "VoiceBranch", "ImageBranch",
-           "PretrainedImageBranch", "PretrainedVoiceBranch", "VARIANTS", "NEEDS_WEIGHTS",
-           "R_CHANNELS", "feature_grid", "check_image_size", "count_layers", "parameter_count",
+           "PretrainedImageBranch", "PretrainedVoiceBranch",
+           "R_CHANNELS", "feature_grid", "count_layers", "parameter_count",
            "evenly_spaced", "voice_time_steps", "load_state_dict_file"]

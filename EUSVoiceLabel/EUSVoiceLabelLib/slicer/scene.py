@@ -114,6 +114,7 @@ from typing import Optional
 
 from ..core.errors import ConfigError
 from ..core.fileio import atomic_write_text
+from ..core.paper import FPS
 
 #: Written as the scene's version (``vtkMRMLScene::ParseVersion`` "new style"); Slicer warns
 #: when it loads a scene made for a newer version than itself.
@@ -200,7 +201,7 @@ def build_scene_mrml(scene_dir: os.PathLike | str, *, frames_seq: os.PathLike | 
                      cam_seq: Optional[os.PathLike | str] = None,
                      landmarks_seq: Optional[os.PathLike | str] = None,
                      color_table: Optional[os.PathLike | str] = None,
-                     markups: Optional[os.PathLike | str] = None, fps: float = 25.0,
+                     markups: Optional[os.PathLike | str] = None, fps: float = FPS,
                      name: str = "EUS procedure", cam_threshold: float = 0.2) -> str:
     """The text of ``scene.mrml`` for files in ``scene_dir`` (see :func:`write_scene_mrml`)."""
     scene_dir = Path(scene_dir)
@@ -314,7 +315,7 @@ def write_scene_mrml(path: os.PathLike | str, *, frames_seq: os.PathLike | str =
                      landmarks_seq: Optional[os.PathLike | str] = "landmarks.seq.nrrd",
                      color_table: Optional[os.PathLike | str] = "landmarks.csv",
                      markups: Optional[os.PathLike | str] = "landmarks.mrk.json",
-                     fps: float = 25.0, name: str = "EUS procedure",
+                     fps: float = FPS, name: str = "EUS procedure",
                      cam_threshold: float = 0.2) -> Path:
     """Write ``scene.mrml`` (atomically) referencing the output files next to it.
 

@@ -34,6 +34,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..core.errors import ConfigError, MediaError, OutputError, ProcedureError
+from ..core.variants import parse_image_size
 from ..data.media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames,
                           write_wav)
 from ..data.mentions import Mention, read_mentions, write_mentions_csv
@@ -399,21 +400,6 @@ def master_item_at(master_times: Sequence[float], time_s: float) -> int:
 
 
 # --------------------------------------------------------------------------- training
-def parse_image_size(text: str) -> tuple[int, int]:
-    """``"HxW"`` -> (H, W) with 8..4096 pixels per side.
-
-    Raises:
-        ConfigError: anything else.
-    """
-    try:
-        h, w = (int(v) for v in str(text).lower().replace(" ", "").split("x"))
-    except ValueError:
-        raise ConfigError(f"image size must be HxW, e.g. 350x690, not {text!r}") from None
-    if not (8 <= h <= 4096 and 8 <= w <= 4096):
-        raise ConfigError(f"image size {h}x{w} must have 8..4096 pixels per side")
-    return h, w
-
-
 def train_arguments(cohort: os.PathLike | str, out: os.PathLike | str,
                     epochs: Optional[int] = None, image_size: Optional[str] = None,
                     device: str = "auto", variant: str = "proposed",

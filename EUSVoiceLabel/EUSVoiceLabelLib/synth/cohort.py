@@ -34,23 +34,15 @@ from tqdm import tqdm
 
 from ..core.errors import ConfigError, OutputError
 from ..core.fileio import atomic_path, atomic_write_text
+from ..core import paper
+from ..core.paper import CROP_SIZE, TABLE_I, VIDEO_SIZE, WINDOW_S
 from ..data.vocabulary import LabelSet
 from . import images as im, speech as sp
 
 
-FPS = 25
+FPS = int(paper.FPS)  # the video's frame rate (a whole number for the encoder)
 SAMPLE_RATE = sp.SAMPLE_RATE
-WINDOW_S = 1.0
 LABELS = im.LANDMARKS  # = LabelSet.default().ids
-
-# Table I of the paper: per label, mentions in patients 1..12 (143 in all).
-TABLE_I: dict[str, tuple[int, ...]] = {
-    "pancreas": (0, 0, 0, 1, 1, 0, 0, 5, 4, 2, 2, 1),
-    "portal_vein": (0, 1, 1, 1, 1, 0, 0, 8, 5, 0, 6, 1),
-    "pancreatic_duct": (1, 11, 0, 2, 5, 4, 0, 5, 2, 3, 2, 3),
-    "portal_venous_confluence": (0, 2, 1, 1, 3, 1, 0, 7, 8, 0, 1, 0),
-    "bile_duct": (1, 4, 2, 3, 8, 2, 1, 2, 10, 3, 5, 0),
-}
 
 # Carrier phrases around the landmark words ("" = the name alone).
 PREFIXES = ("and this is the", "here is the", "you can see the", "there's the", "now we see the",
@@ -157,7 +149,8 @@ def _choose(rng: np.random.Generator, items: Sequence[tuple[str, float]]) -> str
 
 
 def _crop_box(w: int, h: int) -> tuple[int, int, int, int]:
-    cw, ch = int(round(690 * w / 720)), int(round(350 * h / 480))
+    cw = int(round(CROP_SIZE[0] * w / VIDEO_SIZE[0]))
+    ch = int(round(CROP_SIZE[1] * h / VIDEO_SIZE[1]))
     return ((w - cw) // 2, (h - ch) // 2, cw, ch)
 
 
@@ -520,7 +513,7 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
 # --------------------------------------------------------------------------- the cohort
 def synth_cohort(out: Union[str, os.PathLike], patients: int = 12, seed: int = 0,
                  counts: Union[str, int] = "paper", snr_db: float = 15.0,
-                 progress: bool = True, frame_size: tuple[int, int] = (720, 480),
+                 progress: bool = True, frame_size: tuple[int, int] = VIDEO_SIZE,
                  lead_in_s: float = 2.5, gap_s: float = 0.5, distractor_prob: float = 0.5,
                  workers: Optional[int] = None, force: bool = False,
                  embedded_audio: bool = True, offset_fraction: float = 0.35) -> Path:

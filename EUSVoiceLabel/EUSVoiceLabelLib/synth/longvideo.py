@@ -12,6 +12,7 @@ import av
 import numpy as np
 
 from ..core.fileio import atomic_write_text
+from ..core.paper import FPS, SAMPLE_RATE, VIDEO_SIZE
 from ..data.media import write_wav
 from ..data.vocabulary import LabelSet
 from .speech import speak
@@ -32,8 +33,8 @@ def _clip_frames(n: int, size: tuple[int, int], seed: int = 0) -> Iterator[np.nd
         yield np.clip(img + speckle, 0, 255).astype(np.uint8)
 
 
-def write_long_video(path: Path, seconds: float, size: tuple[int, int] = (720, 480),
-                     clip_seconds: float = 10.0, fps: int = 25) -> Path:
+def write_long_video(path: Path, seconds: float, size: tuple[int, int] = VIDEO_SIZE,
+                     clip_seconds: float = 10.0, fps: int = int(FPS)) -> Path:
     """A long H.264 video made fast: one short clip is encoded, then its packets are remuxed
     with shifted timestamps until ``seconds`` are covered."""
     clip = path.with_suffix(".clip.mp4")
@@ -77,12 +78,12 @@ def repeat_clip(clip: Path, path: Path, seconds: float, clip_seconds: float) -> 
 
 
 def make_procedure(folder: Path, seconds: float, n_mentions: int, seed: int = 0,
-                   size: tuple[int, int] = (720, 480)) -> Path:
+                   size: tuple[int, int] = VIDEO_SIZE) -> Path:
     """A procedure folder for timing: long video, a 48 kHz wav with quiet room noise and a
     spoken landmark phrase (flite TTS) at each mention, and mentions.csv."""
     folder.mkdir(parents=True, exist_ok=True)
     write_long_video(folder / "video.mp4", seconds, size)
-    rate = 48000
+    rate = SAMPLE_RATE
     rng = np.random.default_rng(seed)
     audio = (0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
     labels = LabelSet.default()

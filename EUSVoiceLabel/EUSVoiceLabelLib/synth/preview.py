@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..core.fileio import atomic_path
+from ..core.paper import WINDOW_FRAMES
 from ..data.procedure import find_patients, load_procedure
 
 
@@ -40,7 +41,7 @@ def landmark_grid(cohort: Union[str, os.PathLike], label: str, out: Union[str, o
     rows = []
     for pat, m in picks:
         proc = load_procedure(pat)
-        win = proc.frames_window(m["time_s"], 25)
+        win = proc.frames_window(m["time_s"], WINDOW_FRAMES)
         tiles = []
         for f in frames:
             img = Image.fromarray(win[min(f, len(win) - 1)]).convert("RGB")

@@ -27,8 +27,7 @@ from scipy.io import wavfile
 from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 
 from ..core.errors import ConfigError
-
-SAMPLE_RATE = 48000
+from ..core.paper import SAMPLE_RATE
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import torch
 
 from .. import __version__
 from ..core.errors import CheckpointError
-from ..data.audio import SpectrogramSettings
 from ..data.vocabulary import LabelSet
 from ..nn.devices import select_device
 from ..nn.network import build_model
@@ -31,16 +30,11 @@ FORMAT_VERSION = 1
 
 
 def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
-    """The input settings a model depends on: image size, frames, spectrogram scaling.
-
-    Taken from the window set's ``settings`` (data.dataset.WindowSettings) when it has one.
-    """
-    settings = getattr(data, "settings", None)
-    out: dict[str, Any] = dict(settings.to_json()) if hasattr(settings, "to_json") else {}
-    if "spectrogram" not in out:
-        out["spectrogram"] = SpectrogramSettings().to_json()
-    out["image_size"] = list(cfg.image_size)
-    out["frames"] = cfg.frames
+    """The input settings a model depends on: the configuration's window settings (image size,
+    frames) with the windows' spectrogram scaling (``data.settings``, a
+    :class:`..data.dataset.WindowSettings`, when it has one), and the voice input's shape."""
+    spectrogram = getattr(getattr(data, "settings", None), "spectrogram", None)
+    out = cfg.window_settings(spectrogram).to_json()
     out["voice_shape"] = [int(v) for v in np.asarray(data.voices).shape[1:]]
     return out
 

@@ -1,5 +1,5 @@
-"""What decides a training run: :class:`TrainConfig` and the paper's settings per variant
-(Table II; SPEC §1)."""
+"""What decides a training run: :class:`TrainConfig`, with the paper's settings per variant
+(Table II, from :data:`..core.variants.VARIANT_SPECS`) as its defaults."""
 
 from __future__ import annotations
 
@@ -7,57 +7,41 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from ..core.errors import ConfigError
-from ..nn.network import VARIANTS, check_image_size
-
-
-#: Paper defaults per variant: (epochs, learning rate).  Table II for the ablations, the
-#: proposed model's 200 / 1e-3 for the rest (random pairs and reduced input keep the proposed
-#: model's settings); pretrained image branches 200 / 1e-5 with or without the voice branch.
-PAPER_SETTINGS: dict[str, tuple[int, float]] = {
-    "proposed": (200, 1e-3),
-    "random_pairs": (200, 1e-3),
-    "reduced_input": (200, 1e-3),
-    "image_only": (80, 1e-5),
-    "voice_only": (200, 1e-6),
-    "voice_pretrained": (1000, 1e-3),
-    "vgg16_pretrained": (200, 1e-5),
-    "resnet50_pretrained": (200, 1e-5),
-    "image_only_vgg16": (200, 1e-5),
-    "image_only_resnet50": (200, 1e-5),
-}
-PAPER_BATCH_SIZE = 8
-REDUCED_FRAMES = 3
+from ..core.paper import BATCH_SIZE, IMAGE_SIZE, WINDOW_FRAMES
+from ..core.variants import DEFAULT_VARIANT, VariantSpec, check_image_size, variant_spec
+from ..data.audio import SpectrogramSettings
+from ..data.dataset import WindowSettings
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run (stored in checkpoints and metrics.json).
 
-    ``epochs`` / ``lr`` left as None take the paper's value for the variant.
+    ``epochs`` / ``lr`` left as None take the paper's value for the variant.  Build one from
+    layers of settings (e.g. a preset, then the options a user gave) with
+    :meth:`from_settings`.
     """
 
-    variant: str = "proposed"
+    variant: str = DEFAULT_VARIANT
     epochs: Optional[int] = None
     lr: Optional[float] = None
-    batch_size: int = PAPER_BATCH_SIZE
-    image_size: tuple[int, int] = (350, 690)
-    frames: int = 25
+    batch_size: int = BATCH_SIZE
+    image_size: tuple[int, int] = IMAGE_SIZE
+    frames: int = WINDOW_FRAMES
     width: float = 1.0
     joint_scale: str = "sum"
     weights: Optional[str] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"unknown variant {self.variant!r}",
-                              hint="choose one of " + ", ".join(VARIANTS))
-        epochs, lr = PAPER_SETTINGS[self.variant]
-        object.__setattr__(self, "epochs", int(epochs if self.epochs is None else self.epochs))
-        object.__setattr__(self, "lr", float(lr if self.lr is None else self.lr))
-        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        spec = variant_spec(self.variant)
+        object.__setattr__(self, "epochs", int(spec.epochs if self.epochs is None
+                                               else self.epochs))
+        object.__setattr__(self, "lr", float(spec.lr if self.lr is None else self.lr))
+        object.__setattr__(self, "image_size", check_image_size(self.image_size))
         if self.epochs < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if not (self.lr > 0):
@@ -66,12 +50,44 @@ class TrainConfig:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.frames < 1:
             raise ConfigError(f"frames must be >= 1, got {self.frames}")
-        if self.variant == "reduced_input" and self.frames < REDUCED_FRAMES:
-            raise ConfigError(f"reduced_input picks {REDUCED_FRAMES} of the frames; "
+        if spec.frames_used and self.frames < spec.frames_used:
+            raise ConfigError(f"{self.variant} picks {spec.frames_used} of the frames; "
                               f"--frames {self.frames} is too few")
         if self.weights is not None:
             object.__setattr__(self, "weights", os.fspath(self.weights))
-        check_image_size(self.image_size)
+
+    @property
+    def spec(self) -> VariantSpec:
+        """The variant's row of the variant table."""
+        return variant_spec(self.variant)
+
+    @classmethod
+    def from_settings(cls, *layers: Optional[Mapping[str, Any]], **options: Any
+                      ) -> "TrainConfig":
+        """A config from layers of settings, each a mapping of field -> value: later layers
+        (and ``options``, last) win, None means "not given", and what no layer gives keeps
+        its default (the paper's per variant).
+
+        Raises:
+            ConfigError: a layer names a field TrainConfig does not have.
+        """
+        known = {f.name for f in fields(cls)}
+        merged: dict[str, Any] = {}
+        for layer in (*layers, options):
+            for key, value in (layer or {}).items():
+                if key not in known:
+                    raise ConfigError(f"unknown training setting {key!r}",
+                                      hint="use one of " + ", ".join(sorted(known)))
+                if value is not None:
+                    merged[key] = value
+        return cls(**merged)
+
+    def window_settings(self, spectrogram: Optional[SpectrogramSettings] = None
+                        ) -> WindowSettings:
+        """The sample windows this configuration trains on (image size and frames), with
+        ``spectrogram`` scaling (default: :class:`..data.audio.SpectrogramSettings`)."""
+        return WindowSettings(self.image_size, self.frames,
+                              spectrogram or SpectrogramSettings())
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,4 +109,4 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-__all__ = ["TrainConfig", "PAPER_SETTINGS", "PAPER_BATCH_SIZE", "REDUCED_FRAMES"]
+__all__ = ["TrainConfig"]

@@ -25,9 +25,10 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from .. import __version__
+from ..core.paper import BOOTSTRAP_PROPOSED, PATIENTS, WINDOWS
+from ..core.variants import VARIANT_SPECS, VARIANTS, variant_spec
 from ..core.fileio import atomic_path, atomic_write_text, file_sha256
 from ..nn.devices import select_device
-from ..nn.network import NEEDS_WEIGHTS
 from .checkpoints import preprocessing_settings
 from .config import TrainConfig
 from .folds import Fold, FoldResult, lopo_folds, run_fold
@@ -37,23 +38,6 @@ from .parallel import run_folds
 from .voice_pretrain import pretrain_keyword_model
 
 log = logging.getLogger(__name__)
-
-
-#: Table III of the paper: variant -> (row title, accuracy, precision, recall, F1), in its order.
-PAPER_TABLE_III: dict[str, tuple[str, float, float, float, float]] = {
-    "proposed": ("Proposed, image + voice (no pretrained weights)", 0.76, 0.74, 0.74, 0.74),
-    "vgg16_pretrained": ("Image branch VGG16, ImageNet weights (frozen)", 0.66, 0.60, 0.59, 0.59),
-    "resnet50_pretrained": ("Image branch ResNet50, ImageNet weights (frozen)",
-                            0.59, 0.54, 0.54, 0.54),
-    "image_only": ("Image only (no pretrained weights)", 0.20, 0.20, 0.34, 0.24),
-    "image_only_vgg16": ("Image only, VGG16 pretrained", 0.28, 0.24, 0.24, 0.23),
-    "image_only_resnet50": ("Image only, ResNet50 pretrained", 0.31, 0.26, 0.26, 0.26),
-    "voice_only": ("Voice only (no pretrained weights)", 0.42, 0.40, 0.40, 0.38),
-    "voice_pretrained": ("Voice only, pretrained on spoken commands", 0.66, 0.68, 0.65, 0.65),
-    "random_pairs": ("Random image/voice pairs of the same class", 0.70, 0.67, 0.67, 0.67),
-    "reduced_input": ("Reduced input: 3 random frames of 25", 0.66, 0.63, 0.63, 0.62),
-}
-PAPER_BOOTSTRAP_PROPOSED = (0.76, 0.04)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -223,11 +207,12 @@ def table_iii_markdown(results: Mapping[str, Optional[Mapping[str, Any]]],
     lines = ["| model | variant | paper acc | paper P | paper R | paper F1 | acc | P | R | F1 "
              "| bootstrap acc (mean ± std) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for variant, (title, pa, pp, pr, pf) in PAPER_TABLE_III.items():
+    for variant, spec in VARIANT_SPECS.items():
         if variant not in results and variant not in notes:
             continue
         m = results.get(variant)
-        paper = f"{pa:.2f} | {pp:.2f} | {pr:.2f} | {pf:.2f}"
+        pub = spec.paper
+        paper = f"{pub.accuracy:.2f} | {pub.precision:.2f} | {pub.recall:.2f} | {pub.f1:.2f}"
         if m:
             b = m["bootstrap"]
             ours = (f"{m['accuracy']:.2f} | {m['precision']:.2f} | {m['recall']:.2f} | "
@@ -235,11 +220,11 @@ def table_iii_markdown(results: Mapping[str, Optional[Mapping[str, Any]]],
                     f"({b['n_subsets']} x {b['subset_size']} patients)")
         else:
             ours = f"– | – | – | – | not run: {notes.get(variant, 'not requested')}"
-        lines.append(f"| {title} | `{variant}` | {paper} | {ours} |")
-    pm, ps = PAPER_BOOTSTRAP_PROPOSED
+        lines.append(f"| {pub.title} | `{variant}` | {paper} | {ours} |")
+    pm, ps = BOOTSTRAP_PROPOSED
     lines.append("")
-    lines.append(f"Paper: 12 patients, 143 windows, bootstrap of the proposed model "
-                 f"{pm:.2f} ± {ps:.2f}.")
+    lines.append(f"Paper: {PATIENTS} patients, {WINDOWS} windows, bootstrap of the proposed "
+                 f"model {pm:.2f} ± {ps:.2f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -263,11 +248,11 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
     """
     out_dir = Path(out_dir)
     weights = dict(weights or {})
-    variants = list(variants or PAPER_TABLE_III)
+    variants = list(variants or VARIANTS)
     results: dict[str, Optional[dict[str, Any]]] = {}
     notes: dict[str, str] = {}
     for variant in variants:
-        kind = NEEDS_WEIGHTS.get(variant)
+        kind = variant_spec(variant).weights
         wpath = weights.get(kind) if kind else None
         if kind == "voice" and wpath is None and pretrain_voice:
             wpath = out_dir / "voice_keyword.pt"
@@ -282,7 +267,8 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
             log.warning("%s skipped: %s", variant, notes[variant])
             continue
         shared = {k: v for k, v in settings.items() if k not in ("variant", "weights")}
-        cfg = TrainConfig(variant=variant, weights=str(wpath) if wpath else None, **shared)
+        cfg = TrainConfig.from_settings(shared, variant=variant,
+                                        weights=str(wpath) if wpath else None)
         results[variant] = evaluate_cohort(ws, cfg, out_dir / variant, device, progress, resume,
                                            workers=workers)
     table = table_iii_markdown(results, notes)
@@ -295,4 +281,4 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
 
 
 __all__ = ["evaluate_all", "evaluate_cohort", "write_predictions_csv", "plot_confusion_matrix",
-           "table_iii_markdown", "PAPER_TABLE_III"]
+           "table_iii_markdown"]

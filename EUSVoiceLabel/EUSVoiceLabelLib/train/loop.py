@@ -3,7 +3,7 @@
 The paper's recipe (SPEC §1): class-weighted categorical cross-entropy with weights
 max_count / count over the training data (loss normalised by the batch size, as in its
 equation 2), Adam, batch 8, epochs and learning rate per variant from Table II
-(:data:`.config.PAPER_SETTINGS`).  Everything can be overridden.
+(:data:`..core.variants.VARIANT_SPECS`).  Everything can be overridden.
 
 Design choices:
 
@@ -42,7 +42,7 @@ from ..core.errors import ConfigError, OutputError, TrainingError
 from ..nn.devices import seed_everything, select_device
 from ..nn.network import build_model
 from ..nn.torchfile import torch_save_atomic
-from .config import REDUCED_FRAMES, TrainConfig
+from .config import TrainConfig
 from .distributed import init_from_env
 
 log = logging.getLogger(__name__)
@@ -382,11 +382,12 @@ def _run_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, d
     model.train()
     order = torch.randperm(len(d), generator=gen)
     image_of = torch.arange(len(d))
-    if cfg.variant == "random_pairs":
+    spec = cfg.spec
+    if spec.random_pairs:
         image_of = same_class_partners(d.labels, gen)
     frame_sel = None
-    if cfg.variant == "reduced_input":
-        frame_sel = random_frame_choice(len(d), n_frames, REDUCED_FRAMES, gen)
+    if spec.frames_used:
+        frame_sel = random_frame_choice(len(d), n_frames, spec.frames_used, gen)
     total_loss, correct, seen = partial["loss"], partial["correct"], partial["seen"]
     for k, b in enumerate(_batches(order, cfg.batch_size)):
         if k < skip_batches:

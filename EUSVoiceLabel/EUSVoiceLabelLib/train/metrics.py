@@ -20,10 +20,9 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..core.errors import ConfigError
+from ..core.paper import BOOTSTRAP_SUBSET_SIZE, BOOTSTRAP_SUBSETS
 
 
-N_BOOTSTRAP = 100
-PAPER_SUBSET_SIZE = 10
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "labels", "confusion_matrix",
                "n_samples", "n_patients", "bootstrap", "per_patient", "variant", "config")
 
@@ -61,7 +60,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
 
 
 def bootstrap_accuracy(y_true: Sequence[int], y_pred: Sequence[int], patients: Sequence[str],
-                       n_subsets: int = N_BOOTSTRAP, subset_size: Optional[int] = None,
+                       n_subsets: int = BOOTSTRAP_SUBSETS, subset_size: Optional[int] = None,
                        seed: int = 0) -> dict[str, Any]:
     """Accuracy over random subsets of patients (pooled), mean and std (see module doc)."""
     yt = np.asarray(y_true)
@@ -85,7 +84,7 @@ def bootstrap_accuracy(y_true: Sequence[int], y_pred: Sequence[int], patients: S
 
 def default_subset_size(n_patients: int) -> int:
     """10 of 12 in the paper; n - 1 for smaller cohorts (at least 1)."""
-    return max(1, min(PAPER_SUBSET_SIZE, n_patients - 1))
+    return max(1, min(BOOTSTRAP_SUBSET_SIZE, n_patients - 1))
 
 
 def compute_metrics(y_true: Sequence[int], probs: np.ndarray, patients: Sequence[str],

@@ -7,7 +7,8 @@ import torch
 
 from EUSVoiceLabelLib import build_model
 from EUSVoiceLabelLib.core.errors import CheckpointError, ConfigError
-from EUSVoiceLabelLib.nn.network import (VARIANTS, count_layers, evenly_spaced, feature_grid,
+from EUSVoiceLabelLib.core.variants import VARIANTS, check_image_size
+from EUSVoiceLabelLib.nn.network import (count_layers, evenly_spaced, feature_grid,
                                          voice_time_steps)
 
 
@@ -109,7 +110,6 @@ def test_bad_settings_raise_config_errors(tmp_path):
     with pytest.raises(ConfigError):
         build_model("proposed", num_classes=1)
     m = build_model("image_only", width=0.125)
-    from EUSVoiceLabelLib.nn.network import check_image_size
     with pytest.raises(ConfigError, match="too small"):
         check_image_size((16, 64))
     with pytest.raises(ConfigError, match="weights"):

@@ -12,9 +12,9 @@ import torch
 from EUSVoiceLabelLib.core.errors import CheckpointError, ConfigError
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.nn.devices import select_device
-from EUSVoiceLabelLib.nn.network import VARIANTS
+from EUSVoiceLabelLib.core.variants import VARIANT_SPECS, VARIANTS, variant_spec
 from EUSVoiceLabelLib.train.checkpoints import load_checkpoint, save_checkpoint
-from EUSVoiceLabelLib.train.config import PAPER_SETTINGS, TrainConfig
+from EUSVoiceLabelLib.train.config import TrainConfig
 from EUSVoiceLabelLib.train.loop import (class_weights_from_labels, predict_proba, train_model,
                                          weighted_loss)
 
@@ -66,7 +66,8 @@ def test_weighted_loss_is_equation_2():
 
 
 def test_paper_defaults_per_variant():
-    assert set(PAPER_SETTINGS) == set(VARIANTS)
+    for name, spec in VARIANT_SPECS.items():
+        assert (TrainConfig(name).epochs, TrainConfig(name).lr) == (spec.epochs, spec.lr)
     assert (TrainConfig("proposed").epochs, TrainConfig("proposed").lr) == (200, 1e-3)
     assert (TrainConfig("image_only").epochs, TrainConfig("image_only").lr) == (80, 1e-5)
     assert (TrainConfig("voice_only").epochs, TrainConfig("voice_only").lr) == (200, 1e-6)
@@ -122,12 +123,11 @@ def _weights_files(tmp_path):
 
 
 def test_every_variant_trains_one_step(tmp_path):
-    from EUSVoiceLabelLib.nn.network import NEEDS_WEIGHTS
-
     files = _weights_files(tmp_path)
     data = tiny_windows(n=9)  # 8 + 1: the lone window joins the first batch (BatchNorm)
     for variant in VARIANTS:
-        weights = files[NEEDS_WEIGHTS[variant]] if variant in NEEDS_WEIGHTS else None
+        kind = variant_spec(variant).weights
+        weights = files[kind] if kind else None
         c = cfg(variant, epochs=1, weights=weights)
         torch.manual_seed(c.seed)
         from EUSVoiceLabelLib import build_model
@@ -140,7 +140,7 @@ def test_every_variant_trains_one_step(tmp_path):
                    and not torch.equal(before[k], after[k])}
         assert changed, f"{variant}: no weight changed"
         trainable = {n for n, p in res.model.named_parameters() if p.requires_grad}
-        if variant in NEEDS_WEIGHTS:  # frozen pretrained layers stay as loaded
+        if kind:  # frozen pretrained layers stay as loaded
             frozen = {n for n, p in res.model.named_parameters() if not p.requires_grad}
             assert frozen and not (frozen & changed), variant
             assert all(n.split(".")[1] == "adapter" or n.startswith("head") or
