@@ -44,6 +44,7 @@ from EUSVoiceLabelLib.core.errors import CheckpointError, MediaError, MentionsEr
 from EUSVoiceLabelLib.core.fileio import atomic_write_text
 from EUSVoiceLabelLib.core.outputlock import output_lock
 from EUSVoiceLabelLib.core.paper import FPS, WINDOW_FRAMES
+from EUSVoiceLabelLib.core.progress import CallbackProgress, parse_progress_line
 from EUSVoiceLabelLib.data.mentions import Mention, read_mentions
 from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
@@ -52,8 +53,7 @@ from EUSVoiceLabelLib.slicer.review import (MENTION_COLUMNS, RESULT_COLUMNS, Rev
                                             mentions_to_rows)
 from EUSVoiceLabelLib.slicer.support import (LARGE_SEQUENCE_BYTES, apply_problems, cine_ijk_to_ras,
                                              crop_ijk_to_ras, index_value, master_item_at,
-                                             missing_requirements, overlay_timeline, parse_progress,
-                                             path_or_none, procedure_from_files,
+                                             missing_requirements, overlay_timeline, path_or_none, procedure_from_files,
                                              procedure_from_frames, read_requirements,
                                              sequence_times, split_log_lines, train_arguments,
                                              write_tiny_procedure, write_training_procedure)
@@ -546,8 +546,8 @@ class _TrainingProcess:
     """``PythonSlicer -m EUSVoiceLabelLib train ...`` as a non-blocking ``qt.QProcess``.
 
     Works on every Slicer 5.x (``launchConsoleProcess(blocking=False)`` exists only from 5.12);
-    its output feeds a log callback line by line and a progress callback with the tqdm bars
-    the command prints.
+    its output feeds a log callback line by line and a progress callback with the JSON
+    progress lines the command prints (``--progress json``).
     """
 
     def __init__(self, program: str, args: list, logCallback, progressCallback,
@@ -583,13 +583,13 @@ class _TrainingProcess:
     def _onOutput(self) -> None:
         data = self.process.readAllStandardOutput().data()
         chunk = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-        state = parse_progress(chunk)
-        if state is not None and self.progressCallback:
-            self.progressCallback(state.fraction, state.description)
         lines, self._buffer = split_log_lines(self._buffer + chunk)
         for line in lines:
-            if self.logCallback:
-                self.logCallback(line)
+            event = parse_progress_line(line)
+            if event is not None and self.progressCallback:
+                self.progressCallback(event.fraction, event.task)
+            if self.logCallback and (event is None or event.state == "end"):
+                self.logCallback(line if event is None else event.text())
 
     def _onFinished(self, exitCode, exitStatus) -> None:
         if self._buffer.strip() and self.logCallback:
@@ -755,17 +755,18 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         temp.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(cine_ijk_to_ras(
             proc.pixel_spacing_mm)))
         cancelled = False
+        progress = CallbackProgress(progressCallback, shouldStop)
         try:
             chunk = 100
-            for start in range(0, proc.n_frames, chunk):
-                if shouldStop is not None and shouldStop():
-                    cancelled = True
-                    break
-                for k, frame in enumerate(proc.frames(start, start + chunk)):
-                    slicer.util.updateVolumeFromArray(temp, frame[None])
-                    seq.SetDataNodeAtValue(temp, index_value((start + k) / proc.fps))
-                if progressCallback is not None:
-                    progressCallback(min(start + chunk, proc.n_frames), proc.n_frames)
+            with progress.task("load", total=proc.n_frames, unit="frame") as task:
+                for start in range(0, proc.n_frames, chunk):
+                    if progress.cancelled():
+                        cancelled = True
+                        break
+                    for k, frame in enumerate(proc.frames(start, start + chunk)):
+                        slicer.util.updateVolumeFromArray(temp, frame[None])
+                        seq.SetDataNodeAtValue(temp, index_value((start + k) / proc.fps))
+                    task.update(min(start + chunk, proc.n_frames))
         finally:
             slicer.mrmlScene.RemoveNode(temp)
         if cancelled:
@@ -930,9 +931,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             # In this process (workers=1): worker processes would be started from Slicer's
             # own executable.
             found = detect_mentions(proc.audio, proc.sample_rate, proc.labelset,
-                                    audio_offset_s=proc.audio_offset_s,
-                                    progress=progressCallback or False, workers=1,
-                                    should_stop=shouldStop)
+                                    audio_offset_s=proc.audio_offset_s, workers=1,
+                                    progress=CallbackProgress(progressCallback, shouldStop))
         except DetectionCancelled:
             return None
         found = [m for m in found if 0 <= m.time_s < proc.duration_s]
@@ -1020,7 +1020,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             raise MentionsError("no mentions to label", f"table {mentionsTable.GetName()}",
                                 "load, detect or type the spoken landmark names first")
         result = label_procedure(proc, model, mentions, with_cam=withHeatMaps,
-                                 progress=progressCallback, should_stop=shouldStop)
+                                 progress=CallbackProgress(progressCallback, shouldStop))
         return self.resultsToNodes(result, sequenceNode, mentionsTable, resultsTable,
                                    checkpointPath, heatThreshold, heatOpacity)
 

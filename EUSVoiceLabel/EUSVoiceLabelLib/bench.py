@@ -32,14 +32,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import platform
-import queue as queue_mod
 import statistics
 import tempfile
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -50,9 +49,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import __version__
 from .core.fileio import atomic_write_text
 from .core.paper import IMAGE_SIZE, SPECTROGRAM_SHAPE, WINDOW_FRAMES
+from .core.pool import process_cores, run_tasks, spawn_pool
+from .core.progress import ProgressLike, as_progress
 from .data.dataset import WindowSettings, load_windows_cached
 from .data.procedure import load_procedure
 from .data.vocabulary import LabelSet
+from .demo import DemoSettings
 from .labelling.folder import label_to_folder
 from .labelling.run import LabelModel, label_procedure
 from .nn.devices import select_device
@@ -68,7 +70,8 @@ from .train.loop import TrainResult, weighted_loss
 
 log = logging.getLogger(__name__)
 
-DEMO_SIZE = (64, 128)      # demo.DemoSettings image size (with width 0.25)
+DEMO_SIZE = DemoSettings().image_size   # the demo's network input ...
+DEMO_WIDTH = DemoSettings().width       # ... and channel width
 TEST_SIZE = (32, 64)       # the unit tests' windows (with width 0.125)
 #: An optimised path may be at most this much slower than its baseline before ``--quick``
 #: fails: medians of interleaved repeats on a shared 2-core machine still move by ~10 %.
@@ -101,7 +104,7 @@ class BenchSettings:
     @classmethod
     def quick_settings(cls, device: str = "cpu") -> "BenchSettings":
         """The CI check: demo size, more repeats, no data-path / labelling cases."""
-        return cls(device=device, image_size=DEMO_SIZE, width=0.25, quick=True, repeats=9,
+        return cls(device=device, image_size=DEMO_SIZE, width=DEMO_WIDTH, quick=True, repeats=9,
                    train_batch=8, data=False, label_minutes=0.0)
 
 
@@ -112,14 +115,6 @@ def load_average() -> Optional[list[float]]:
         return [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
         return None
-
-
-def cpu_count() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return os.cpu_count() or 1
 
 
 def _rss_bytes() -> int:
@@ -443,8 +438,8 @@ def _paper_checkpoint(path: Path, image_size: Sequence[int], width: float, seed:
     return path
 
 
-def _label_child(folder: str, model_path: str, out_dir: str, device: str, threads: int,
-                 queue: Any) -> None:
+def _label_child(folder: str, model_path: str, out_dir: str, device: str, threads: int
+                 ) -> dict[str, Any]:
     """Runs in a fresh process: label with heat maps (all outputs written), then without."""
     torch.set_num_threads(threads)
     rss_import = round(_rss_bytes() / 2 ** 20, 1)
@@ -466,37 +461,33 @@ def _label_child(folder: str, model_path: str, out_dir: str, device: str, thread
             label_procedure(proc, model, with_cam=cam)
             times[cam] = time.perf_counter() - t0
         n = len(result.windows)
-        queue.put({"windows": n, "with_cam_s_per_window": times[True] / n,
-                   "without_cam_s_per_window": times[False] / n,
-                   "label_command_s_per_window": command_s / n,
-                   "peak_rss_mb_label_command": rss_command,
-                   "peak_cuda_mb_label_command": pm.cuda_mb,
-                   "rss_mb_after_import": rss_import})
-    except BaseException as exc:  # report, never hang the parent
-        queue.put({"error": f"{exc.__class__.__name__}: {exc}"})
+        return {"windows": n, "with_cam_s_per_window": times[True] / n,
+                "without_cam_s_per_window": times[False] / n,
+                "label_command_s_per_window": command_s / n,
+                "peak_rss_mb_label_command": rss_command,
+                "peak_cuda_mb_label_command": pm.cuda_mb,
+                "rss_mb_after_import": rss_import}
+    except Exception as exc:  # reported in the result
+        return {"error": f"{exc.__class__.__name__}: {exc}"}
 
 
-def labelling_case(workdir: Path, minutes: float, n_windows: int, image_size: Sequence[int],
-                   width: float, device: str, threads: int, seed: int = 0) -> dict[str, Any]:
-    """Label a ``minutes`` long synthetic procedure (``label`` with heat maps and all outputs)
-    in a fresh process; seconds per window with / without heat maps and its peak RSS."""
-    folder = make_procedure(workdir / "long_proc", minutes * 60.0, n_windows, seed)
-    model_path = _paper_checkpoint(workdir / "paper_random.pt", image_size, width, seed)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_label_child, args=(str(folder), str(model_path),
-                                               str(workdir / "label_out"), device, threads, q))
-    p.start()
-    while True:  # never wait forever on a child that died before reporting
-        try:
-            res = q.get(timeout=2.0)
-            break
-        except queue_mod.Empty:
-            if not p.is_alive():
-                res = {"error": f"labelling process exited with code {p.exitcode}"}
-                break
-    p.join()
-    res.update({"minutes": minutes, "image_size": list(image_size), "width": width})
+def labelling_case(workdir: Path, s: BenchSettings, device: str, threads: int
+                   ) -> dict[str, Any]:
+    """Label an ``s.label_minutes`` long synthetic procedure with ``s.label_windows`` windows
+    (``label`` with heat maps and all outputs) in a fresh process; seconds per window with /
+    without heat maps and its peak RSS."""
+    folder = make_procedure(workdir / "long_proc", s.label_minutes * 60.0, s.label_windows,
+                            s.seed)
+    model_path = _paper_checkpoint(workdir / "paper_random.pt", s.image_size, s.width, s.seed)
+    try:
+        with spawn_pool(1) as pool:
+            res = run_tasks(pool, _label_child, [(str(folder), str(model_path),
+                                                  str(workdir / "label_out"), device,
+                                                  threads)])[0]
+    except BrokenProcessPool as exc:  # the process died before it could report
+        res = {"error": f"the labelling process died ({exc})"}
+    res.update({"minutes": s.label_minutes, "image_size": list(s.image_size),
+                "width": s.width})
     return res
 
 
@@ -519,96 +510,142 @@ def _summaries(res: dict[str, Any], flops: dict[str, float], peak_gflops: float,
         res["speedup_compiled"] = c["baseline"]["median_s"] / c["optimised_compiled"]["median_s"]
 
 
-def run_bench(s: BenchSettings, progress: Callable[[str], None] = lambda m: None
-              ) -> dict[str, Any]:
-    """Run the benchmark and return its JSON-able result (see the module docstring)."""
+def run_bench(s: BenchSettings, progress: ProgressLike = None) -> dict[str, Any]:
+    """Run the benchmark and return its JSON-able result (see the module docstring);
+    ``progress`` reports the stages (see :mod:`.core.progress`)."""
     device = select_device(s.device)
-    threads = s.threads or cpu_count()
+    threads = s.threads or process_cores()
     torch.set_num_threads(threads)
     t_start = time.perf_counter()
-    out: dict[str, Any] = {
+    out = _machine(s, device, threads)
+    runs = _model_runs(s)
+    data_stages = (1 + (s.label_minutes > 0)) if s.data and not s.quick else 0
+    with as_progress(progress).task("bench", total=3 + 2 * len(runs) + data_stages,
+                                    unit="stage") as task:
+
+        def stage(name: str) -> None:
+            task.update(task.done + (1 if task.info else 0), stage=name)
+
+        stage("FLOPs (meta tensors)")
+        out["flops_gflop_per_sample"] = {
+            k: {"image_size": list(sz), "frames": WINDOW_FRAMES, "width": w,
+                **model_flops(sz, w)} for k, (sz, w) in _flop_sizes(s).items()}
+        stage("matmul peak fp32 / bf16")
+        out["peak"] = _peaks(device)
+        peak_name = "bf16" if bf16_is_fast(device) else "fp32"
+        out["inference"], out["training"] = {}, {}
+        for key, size, width in runs:
+            fl = next(v for v in out["flops_gflop_per_sample"].values()
+                      if (tuple(v["image_size"]), v["width"]) == (tuple(size), width))
+            rep = s.repeats if key == "chosen" or s.quick else max(s.repeats, 5)
+            stage(f"inference {size[0]}x{size[1]} width {width}")
+            out["inference"][key] = _inference_run(s, device, size, width, rep, fl,
+                                                   out["peak"], peak_name)
+            batch = s.train_batch or (8 if device.type == "cuda" or min(size) < 200 else 2)
+            stage(f"training {size[0]}x{size[1]} width {width}, batch {batch}")
+            out["training"][key] = _training_run(s, device, size, width, batch, rep, fl,
+                                                 out["peak"], peak_name)
+        if data_stages:
+            with tempfile.TemporaryDirectory(prefix="eusvl_bench_") as tmp:
+                stage("data path and keyword spotting")
+                out["data"] = data_cases(Path(tmp), s.image_size)
+                if s.label_minutes > 0:
+                    stage(f"labelling a {s.label_minutes:g}-minute procedure in a fresh "
+                          "process")
+                    out["labelling"] = labelling_case(Path(tmp), s, str(device), threads)
+        # The peak again at the end: on a shared machine one measurement can catch a busy
+        # moment, and a fraction of a too-low "peak" would exceed 100 %.  The attainable peak
+        # is the best.
+        stage("matmul peak again")
+        _best_peak(out, _peaks(device), peak_name)
+        task.update(task.total)
+    out["load_average_end"] = load_average()
+    out["wall_time_s"] = round(time.perf_counter() - t_start, 1)
+    out["regressions"] = check_regressions(out)
+    return out
+
+
+def _machine(s: BenchSettings, device: torch.device, threads: int) -> dict[str, Any]:
+    """What the result says about the machine, the software and the settings."""
+    return {
         "package_version": __version__, "torch": torch.__version__,
         "python": platform.python_version(), "machine": platform.machine(),
         "processor": _cpu_name(), "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
-        "cores": cpu_count(), "torch_threads": threads, "device": str(device),
+        "cores": process_cores(), "torch_threads": threads, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
         "load_average_start": load_average(), "bf16_native": bf16_is_fast(device),
     }
-    small_size, small_width = (DEMO_SIZE, 0.25)
-    sizes = {"paper": (IMAGE_SIZE, 1.0), "demo": (DEMO_SIZE, 0.25), "test": (TEST_SIZE, 0.125)}
+
+
+def _flop_sizes(s: BenchSettings) -> dict[str, tuple[tuple[int, int], float]]:
+    """(image size, width) of each size FLOPs are counted at: the paper's, the demo's, the
+    tests' and, when it is none of them, the chosen one."""
+    sizes = {"paper": (IMAGE_SIZE, 1.0), "demo": (DEMO_SIZE, DEMO_WIDTH),
+             "test": (TEST_SIZE, 0.125)}
     if tuple(s.image_size) not in {v[0] for v in sizes.values()} or \
             s.width not in {v[1] for v in sizes.values()}:
         sizes["chosen"] = (tuple(s.image_size), s.width)
-    progress("FLOPs (meta tensors)")
-    out["flops_gflop_per_sample"] = {
-        k: {"image_size": list(sz), "frames": WINDOW_FRAMES, "width": w, **model_flops(sz, w)}
-        for k, (sz, w) in sizes.items()}
+    return sizes
 
-    progress("matmul peak fp32 / bf16")
-    out["peak"] = {"fp32": measure_peak(device, torch.float32),
-                   "bf16": measure_peak(device, torch.bfloat16,
-                                        min_seconds=0.15 if bf16_is_fast(device) else 0.05,
-                                        max_n=8192 if device.type == "cuda" else 4096)}
-    peak_name = "bf16" if bf16_is_fast(device) else "fp32"
-    peak = out["peak"][peak_name]["gflops"]
 
-    # The chosen size (default: the paper's) and, unless it is already that, the demo size.
+def _model_runs(s: BenchSettings) -> list[tuple[str, tuple[int, int], float]]:
+    """The model cases' (name, image size, width): the chosen size (default: the paper's)
+    and, unless it is already that, the demo size."""
     runs = [("chosen", tuple(s.image_size), s.width)]
-    if not s.quick and (tuple(s.image_size), s.width) != (small_size, small_width):
-        runs.append(("demo", small_size, small_width))
-    flops_of = {tuple(v["image_size"]) + (v["width"],): v
-                for v in out["flops_gflop_per_sample"].values()}
-    out["inference"] = {}
-    out["training"] = {}
-    for key, size, width in runs:
-        fl = flops_of[tuple(size) + (width,)]
-        progress(f"inference {size[0]}x{size[1]} width {width}")
-        rep = s.repeats if key == "chosen" or s.quick else max(s.repeats, 5)
-        inf = _timed_twice_if_slower(
-            lambda: inference_cases(size, width, device, rep, s.compile, s.seed),
-            lambda r: any(_slower(r["cases"], b, o, QUICK_TOLERANCE) is not None
-                          for b, o in INFERENCE_PAIRS),
-            progress)
-        _summaries(inf, fl, peak, peak_name)
-        inf.update({"image_size": list(size), "width": width})
-        out["inference"][key] = inf
-        batch = s.train_batch or (8 if device.type == "cuda" or min(size) < 200 else 2)
-        progress(f"training {size[0]}x{size[1]} width {width}, batch {batch}")
-        tr = _timed_twice_if_slower(
-            lambda: training_cases(size, width, device, batch, rep, s.compile, s.seed,
-                                   with_channels_last=not s.quick),
-            lambda r: _slower(r["cases"], "baseline", "optimised", QUICK_TOLERANCE) is not None,
-            progress)
-        for name, c in tr["cases"].items():
-            g = fl["total_train_step"] * c["samples_per_s"]
-            c["achieved_gflops"] = g
-            c["fraction_of_peak"] = g / peak
-        tr["speedup"] = tr["cases"]["optimised"]["samples_per_s"] / \
-            tr["cases"]["baseline"]["samples_per_s"]
-        tr.update({"image_size": list(size), "width": width, "peak_used": peak_name})
-        if device.type == "cuda":
-            # One LOPO fold of the paper: 131 training windows x 200 epochs.
-            tr["paper_fold_estimate_s"] = 131 * 200 / tr["cases"]["optimised"]["samples_per_s"]
-        out["training"][key] = tr
+    if not s.quick and (tuple(s.image_size), s.width) != (DEMO_SIZE, DEMO_WIDTH):
+        runs.append(("demo", DEMO_SIZE, DEMO_WIDTH))
+    return runs
 
-    if s.data and not s.quick:
-        with tempfile.TemporaryDirectory(prefix="eusvl_bench_") as tmp:
-            progress("data path and keyword spotting")
-            out["data"] = data_cases(Path(tmp), s.image_size)
-            if s.label_minutes > 0:
-                progress(f"labelling a {s.label_minutes:g}-minute procedure in a fresh process")
-                out["labelling"] = labelling_case(Path(tmp), s.label_minutes, s.label_windows,
-                                                  s.image_size, s.width, str(device), threads,
-                                                  s.seed)
-    # The peak again at the end: on a shared machine one measurement can catch a busy moment,
-    # and a fraction of a too-low "peak" would exceed 100 %.  The attainable peak is the best.
-    progress("matmul peak again")
+
+def _peaks(device: torch.device) -> dict[str, Any]:
+    """The measured matmul peak in fp32 and bf16 (bf16 kept short where it is emulated)."""
+    return {"fp32": measure_peak(device, torch.float32),
+            "bf16": measure_peak(device, torch.bfloat16,
+                                 min_seconds=0.15 if bf16_is_fast(device) else 0.05,
+                                 max_n=8192 if device.type == "cuda" else 4096)}
+
+
+def _inference_run(s: BenchSettings, device: torch.device, size: Sequence[int], width: float,
+                   repeats: int, flops: dict[str, float], peaks: dict[str, Any],
+                   peak_name: str) -> dict[str, Any]:
+    """Inference cases at one size, timed again when they look slower, with their speed-ups
+    and fractions of the peak."""
+    inf = _timed_twice_if_slower(
+        lambda: inference_cases(size, width, device, repeats, s.compile, s.seed),
+        lambda r: any(_slower(r["cases"], b, o, QUICK_TOLERANCE) is not None
+                      for b, o in INFERENCE_PAIRS), log.info)
+    _summaries(inf, flops, peaks[peak_name]["gflops"], peak_name)
+    inf.update({"image_size": list(size), "width": width})
+    return inf
+
+
+def _training_run(s: BenchSettings, device: torch.device, size: Sequence[int], width: float,
+                  batch: int, repeats: int, flops: dict[str, float], peaks: dict[str, Any],
+                  peak_name: str) -> dict[str, Any]:
+    """Training cases at one size, timed again when they look slower, with their achieved
+    FLOP/s, speed-up and (on CUDA) the estimated time of one paper fold."""
+    tr = _timed_twice_if_slower(
+        lambda: training_cases(size, width, device, batch, repeats, s.compile, s.seed,
+                               with_channels_last=not s.quick),
+        lambda r: _slower(r["cases"], "baseline", "optimised", QUICK_TOLERANCE) is not None,
+        log.info)
+    peak = peaks[peak_name]["gflops"]
+    for c in tr["cases"].values():
+        c["achieved_gflops"] = flops["total_train_step"] * c["samples_per_s"]
+        c["fraction_of_peak"] = c["achieved_gflops"] / peak
+    tr["speedup"] = tr["cases"]["optimised"]["samples_per_s"] / \
+        tr["cases"]["baseline"]["samples_per_s"]
+    tr.update({"image_size": list(size), "width": width, "peak_used": peak_name})
+    if device.type == "cuda":
+        # One LOPO fold of the paper: 131 training windows x 200 epochs.
+        tr["paper_fold_estimate_s"] = 131 * 200 / tr["cases"]["optimised"]["samples_per_s"]
+    return tr
+
+
+def _best_peak(out: dict[str, Any], end_peak: dict[str, Any], peak_name: str) -> None:
+    """Keep the start and end peaks, use the best of them and recompute every fraction."""
     out["peak_start"] = out["peak"]
-    end_peak = {"fp32": measure_peak(device, torch.float32),
-                "bf16": measure_peak(device, torch.bfloat16,
-                                     min_seconds=0.15 if bf16_is_fast(device) else 0.05,
-                                     max_n=8192 if device.type == "cuda" else 4096)}
     out["peak_end"] = end_peak
     out["peak"] = {k: max(out["peak_start"][k], end_peak[k], key=lambda v: v["gflops"])
                    for k in end_peak}
@@ -618,10 +655,6 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] = lambda m: None
             for c in res["cases"].values():
                 if "achieved_gflops" in c:
                     c["fraction_of_peak"] = c["achieved_gflops"] / peak
-    out["load_average_end"] = load_average()
-    out["wall_time_s"] = round(time.perf_counter() - t_start, 1)
-    out["regressions"] = check_regressions(out)
-    return out
 
 
 def _cpu_name() -> str:

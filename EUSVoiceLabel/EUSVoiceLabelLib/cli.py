@@ -25,6 +25,7 @@ from .core.errors import ConfigError, EUSVoiceLabelError, OutputError
 from .core.fileio import atomic_write_text
 from .core.outputlock import output_lock
 from .core.paper import BATCH_SIZE, IMAGE_SIZE, VIDEO_SIZE, WINDOW_FRAMES
+from .core.progress import JsonProgress, Progress, TqdmProgress
 from .core.variants import DEFAULT_VARIANT, VARIANTS, parse_image_size, variant_help, variant_spec
 from .data.mentions import write_mentions_csv
 from .data.procedure import load_procedure
@@ -42,7 +43,19 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="compute device (default: auto = CUDA, then MPS, then CPU)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--progress", choices=["bars", "json", "none"], default="bars",
+                   help="how long work shows its progress on stderr: bars (default), json "
+                        "(one JSON object per line, for programs that run this one) or none "
+                        "(same as --quiet)")
     p.add_argument("-v", "--verbose", action="store_true", help="more log output")
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    """The command's progress reporter (one per run, so nested work nests its bars)."""
+    if getattr(args, "_reporter", None) is None:
+        mode = "none" if args.quiet else args.progress
+        args._reporter = {"bars": TqdmProgress, "json": JsonProgress, "none": Progress}[mode]()
+    return args._reporter
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -154,7 +167,7 @@ def _window_set(args: argparse.Namespace, labelset, cfg):
     from .data.dataset import build_window_set  # deferred: torch
 
     return build_window_set(args.cohort, labelset, settings=cfg.window_settings(),
-                            cache_dir=args.cache, progress=not args.quiet)
+                            cache_dir=args.cache, progress=_progress(args))
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -180,7 +193,7 @@ def _run_train(args: argparse.Namespace) -> int:
     state = args.out.with_name(args.out.name + ".resume.pt")
     # keep_state: the finished weights stay in the resume file until the checkpoint is written,
     # so a failing disk costs a re-run of the same command, not the training.
-    result = train_model(ws, cfg, len(labelset), device=args.device, progress=not args.quiet,
+    result = train_model(ws, cfg, len(labelset), device=args.device, progress=_progress(args),
                          state_path=state, checkpoint_every=args.checkpoint_every,
                          keep_state=True)
     extra = {"cohort": str(args.cohort), "patients": ws.patient_ids, "n_windows": len(ws),
@@ -221,14 +234,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                    "voice": args.voice_weights}
         res = evaluate_all(ws, _train_settings(args), args.out, weights=weights,
                            device=args.device,
-                           progress=not args.quiet, resume=not args.restart,
+                           progress=_progress(args), resume=not args.restart,
                            workers=args.workers)
         print(res["table"])
         print(f"wrote {args.out}/<variant>/metrics.json ... and {args.out}/table_iii.md")
         return 0
     cfg = _train_config(args)
     ws = _window_set(args, labelset, cfg)
-    m = evaluate_cohort(ws, cfg, args.out, device=args.device, progress=not args.quiet,
+    m = evaluate_cohort(ws, cfg, args.out, device=args.device, progress=_progress(args),
                         resume=not args.restart, workers=args.workers)
     b = m["bootstrap"]
     print(f"{cfg.variant}: LOPO over {m['n_patients']} patients, {m['n_samples']} windows: "
@@ -263,7 +276,7 @@ def _run_pretrain_voice(args: argparse.Namespace) -> int:
         if args.speakers else None
     info = pretrain_keyword_model(args.out, speakers=speakers, repeats=args.repeats,
                                   epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                  seed=args.seed, device=args.device, progress=not args.quiet)
+                                  seed=args.seed, device=args.device, progress=_progress(args))
     held = info["heldout_speaker_accuracy"]
     print(f"keyword network: {info['n_clips']} clips, train accuracy "
           f"{info['train_accuracy']:.3f}, held-out speaker ({info['heldout_speaker']}) accuracy "
@@ -310,7 +323,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = synth_cohort(args.out, patients=args.patients, seed=args.seed, counts=args.counts,
-                       snr_db=args.snr_db, progress=not args.quiet, frame_size=args.frame_size,
+                       snr_db=args.snr_db, progress=_progress(args), frame_size=args.frame_size,
                        workers=args.workers, force=args.force)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     if not args.quiet:
@@ -350,7 +363,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     from .speech.evaluate import evaluate_detection
 
     labelset = load_labelset(args.vocab or args.labels, args.procedure)
-    progress = not args.quiet
+    progress = _progress(args)
     if args.calibrate:
         if args.out is None:
             raise ConfigError("--calibrate needs --out VOCAB.json")
@@ -436,7 +449,7 @@ def _run_label(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     result, files = label_to_folder(args.procedure, args.model, args.out, args.mentions,
                                     device=args.device, with_cam=not args.no_cam,
-                                    cam_threshold=args.cam_threshold, progress=not args.quiet)
+                                    cam_threshold=args.cam_threshold, progress=_progress(args))
     agree = [w for w in result.windows if w.spoken_label]
     summary = f"labelled {len(result.windows)} windows"
     if agree:
@@ -461,9 +474,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .data.export import export_dataset  # deferred: Pillow and tqdm
+    from .data.export import export_dataset  # deferred: Pillow
 
-    path = export_dataset(args.source, args.out, every=args.every, progress=not args.quiet)
+    path = export_dataset(args.source, args.out, every=args.every, progress=_progress(args))
     with open(path, encoding="utf-8") as fh:
         n = sum(1 for _ in fh) - 1
     print(f"exported {n} images -> {args.out}")
@@ -489,7 +502,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     settings = DemoSettings(patients=args.patients, epochs=args.epochs, seed=args.seed)
     device = "cpu" if args.device == "auto" else args.device
-    report = run_demo(args.out, settings, device=device, progress=not args.quiet,
+    report = run_demo(args.out, settings, device=device, progress=_progress(args),
                       force=args.force)
     print(f"demo finished: {report}")
     return 0
@@ -548,8 +561,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     s.threads, s.compile, s.seed = args.threads, args.compile, args.seed
     if args.train_batch is not None:
         s.train_batch = args.train_batch
-    say = (lambda m: None) if args.quiet else (lambda m: print(f"bench: {m}", file=sys.stderr))
-    result = run_bench(s, progress=say)
+    result = run_bench(s, progress=_progress(args))
     command = "eusvoicelabel bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if sys.argv[1:2] == ["bench"] else "eusvoicelabel bench"
     result["command"] = command

@@ -33,6 +33,7 @@ import numpy as np
 from .core.errors import OutputError
 from .core.fileio import atomic_path, atomic_write_text
 from .core.paper import WINDOW_FRAMES
+from .core.progress import ProgressLike, as_progress
 from .data.dataset import build_window_set
 from .data.export import export_dataset
 from .data.mentions import read_mentions_csv
@@ -67,9 +68,11 @@ def _step(name: str, t0: float) -> None:
 
 
 def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "cpu",
-             progress: bool = True, force: bool = False) -> Path:
-    """Run the demo into ``out`` and return the path of ``report.md``."""
+             progress: ProgressLike = True, force: bool = False) -> Path:
+    """Run the demo into ``out`` and return the path of ``report.md`` (``progress``: see
+    :mod:`.core.progress`)."""
     s = settings or DemoSettings()
+    progress = as_progress(progress)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not force:

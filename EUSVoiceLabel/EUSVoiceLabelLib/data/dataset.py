@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from ..core.errors import ProcedureError
 from ..core.fileio import atomic_path, file_sha256
 from ..core.paper import IMAGE_SIZE, SPECTROGRAM_SHAPE, WINDOW_FRAMES
+from ..core.progress import ProgressLike, as_progress
 from .audio import SpectrogramSettings, spectrogram_batch
 from .mentions import Mention
 from .procedure import Procedure, find_patients, load_procedure
@@ -81,14 +81,15 @@ class Windows:
 
 
 def extract_windows(proc: Procedure, mentions: Optional[Sequence[Mention]] = None,
-                    settings: Optional[WindowSettings] = None, progress=None) -> Windows:
+                    settings: Optional[WindowSettings] = None,
+                    progress: ProgressLike = None) -> Windows:
     """Decode and preprocess the windows of a procedure's mentions (seeking per window).
 
     Args:
         proc: an opened procedure.
         mentions: the mentions to use (default: the procedure's own).
         settings: image size, frame count and spectrogram scaling.
-        progress: optional callable(done, total) called after each window.
+        progress: reporter of the windows done (see :mod:`..core.progress`).
     """
     settings = settings or WindowSettings()
     mentions = list(proc.mentions if mentions is None else mentions)
@@ -96,15 +97,16 @@ def extract_windows(proc: Procedure, mentions: Optional[Sequence[Mention]] = Non
     h, w = settings.image_size or (proc.frame_size[1], proc.frame_size[0])
     images = np.empty((len(mentions), settings.frames, h, w), dtype=np.uint8)
     waves = np.empty((len(mentions), proc.sample_rate), dtype=np.float32)
-    for i, m in enumerate(mentions):
-        if m.time_s + settings.frames / proc.fps > proc.duration_s + 1e-6:
-            log.warning("%s: the window at %.2f s runs past the end of the video; repeating "
-                        "the last frame", proc.name, m.time_s)
-        images[i] = resize_frames(proc.frames_window(m.time_s, settings.frames),
-                                  settings.image_size)
-        waves[i] = proc.voice_window(m)
-        if progress is not None:
-            progress(i + 1, len(mentions))
+    with as_progress(progress).task(proc.name, total=len(mentions), unit="window",
+                                    transient=True) as task:
+        for i, m in enumerate(mentions):
+            if m.time_s + settings.frames / proc.fps > proc.duration_s + 1e-6:
+                log.warning("%s: the window at %.2f s runs past the end of the video; "
+                            "repeating the last frame", proc.name, m.time_s)
+            images[i] = resize_frames(proc.frames_window(m.time_s, settings.frames),
+                                      settings.image_size)
+            waves[i] = proc.voice_window(m)
+            task.advance()
     voices = spectrogram_batch(waves, settings.spectrogram) if len(mentions) else \
         np.zeros((0, *SPECTROGRAM_SHAPE), np.float32)
     return Windows(images, voices, [m.label for m in mentions],
@@ -219,7 +221,7 @@ class WindowSet:
 def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = None,
                      image_size: Optional[tuple[int, int]] = IMAGE_SIZE,
                      frames: int = WINDOW_FRAMES, cache_dir: Optional[os.PathLike | str] = None,
-                     progress: bool = True,
+                     progress: ProgressLike = True,
                      spectrogram_settings: Optional[SpectrogramSettings] = None,
                      use_cache: bool = True,
                      settings: Optional[WindowSettings] = None) -> WindowSet:
@@ -233,7 +235,8 @@ def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = N
         frames: frames per window.
         cache_dir: where cached windows live (default: a folder per cohort under
             :func:`default_cache_root`; the cohort folder itself is never written to).
-        progress: show a progress bar.
+        progress: reporter of the patients done (True: a progress bar; see
+            :mod:`..core.progress`).
         spectrogram_settings: spectrogram scaling (default: see :mod:`EUSVoiceLabelLib.data.audio`).
         use_cache: False decodes everything and writes no cache.
         settings: the window settings as a whole (e.g. ``TrainConfig.window_settings()``);
@@ -253,14 +256,16 @@ def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = N
         cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir(cohort)
 
     parts: list[tuple[str, Windows]] = []
-    for folder in tqdm(patients, desc="windows", unit="patient", disable=not progress,
-                       leave=False):
-        if not (folder / "mentions.csv").is_file():
-            log.warning("%s: no mentions.csv; the patient is skipped", folder)
-            continue
-        windows = load_windows_cached(folder, labelset, settings, cache)
-        if len(windows.labels):
-            parts.append((folder.name, windows))
+    with as_progress(progress).task("windows", total=len(patients), unit="patient",
+                                    transient=True) as task:
+        for folder in patients:
+            if not (folder / "mentions.csv").is_file():
+                log.warning("%s: no mentions.csv; the patient is skipped", folder)
+            else:
+                windows = load_windows_cached(folder, labelset, settings, cache)
+                if len(windows.labels):
+                    parts.append((folder.name, windows))
+            task.advance()
     if not parts:
         raise ProcedureError("no patient has any mention", cohort,
                              "add mentions.csv files (or run 'eusvoicelabel detect')")

@@ -23,13 +23,13 @@ from typing import Iterable
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..core.errors import OutputError, ProcedureError
 from ..core.fileio import atomic_path, atomic_write_text
 from ..core.paper import WINDOW_FRAMES
+from ..core.progress import ProgressLike, as_progress
 from .media import NrrdSequenceSource
-from .procedure import find_patients, load_procedure, onset_frame
+from .procedure import find_patients, load_procedure, window_frame_indices
 from .vocabulary import load_labelset
 
 log = logging.getLogger(__name__)
@@ -80,19 +80,21 @@ def _check_out(source: Path, out_dir: Path) -> None:
 
 
 def export_cohort(cohort: os.PathLike | str, out_dir: os.PathLike | str, every: int = 1,
-                  frames: int = WINDOW_FRAMES, progress: bool = False) -> Path:
+                  frames: int = WINDOW_FRAMES, progress: ProgressLike = False) -> Path:
     """Export every mention window of a cohort with its spoken label."""
     cohort, out_dir = Path(cohort), Path(out_dir)
     _check_out(cohort, out_dir)
     labelset = load_labelset(None, cohort)
     exporter = _Exporter(out_dir, every)
-    for folder in tqdm(find_patients(cohort), desc="export", unit="patient",
-                       disable=not progress):
-        proc = load_procedure(folder, labelset=labelset)
-        for k, m in enumerate(sorted(proc.mentions, key=lambda m: m.time_s)):
-            idx = onset_frame(m.time_s, proc.fps) + np.arange(frames)
-            exporter.add_window(proc.name, m.label, m.time_s, k, idx,
-                                proc.frames_window(m.time_s, frames), "spoken")
+    patients = find_patients(cohort)
+    with as_progress(progress).task("export", total=len(patients), unit="patient") as task:
+        for folder in patients:
+            proc = load_procedure(folder, labelset=labelset)
+            for k, m in enumerate(sorted(proc.mentions, key=lambda m: m.time_s)):
+                exporter.add_window(proc.name, m.label, m.time_s, k,
+                                    window_frame_indices(m.time_s, frames, proc.fps),
+                                    proc.frames_window(m.time_s, frames), "spoken")
+            task.advance()
     return exporter.finish()
 
 
@@ -130,7 +132,7 @@ def export_label_dir(label_dir: os.PathLike | str, out_dir: os.PathLike | str,
 
 
 def export_dataset(source: os.PathLike | str, out_dir: os.PathLike | str, every: int = 1,
-                   progress: bool = False) -> Path:
+                   progress: ProgressLike = False) -> Path:
     """Export a cohort folder or a ``label`` output folder (see the module doc).
 
     Returns:

@@ -34,6 +34,13 @@ def onset_frame(t: float, fps: float = FPS) -> int:
     return int(math.floor(t * fps + 0.5))
 
 
+def window_frame_indices(time_s: float, frames: int = WINDOW_FRAMES, fps: float = FPS
+                         ) -> np.ndarray:
+    """The frame indices (int64, on the ``fps`` grid) of the window whose onset is ``time_s``:
+    the onset frame and the ``frames - 1`` after it."""
+    return onset_frame(time_s, fps) + np.arange(frames, dtype=np.int64)
+
+
 def default_crop(width: int, height: int) -> tuple[int, int, int, int]:
     """The central 690x350 region when frames are larger, else the whole frame (per axis)."""
     w = min(width, CROP_SIZE[0])

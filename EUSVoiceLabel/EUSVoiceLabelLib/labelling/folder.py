@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from tqdm.auto import tqdm
-
 from ..core.errors import MentionsError
+from ..core.progress import ProgressLike, as_progress
 from ..data.mentions import Mention, read_mentions
 from ..data.procedure import Procedure, load_procedure
 from ..data.vocabulary import LabelSet
@@ -20,7 +19,7 @@ from .run import DEFAULT_CAM_THRESHOLD, LabelModel, LabelResult, label_procedure
 
 
 def resolve_mentions(proc: Procedure, mentions: Optional[str], labelset: LabelSet,
-                     progress: bool = False) -> list[Mention]:
+                     progress: ProgressLike = False) -> list[Mention]:
     """The windows to label: ``"auto"`` detects them from the audio, a path reads a mentions
     CSV or SRT/WebVTT transcript, None takes the procedure's own mentions.csv (else auto)."""
     if mentions is None and proc.mentions:
@@ -40,9 +39,11 @@ def label_to_folder(procedure: os.PathLike | str, model_path: os.PathLike | str,
                     out_dir: os.PathLike | str, mentions: Optional[str] = None,
                     device: str = "auto", with_cam: bool = True,
                     cam_threshold: float = DEFAULT_CAM_THRESHOLD,
-                    progress: bool = True) -> tuple[LabelResult, dict[str, Path]]:
+                    progress: ProgressLike = True) -> tuple[LabelResult, dict[str, Path]]:
     """Label a procedure folder and write every output into ``out_dir`` (the command
-    ``eusvoicelabel label``)."""
+    ``eusvoicelabel label``); ``progress`` reports the detection (``auto``) and the windows
+    (see :mod:`..core.progress`)."""
+    progress = as_progress(progress)
     model = LabelModel.load(model_path, device)
     proc = load_procedure(procedure, labelset=model.labelset)
     chosen = resolve_mentions(proc, mentions, model.labelset, progress=progress)
@@ -52,15 +53,11 @@ def label_to_folder(procedure: os.PathLike | str, model_path: os.PathLike | str,
                                    "model": str(model_path), "variant": model.variant,
                                    "mentions": "procedure" if mentions is None else str(mentions),
                                    "device": str(model.device)})
-    bar = tqdm(total=len(chosen), desc="label", unit="window", disable=not progress)
     try:
-        result = label_procedure(proc, model, chosen, with_cam=with_cam,
-                                 progress=lambda done, total: bar.update(1),
+        result = label_procedure(proc, model, chosen, with_cam=with_cam, progress=progress,
                                  on_window=writer.add, cam_threshold=cam_threshold)
         files = writer.finish(result)
     except BaseException:
         writer.abort()
         raise
-    finally:
-        bar.close()
     return result, files

@@ -18,13 +18,12 @@ from ..core.errors import ConfigError, OutputError
 from ..core.fileio import atomic_write_text
 from ..core.paper import WINDOW_FRAMES
 from ..data.mentions import Mention
-from ..data.procedure import Procedure
+from ..data.procedure import Procedure, window_frame_indices
 from ..data.vocabulary import LabelSet
 from ..slicer.files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv, frame_geometry,
                             markups_points_json, pixel_to_lps)
 from ..slicer.scene import write_scene_mrml
-from .run import (DEFAULT_CAM_THRESHOLD, LabelResult, WindowResult, frame_owners,
-                  window_frame_indices)
+from .run import DEFAULT_CAM_THRESHOLD, LabelResult, WindowResult, frame_owners
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -92,7 +91,7 @@ class LabelOutputWriter:
         self.cam_threshold = cam_threshold
         mentions = sorted(mentions, key=lambda m: m.time_s)
         # Which frames each window writes.
-        owner = frame_owners([window_frame_indices(m, frames_per_window, proc.fps)
+        owner = frame_owners([window_frame_indices(m.time_s, frames_per_window, proc.fps)
                               for m in mentions], proc.n_frames)
         self._owned: dict[int, list[int]] = {}
         for f, k in owner.items():

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from ..core.errors import MentionsError
+from ..core.progress import ProgressLike, as_progress
 from ..data.audio import SpectrogramSettings, spectrogram
 from ..data.dataset import WindowSettings, resize_frames
 from ..data.mentions import Mention
-from ..data.procedure import Procedure, onset_frame
+from ..data.procedure import Procedure, window_frame_indices
 from ..data.vocabulary import LabelSet
 from ..nn.devices import select_device
 from ..nn.explain import grad_cam, peak_of, upsample_map
@@ -138,16 +139,9 @@ def frame_owners(windows: Sequence[np.ndarray], n_frames: int) -> dict[int, int]
     return dict(sorted(owners.items()))
 
 
-def window_frame_indices(mention: Mention, frames: int, fps: float) -> np.ndarray:
-    """The frame indices (25 fps grid) of a mention's window."""
-    return onset_frame(mention.time_s, fps) + np.arange(frames, dtype=np.int64)
-
-
 def label_procedure(proc: Procedure, model: LabelModel,
                     mentions: Optional[Sequence[Mention]] = None, with_cam: bool = True,
-                    joint_map: bool = False,
-                    progress: Optional[Callable[[int, int], None]] = None,
-                    should_stop: Optional[Callable[[], bool]] = None,
+                    joint_map: bool = False, progress: ProgressLike = None,
                     on_window: Optional[Callable[[WindowResult, np.ndarray], None]] = None,
                     cam_threshold: float = DEFAULT_CAM_THRESHOLD) -> LabelResult:
     """Label every mention window of a procedure.
@@ -158,9 +152,9 @@ def label_procedure(proc: Procedure, model: LabelModel,
         mentions: windows to label (default: the procedure's mentions).
         with_cam: compute Grad-CAM heat maps (needs an image branch).
         joint_map: also keep the joint image-voice map C.
-        progress: called with (done, total) after each window.
-        should_stop: checked before each window; when it returns True labelling stops and the
-            result (``cancelled=True``) keeps the windows done so far.
+        progress: reporter of the windows done (see :mod:`..core.progress`); when it is
+            cancelled, labelling stops before the next window and the result
+            (``cancelled=True``) keeps the windows done so far.
         on_window: called with each window's result and its cropped frames (uint8), e.g. to
             stream outputs to disk.
     """
@@ -171,38 +165,46 @@ def label_procedure(proc: Procedure, model: LabelModel,
     if list(model.labelset.ids) != list(proc.labelset.ids):
         log.info("labelling with the model's labels %s", model.labelset.ids)
     proc.check_mentions(mentions)
-    settings = model.settings
     result = LabelResult(proc, model.labelset, cam_threshold=cam_threshold)
-    net = model.model.eval()
-    crop_hw = (proc.frame_size[1], proc.frame_size[0])
-    for k, m in enumerate(mentions):
-        if should_stop is not None and should_stop():
-            result.cancelled = True
-            break
-        frames = proc.frames_window(m.time_s, settings.frames)
-        image = resize_frames(frames, settings.image_size).astype(np.float32) / 255.0
-        voice = spectrogram(proc.voice_window(m), proc.sample_rate, settings.spectrogram)
-        img_t = torch.from_numpy(image)[None].to(model.device)
-        voice_t = torch.from_numpy(voice)[None].to(model.device)
-        cam = joint = None
-        if with_cam and model.has_image:
-            exp = grad_cam(net, img_t, voice_t, joint=joint_map)
-            probs = exp.probabilities
-            if exp.cam is not None:
-                cam = upsample_map(exp.cam, crop_hw)
-            if exp.joint is not None:
-                joint = upsample_map(exp.joint, crop_hw)
-        else:
-            with torch.inference_mode():
-                probs = torch.softmax(net(img_t, voice_t).float(), dim=1)[0].cpu().numpy()
-        cls = int(np.argmax(probs))
-        w = WindowResult(index=k, mention=m, predicted=model.labelset.ids[cls],
-                         confidence=float(probs[cls]), probabilities=probs.astype(np.float32),
-                         frame_indices=window_frame_indices(m, settings.frames, proc.fps),
-                         cam=cam, joint=joint, peak=peak_of(cam) if cam is not None else None)
-        result.windows.append(w)
-        if on_window is not None:
-            on_window(w, frames)
-        if progress is not None:
-            progress(k + 1, len(mentions))
+    model.model.eval()
+    reporter = as_progress(progress)
+    with reporter.task("label", total=len(mentions), unit="window") as task:
+        for k, m in enumerate(mentions):
+            if reporter.cancelled():
+                result.cancelled = True
+                break
+            w, frames = _label_window(model, proc, k, m, with_cam, joint_map)
+            result.windows.append(w)
+            if on_window is not None:
+                on_window(w, frames)
+            task.advance()
     return result
+
+
+def _label_window(model: LabelModel, proc: Procedure, k: int, m: Mention, with_cam: bool,
+                  joint_map: bool) -> tuple[WindowResult, np.ndarray]:
+    """The result of window ``k`` (mention ``m``) and its cropped frames (uint8)."""
+    net, settings = model.model, model.settings
+    crop_hw = (proc.frame_size[1], proc.frame_size[0])
+    frames = proc.frames_window(m.time_s, settings.frames)
+    image = resize_frames(frames, settings.image_size).astype(np.float32) / 255.0
+    voice = spectrogram(proc.voice_window(m), proc.sample_rate, settings.spectrogram)
+    img_t = torch.from_numpy(image)[None].to(model.device)
+    voice_t = torch.from_numpy(voice)[None].to(model.device)
+    cam = joint = None
+    if with_cam and model.has_image:
+        exp = grad_cam(net, img_t, voice_t, joint=joint_map)
+        probs = exp.probabilities
+        if exp.cam is not None:
+            cam = upsample_map(exp.cam, crop_hw)
+        if exp.joint is not None:
+            joint = upsample_map(exp.joint, crop_hw)
+    else:
+        with torch.inference_mode():
+            probs = torch.softmax(net(img_t, voice_t).float(), dim=1)[0].cpu().numpy()
+    cls = int(np.argmax(probs))
+    w = WindowResult(index=k, mention=m, predicted=model.labelset.ids[cls],
+                     confidence=float(probs[cls]), probabilities=probs.astype(np.float32),
+                     frame_indices=window_frame_indices(m.time_s, settings.frames, proc.fps),
+                     cam=cam, joint=joint, peak=peak_of(cam) if cam is not None else None)
+    return w, frames

@@ -66,10 +66,16 @@ def bf16_is_fast(device: torch.device | str) -> bool:
     return False
 
 
-def autocast_for(device: torch.device | str, enabled: bool = True):
-    """bf16 autocast where :func:`bf16_is_fast`, else a no-op context."""
+def autocast_for(device: torch.device | str, enabled: bool = True, training: bool = False):
+    """bf16 autocast for work on ``device``, else a no-op context.
+
+    Inference (default): where :func:`bf16_is_fast`.  Training (``training=True``): on CUDA
+    only; on CPU (even one with native bf16) and MPS training stays float32, so that a seed
+    repeats a CPU run bit for bit (docs/benchmarks.md).
+    """
     device = torch.device(device)
-    if enabled and bf16_is_fast(device):
+    fast = device.type == "cuda" if training else bf16_is_fast(device)
+    if enabled and fast:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -14,8 +14,9 @@ can be decided without Slicer lives here:
 - **synchronised outputs**: :func:`overlay_timeline`, where each per-window output sequence
   needs an item so that the browser shows a window's heat map / evidence / label during the
   window and nothing elsewhere.
-- **background training**: :func:`train_arguments` (``PythonSlicer -m EUSVoiceLabelLib train``)
-  and :func:`parse_progress` (the progress bars that process prints).
+- **background training**: :func:`train_arguments` (``PythonSlicer -m EUSVoiceLabelLib train
+  ... --progress json``, whose progress lines :func:`..core.progress.parse_progress_line`
+  reads) and :func:`split_log_lines`.
 """
 
 from __future__ import annotations
@@ -405,7 +406,8 @@ def train_arguments(cohort: os.PathLike | str, out: os.PathLike | str,
                     device: str = "auto", variant: str = "proposed",
                     batch_size: Optional[int] = None, seed: int = 0) -> list[str]:
     """Arguments of ``PythonSlicer`` (or ``python``) for background training:
-    ``-m EUSVoiceLabelLib train COHORT --out MODEL ...``.
+    ``-m EUSVoiceLabelLib train COHORT --out MODEL ... --progress json`` (progress as JSON
+    lines, see :mod:`..core.progress`).
 
     Raises:
         ProcedureError: the cohort folder does not exist.
@@ -419,7 +421,8 @@ def train_arguments(cohort: os.PathLike | str, out: os.PathLike | str,
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     args = ["-m", "EUSVoiceLabelLib", "train", str(cohort), "--out", str(out),
-            "--variant", variant, "--device", device, "--seed", str(int(seed))]
+            "--variant", variant, "--device", device, "--seed", str(int(seed)),
+            "--progress", "json"]
     if epochs is not None:
         if int(epochs) < 1:
             raise ConfigError(f"epochs must be at least 1, not {epochs}")
@@ -434,40 +437,10 @@ def train_arguments(cohort: os.PathLike | str, out: os.PathLike | str,
     return args
 
 
-_BAR_RE = re.compile(r"(?:(?P<desc>[^\r\n|:]*?):\s*)?(?P<pct>\d{1,3})%\|[^|]*\|\s*"
-                     r"(?P<done>\d+)/(?P<total>\d+)")
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A progress bar state read from a process's output."""
-
-    done: int
-    total: int
-    description: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return min(1.0, self.done / self.total) if self.total > 0 else 0.0
-
-
-def parse_progress(text: str) -> Optional[Progress]:
-    """The last tqdm progress-bar state in ``text`` (tqdm redraws with ``\\r``), or None.
-
-    >>> parse_progress("train:  40%|####      | 8/20 [00:04<00:06]").done
-    8
-    """
-    last = None
-    for m in _BAR_RE.finditer(text):
-        last = m
-    if last is None:
-        return None
-    return Progress(int(last["done"]), int(last["total"]), (last["desc"] or "").strip())
-
-
 def split_log_lines(buffer: str) -> tuple[list[str], str]:
     """Complete lines of a process's output (``\\r`` and ``\\n`` both end a line) and the
-    unfinished rest, so a log view shows each progress-bar state once."""
+    unfinished rest; progress lines among them are read with
+    :func:`..core.progress.parse_progress_line`."""
     parts = re.split(r"\r\n|\r|\n", buffer)
     return [p for p in parts[:-1] if p.strip()], parts[-1]
 

@@ -12,6 +12,7 @@ import os
 from dataclasses import replace
 from typing import Mapping, Optional, Sequence, Union
 
+from ..core.progress import ProgressLike
 from ..data.vocabulary import LabelSet
 from .evaluate import PatientCandidates, collect_candidates, evaluate_candidates
 from .spotter import DEFAULT_THRESHOLD, build_keyphrases
@@ -53,7 +54,7 @@ def calibrate_candidates(candidates: Sequence[PatientCandidates], labelset: Labe
 
 
 def calibrate(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
-              out: Union[str, os.PathLike, None] = None, progress: bool = True,
+              out: Union[str, os.PathLike, None] = None, progress: ProgressLike = True,
               workers: Optional[int] = None) -> LabelSet:
     """Choose per-phrase thresholds that maximise F1 on a cohort; return (and optionally save)
     the vocabulary carrying them."""

@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..core.errors import EUSVoiceLabelError
+from ..core.pool import process_cores, run_tasks, spawn_pool
+from ..core.progress import Cancelled, ProgressLike, as_progress
 from ..data.mentions import Mention
 from ..data.procedure import Procedure, load_procedure
 from ..data.vocabulary import LabelSet, load_labelset
@@ -73,27 +72,23 @@ MAX_WORKERS = 2  # decoding processes at most
 def default_workers(duration_s: float = math.inf) -> int:
     """Decoding processes to use by default: one per core, at most :data:`MAX_WORKERS`; one
     for a recording shorter than :data:`PARALLEL_MIN_S` (not worth starting processes)."""
-    return min(MAX_WORKERS, os.cpu_count() or 1) if duration_s >= PARALLEL_MIN_S else 1
+    return min(MAX_WORKERS, process_cores()) if duration_s >= PARALLEL_MIN_S else 1
 
 
-class DetectionCancelled(Exception):
-    """Detection was stopped by its ``should_stop`` callback (nothing is returned)."""
-
-
-Progress = Union[bool, Callable[[int, int], None]]
+class DetectionCancelled(Cancelled):
+    """Detection was stopped by its progress reporter (nothing is returned)."""
 
 
 def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
-                    progress: Progress = False, workers: Optional[int] = None,
-                    desc: str = "detect",
-                    should_stop: Optional[Callable[[], bool]] = None) -> list[Hit]:
+                    progress: ProgressLike = False, workers: Optional[int] = None,
+                    desc: str = "detect") -> list[Hit]:
     """Every keyphrase hit in a recording, before thresholds, on the audio clock.
 
     The recording is cut into overlapping pieces of :data:`CHUNK_S` decoded by ``workers``
     processes (default: 2 on recordings of two minutes or more when the machine has 2 cores).
-    ``progress`` is True for a progress bar or a callback ``(seconds done, seconds in all)``
-    called after each piece; ``should_stop`` is checked after each piece and raises
-    :class:`DetectionCancelled` when it returns True.
+    ``progress`` reports the seconds of audio decoded (see :mod:`..core.progress`; a callback
+    gets ``(seconds done, seconds in all)``); when it is cancelled, detection stops after the
+    current piece and raises :class:`DetectionCancelled`.
     """
     x = to_mono(audio, finite=False)  # each piece is made finite as it is decoded (to_pcm16)
     if sample_rate <= 0:
@@ -107,81 +102,32 @@ def spot_candidates(audio: np.ndarray, sample_rate: int, labelset: LabelSet, *,
     step = int((CHUNK_S - CHUNK_OVERLAP_S) * sample_rate)
     size = int(CHUNK_S * sample_rate)
     starts = list(range(0, max(1, len(x) - int(CHUNK_OVERLAP_S * sample_rate)), step))
-    pieces = [(x[s:s + size], s / sample_rate) for s in starts]
+    tasks = [(keyphrases, x[s:s + size], sample_rate, s / sample_rate, gain) for s in starts]
     workers = default_workers(duration) if workers is None else max(1, int(workers))
-    report = _AudioProgress(progress, round(duration), desc)
+    reporter = as_progress(progress)
+    total_s = round(duration)
     hits: list[Hit] = []
-    done = False
-    try:
-        if workers > 1 and len(pieces) > 1:
+    with reporter.task(desc, total=total_s, unit="s audio", transient=True) as task:
+
+        def piece_done(i: int, found: list[Hit]) -> None:
+            # pieces overlap: the seconds decoded stop at the recording's length
+            hits.extend(found)
+            task.update(min(float(total_s), task.done + len(tasks[i][1]) / sample_rate))
+            if reporter.cancelled():
+                raise DetectionCancelled("detection cancelled")
+
+        if workers > 1 and len(tasks) > 1:
             try:
-                hits = _spot_parallel(keyphrases, pieces, sample_rate, gain, workers,
-                                      report, should_stop)
-                done = True
+                with spawn_pool(min(workers, len(tasks))) as pool:
+                    run_tasks(pool, _spot_chunk, tasks, on_result=piece_done)
+                return _dedupe(hits)
             except (OSError, RuntimeError, ImportError) as exc:  # e.g. no process spawning
                 log.warning("parallel decoding unavailable (%s); decoding in one process", exc)
-                hits = []
-                report.restart()
-        if not done:
-            for piece, t0 in pieces:
-                hits.extend(_spot_chunk(keyphrases, piece, sample_rate, t0, gain))
-                report.add(len(piece) / sample_rate)
-                if should_stop is not None and should_stop():
-                    raise DetectionCancelled("detection cancelled")
-    finally:
-        report.close()
+                hits.clear()
+                task.restart()
+        for i, args in enumerate(tasks):
+            piece_done(i, _spot_chunk(*args))
     return _dedupe(hits)
-
-
-class _AudioProgress:
-    """Seconds of audio decoded so far (at most the recording's length: pieces overlap), shown
-    as a tqdm bar (``progress=True``) or passed to ``progress(done_s, total_s)``."""
-
-    def __init__(self, progress: Progress, total_s: int, desc: str) -> None:
-        self.total_s = total_s
-        self.done_s = 0.0
-        self.callback = progress if callable(progress) else None
-        self.bar = None
-        if progress and self.callback is None:
-            self.bar = tqdm(total=total_s, desc=desc, unit="s audio", leave=False)
-
-    def add(self, seconds: float) -> None:
-        self.done_s = min(float(self.total_s), self.done_s + seconds)
-        if self.callback is not None:
-            self.callback(round(self.done_s), self.total_s)
-        elif self.bar is not None:
-            self.bar.update(round(self.done_s) - self.bar.n)
-
-    def restart(self) -> None:
-        self.done_s = 0.0
-        if self.bar is not None:
-            self.bar.reset()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _spot_parallel(keyphrases: Sequence[Keyphrase], pieces: list, sample_rate: int,
-                   gain: float, workers: int, report: _AudioProgress,
-                   should_stop: Optional[Callable[[], bool]] = None) -> list[Hit]:
-    hits: list[Hit] = []
-    # "spawn": safe in any host (no forked copies of GUI or torch threads).
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(pieces)), mp_context=ctx) as pool:
-        futures = {pool.submit(_spot_chunk, keyphrases, piece, sample_rate, t0, gain):
-                   len(piece) for piece, t0 in pieces}
-        try:
-            for fut in as_completed(futures):
-                hits.extend(fut.result())
-                report.add(futures[fut] / sample_rate)
-                if should_stop is not None and should_stop():
-                    raise DetectionCancelled("detection cancelled")
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    return hits
 
 
 def _dedupe(hits: list[Hit]) -> list[Hit]:
@@ -238,8 +184,8 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
 def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[LabelSet] = None,
                     *, audio_offset_s: float = 0.0,
                     thresholds: Optional[Mapping[str, float]] = None,
-                    progress: Progress = False, workers: Optional[int] = None,
-                    should_stop: Optional[Callable[[], bool]] = None) -> list[Mention]:
+                    progress: ProgressLike = False,
+                    workers: Optional[int] = None) -> list[Mention]:
     """Find spoken landmark mentions in a recording.
 
     Args:
@@ -249,11 +195,11 @@ def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[Labe
             carries per-phrase thresholds.
         audio_offset_s: audio time = video time + offset (``procedure.json``).
         thresholds: minimum confidence per phrase or label id (overrides the vocabulary's).
-        progress: True for a progress bar, or a callback ``(seconds done, seconds in all)``.
+        progress: reporter of the seconds of audio decoded (True: a progress bar, a callback
+            ``(seconds done, seconds in all)``, see :mod:`..core.progress`); when it is
+            cancelled, :class:`DetectionCancelled` is raised.
         workers: decoding processes (default: 2 on long recordings, see
             :func:`spot_candidates`).
-        should_stop: checked as the decoding goes; returning True raises
-            :class:`DetectionCancelled`.
 
     Returns:
         Mentions on the video clock (``source="auto"``), sorted by time, with the phrase heard
@@ -261,15 +207,14 @@ def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[Labe
         recordings give an empty list.
     """
     labelset = labelset or LabelSet.default()
-    hits = spot_candidates(audio, sample_rate, labelset, progress=progress, workers=workers,
-                           should_stop=should_stop)
+    hits = spot_candidates(audio, sample_rate, labelset, progress=progress, workers=workers)
     return select_mentions(hits, labelset, thresholds, audio_offset_s)
 
 
 def detect_procedure(path_or_procedure: Union[str, os.PathLike, Procedure],
                      labelset: Optional[LabelSet] = None,
                      vocab: Union[str, os.PathLike, LabelSet, None] = None,
-                     progress: bool = False, workers: Optional[int] = None
+                     progress: ProgressLike = False, workers: Optional[int] = None
                      ) -> list[Mention]:
     """Detect the mentions of a procedure folder (or a loaded :class:`Procedure`).
 

@@ -10,18 +10,17 @@ thresholds on such a cohort: :mod:`.calibrate`.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..core.errors import MentionsError
+from ..core.pool import run_tasks, spawn_pool
+from ..core.progress import ProgressLike, as_progress
 from ..data.mentions import Mention
 from ..data.procedure import find_patients, load_procedure
 from ..data.vocabulary import LabelSet, load_labelset
@@ -117,7 +116,7 @@ def _patient_candidates(folder: Path, labelset: LabelSet, workers: Optional[int]
 
 
 def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
-                       progress: bool = True, workers: Optional[int] = None
+                       progress: ProgressLike = True, workers: Optional[int] = None
                        ) -> tuple[list[PatientCandidates], LabelSet]:
     """Run the spotter (no thresholds) on every patient of a cohort that has mentions.
 
@@ -131,41 +130,29 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
     patients = find_patients(cohort)
     n_workers = default_workers() if workers is None else max(1, int(workers))
     n_workers = min(n_workers, len(patients))
-    bar = None
-    if progress:
-        bar = tqdm(total=len(patients), desc="detect", unit="patient")
-    found: list[Optional[PatientCandidates]] = []
-    if n_workers > 1:
-        ctx = multiprocessing.get_context("spawn")  # safe in any host (see speech/detect.py)
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-            # Warm the workers (imports, decoder set-up) outside the timing.
-            list(pool.map(_warm_worker, [labelset] * n_workers))
-            t0 = time.perf_counter()
-            futures = [pool.submit(_patient_candidates, f, labelset, 1) for f in patients]
-            try:
-                for fut in futures:
-                    found.append(fut.result())
-                    if bar is not None:
-                        bar.update(1)
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-            wall = time.perf_counter() - t0
-        out = [c for c in found if c is not None]
-        total = sum(c.audio_s for c in out) or 1.0
-        out = [replace(c, seconds=wall * c.audio_s / total) for c in out]
-    else:
-        get_spotter(labelset)  # build once, outside the timing
-        for folder in patients:
-            # One patient at a time: its own long recordings may still be cut into pieces
-            # decoded in parallel (see spot_candidates).
-            found.append(_patient_candidates(folder, labelset, workers))
-            if bar is not None:
-                bar.update(1)
-        out = [c for c in found if c is not None]
-    if bar is not None:
-        bar.close()
+    with as_progress(progress).task("detect", total=len(patients), unit="patient") as task:
+        if n_workers > 1:
+            with spawn_pool(n_workers) as pool:
+                # Warm the workers (imports, decoder set-up) outside the timing.
+                list(pool.map(_warm_worker, [labelset] * n_workers))
+                t0 = time.perf_counter()
+                found = run_tasks(pool, _patient_candidates,
+                                  [(f, labelset, 1) for f in patients],
+                                  on_result=lambda i, c: task.advance(), ordered=True)
+                wall = time.perf_counter() - t0
+            out = [c for c in found if c is not None]
+            total = sum(c.audio_s for c in out) or 1.0
+            out = [replace(c, seconds=wall * c.audio_s / total) for c in out]
+        else:
+            get_spotter(labelset)  # build once, outside the timing
+            out = []
+            for folder in patients:
+                # One patient at a time: its own long recordings may still be cut into pieces
+                # decoded in parallel (see spot_candidates).
+                c = _patient_candidates(folder, labelset, workers)
+                if c is not None:
+                    out.append(c)
+                task.advance()
     if not out:
         raise MentionsError("no patient has a mentions.csv to compare with", cohort,
                             "evaluation and calibration need hand-made mentions")
@@ -191,7 +178,7 @@ def evaluate_candidates(candidates: Sequence[PatientCandidates], labelset: Label
 def evaluate_detection(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
                        vocab: Union[str, os.PathLike, LabelSet, None] = None,
                        thresholds: Optional[Mapping[str, float]] = None,
-                       progress: bool = True, workers: Optional[int] = None) -> dict:
+                       progress: ProgressLike = True, workers: Optional[int] = None) -> dict:
     """Compare automatic detections with each patient's ``mentions.csv``.
 
     Returns a dict: ``overall`` and ``per_label`` (precision, recall, f1, tp, fp, fn),

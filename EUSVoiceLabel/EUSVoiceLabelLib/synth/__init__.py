@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
-from .cohort import DISTRACTORS, SYNONYMS, TABLE_I, count_plan, make_patient, synth_cohort
+from .cohort import (DISTRACTORS, SYNONYMS, TABLE_I, CohortPlan, count_plan, make_patient,
+                     synth_cohort, write_cohort)
 from .speech import (Speaker, SpokenPhrase, get_speaker, list_speakers, speak, speak_phrase,
                      speak_words)
 
-__all__ = ["synth_cohort", "count_plan", "make_patient", "TABLE_I", "SYNONYMS", "DISTRACTORS",
+__all__ = ["synth_cohort", "write_cohort", "CohortPlan", "count_plan", "make_patient", "TABLE_I", "SYNONYMS", "DISTRACTORS",
            "Speaker", "SpokenPhrase", "list_speakers", "get_speaker", "speak", "speak_phrase",
            "speak_words"]

@@ -18,24 +18,24 @@ import csv
 import io
 import json
 import math
-import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import av
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from scipy.io import wavfile
-from tqdm import tqdm
 
 from ..core.errors import ConfigError, OutputError
 from ..core.fileio import atomic_path, atomic_write_text
 from ..core import paper
 from ..core.paper import CROP_SIZE, TABLE_I, VIDEO_SIZE, WINDOW_S
+from ..core.pool import process_cores, run_tasks, spawn_context, spawn_pool
+from ..core.progress import CounterProgress, ProgressLike, ProgressTask, as_progress
 from ..data.vocabulary import LabelSet
 from . import images as im, speech as sp
 
@@ -222,13 +222,40 @@ def _phrase_parts(rng: np.random.Generator, label: str) -> tuple[str, str, str]:
     return prefix, words, suffix
 
 
-def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]] = None
-                 ) -> dict:
+@dataclass
+class _Timeline:
+    """The video-clock plan of one patient: speech events (start_s, audio, kind, text,
+    speaker), views (start_s, view), mentions, and the length."""
+
+    events: list[dict]
+    views: list[dict]
+    mentions: list[dict]
+    duration: float
+    n_frames: int
+
+    @property
+    def view_starts(self) -> list[float]:
+        """Start of every view, and one past the end."""
+        return [v["start_s"] for v in self.views] + [self.duration + 1]
+
+
+@dataclass
+class _Scene:
+    """How a patient's frames are drawn: the renderer, the burnt-in overlay, the crop box and
+    the occasional gain changes within a view ``(view, time_s, dB)``."""
+
+    renderer: im.Renderer
+    overlay: "_Overlay"
+    crop: tuple[int, int, int, int]
+    gain_steps: list[tuple[int, float, float]]
+
+
+def make_patient(spec: PatientSpec, progress: ProgressLike = None) -> dict:
     """Render and write one patient folder; returns a short summary.
 
-    ``on_mention(1)`` is called as each mention's view is rendered (progress)."""
-    tick = on_mention or (lambda n: _tick())
-
+    ``progress`` counts the mentions whose views are rendered (see :mod:`..core.progress`).
+    Every random draw comes from the patient's own generator, in a fixed order.
+    """
     torch.set_num_threads(1)
     rng = np.random.default_rng([spec.seed, spec.index, 1])
     folder = Path(spec.folder)
@@ -237,8 +264,27 @@ def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]
     crop = _crop_box(W, H)
     geom = im.Geometry(crop[2], crop[3])
     look = im.PatientLook.random(rng)
+    voices = _choose_voices(rng)
+    plans, intro = _plan_speech(spec, rng, voices)
+    renderer, tl = _plan_timeline(spec, rng, geom, look, voices, plans, intro)
+    pcm, snr, beeps = _mix_audio(spec, rng, tl)
+    overlay = _Overlay(rng, W, H, crop, spec.name)
+    scene = _Scene(renderer, overlay, crop, _gain_steps(rng, tl))
+    with as_progress(progress).task(spec.name, total=len(tl.mentions), unit="mention") as task:
+        truth_windows = _write_video(folder / "video.mp4", spec, scene, tl,
+                                     pcm if spec.audio_mode == "embedded" else None, task)
+    if spec.audio_mode == "wav":
+        with atomic_path(folder / "audio.wav") as tmp:
+            wavfile.write(tmp, SAMPLE_RATE, pcm)
+    _write_patient_files(folder, spec, crop, tl, truth_windows, {
+        "snr_db": round(snr, 2), "speakers": [v.to_json() for v in voices],
+        "look": look.to_json(), "beeps_audio_s": beeps})
+    return {"name": spec.name, "mentions": len(tl.mentions), "frames": tl.n_frames,
+            "duration_s": tl.duration}
 
-    # speakers: one lead voice, sometimes a second (e.g. a trainee)
+
+def _choose_voices(rng: np.random.Generator) -> list:
+    """One lead voice, sometimes a second (e.g. a trainee)."""
     speakers = sp.list_speakers()
     lead = int(rng.choice(len(speakers), p=sp.speaker_weights()))
     voices = [speakers[lead]]
@@ -246,10 +292,15 @@ def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]
         w = sp.speaker_weights().copy()
         w[lead] = 0
         voices.append(speakers[int(rng.choice(len(speakers), p=w / w.sum()))])
+    return voices
 
+
+def _plan_speech(spec: PatientSpec, rng: np.random.Generator, voices: list
+                 ) -> tuple[list, Optional[str]]:
+    """Per mention (label, voice, phrase parts, distractor or None), and the lead-in
+    sentence; all speech is synthesised here, so each TTS engine runs once per voice."""
     labels = [lab for lab in LABELS for _ in range(spec.counts.get(lab, 0))]
     rng.shuffle(labels)
-    # Plan all speech first so each TTS engine runs once per voice for the whole patient.
     plans = []
     for lab in labels:
         v = voices[0] if len(voices) == 1 or rng.random() < 0.7 else voices[1]
@@ -259,10 +310,16 @@ def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]
     intro = str(DISTRACTORS[int(rng.integers(len(DISTRACTORS)))]) if spec.lead_in_s >= 2 else None
     sp.synthesize_many([(t, v) for _, v, parts, d in plans for t in (*parts, d) if t] +
                        ([(intro, voices[0])] if intro else []))
+    return plans, intro
 
-    # ------------------------------------------------------------ timeline (video clock)
-    events: list[dict] = []       # speech: start_s, audio, kind, text, speaker
-    views: list[dict] = []        # start_s, view
+
+def _plan_timeline(spec: PatientSpec, rng: np.random.Generator, geom: im.Geometry,
+                   look: im.PatientLook, voices: list, plans: list, intro: Optional[str]
+                   ) -> tuple[im.Renderer, _Timeline]:
+    """Views and speech on the video clock: a lead-in view, then one view per mention whose
+    named landmark stays in the fan for the whole window."""
+    events: list[dict] = []
+    views: list[dict] = []
     mentions: list[dict] = []
     first_speech = max(0.6, -spec.audio_offset_s + 0.3)
     views.append({"start_s": 0.0, "view": im.build_view(rng, geom, look, None)})
@@ -273,7 +330,7 @@ def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]
                            "text": intro, "speaker": voices[0].name})
     cursor = max(spec.lead_in_s, first_speech + 0.2)
     renderer = im.Renderer(geom, look, rng)
-    for i, (lab, v, (pre, words, suf), d) in enumerate(plans):
+    for lab, v, (pre, words, suf), d in plans:
         t = cursor + rng.uniform(0.15, 0.5)
         if d:
             a = sp.speak(d, v)
@@ -301,15 +358,18 @@ def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]
                          "speaker": v.name, "view": len(views) - 1})
         cursor = max(onset + WINDOW_S + 0.08, start + len(phrase.audio) / SAMPLE_RATE) + \
             spec.gap_s * rng.uniform(0.6, 1.4)
-    duration = cursor + 0.3
-    n_frames = int(math.ceil(duration * FPS))
-    duration = n_frames / FPS
+    n_frames = int(math.ceil((cursor + 0.3) * FPS))
+    return renderer, _Timeline(events, views, mentions, n_frames / FPS, n_frames)
 
-    # ------------------------------------------------------------ audio (video clock first)
-    n = int(round(duration * SAMPLE_RATE))
+
+def _mix_audio(spec: PatientSpec, rng: np.random.Generator, tl: _Timeline
+               ) -> tuple[np.ndarray, float, list]:
+    """The audio track (int16, on the audio clock): speech with level changes and reverb,
+    room noise at the patient's SNR; also the SNR and the beeps' times."""
+    n = int(round(tl.duration * SAMPLE_RATE))
     speech = np.zeros(n, np.float32)
     active = np.zeros(n, bool)
-    for ev in events:
+    for ev in tl.events:
         i0 = int(round(ev["start_s"] * SAMPLE_RATE))
         a = ev["audio"] * np.float32(10 ** (rng.uniform(-2.5, 2.5) / 20))
         a = a[: max(0, n - i0)]
@@ -317,7 +377,7 @@ def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]
         active[i0:i0 + len(a)] = True
     speech = sp.room_reverb(speech, rng, rt60_s=rng.uniform(0.15, 0.4), wet=rng.uniform(0.08, 0.25))
     off = spec.audio_offset_s
-    n_audio = int(round((duration + off) * SAMPLE_RATE))
+    n_audio = int(round((tl.duration + off) * SAMPLE_RATE))
     shift = int(round(off * SAMPLE_RATE))           # audio sample = video sample + shift
     track = np.zeros(n_audio, np.float32)
     act = np.zeros(n_audio, bool)
@@ -329,56 +389,56 @@ def make_patient(spec: PatientSpec, on_mention: Optional[Callable[[int], object]
     snr = spec.snr_db + rng.uniform(-3, 3)
     mixed = sp.mix_at_snr(track, noise, snr, act)
     mixed *= np.float32(0.5 / (np.abs(mixed).max() + 1e-9))
-    pcm = np.clip(np.round(mixed * 32767), -32768, 32767).astype(np.int16)
+    return np.clip(np.round(mixed * 32767), -32768, 32767).astype(np.int16), snr, beeps
 
-    # ------------------------------------------------------------ video
-    overlay = _Overlay(rng, W, H, crop, spec.name)
-    view_starts = [v["start_s"] for v in views] + [duration + 1]
-    gain_steps = []
-    for k, v in enumerate(views):  # occasional gain change within a view
+
+def _gain_steps(rng: np.random.Generator, tl: _Timeline) -> list[tuple[int, float, float]]:
+    """Occasional gain changes within a view: (view, time_s, dB)."""
+    starts = tl.view_starts
+    steps = []
+    for k, v in enumerate(tl.views):
         if rng.random() < 0.25:
-            gain_steps.append((k, rng.uniform(v["start_s"], view_starts[k + 1]),
-                               rng.uniform(-4, 4)))
-    truth_windows = _write_video(folder / "video.mp4", spec, renderer, overlay, views,
-                                 view_starts, gain_steps, n_frames, crop, mentions,
-                                 pcm if spec.audio_mode == "embedded" else None, tick)
-    if spec.audio_mode == "wav":
-        with atomic_path(folder / "audio.wav") as tmp:
-            wavfile.write(tmp, SAMPLE_RATE, pcm)
+            steps.append((k, rng.uniform(v["start_s"], starts[k + 1]), rng.uniform(-4, 4)))
+    return steps
 
-    # ------------------------------------------------------------ text files
+
+def _write_patient_files(folder: Path, spec: PatientSpec, crop: tuple[int, int, int, int],
+                         tl: _Timeline, truth_windows: list[dict], extra: dict) -> None:
+    """mentions.csv, procedure.json and truth.json (``extra``: its SNR, speakers, look and
+    beeps)."""
     buf = io.StringIO()
     wr = csv.writer(buf, lineterminator="\n")
     wr.writerow(["time_s", "label", "end_s", "text"])
-    for m in sorted(mentions, key=lambda m: m["time_s"]):
+    for m in sorted(tl.mentions, key=lambda m: m["time_s"]):
         wr.writerow([f"{m['time_s']:.3f}", m["label"], f"{m['end_s']:.3f}", m["words"]])
     atomic_write_text(folder / "mentions.csv", buf.getvalue())
+    off = spec.audio_offset_s
     proc = {"audio_offset_s": round(off, 3), "crop": list(crop)}
     atomic_write_text(folder / "procedure.json", json.dumps(proc, indent=2) + "\n")
+    W, H = spec.frame_size
+    starts, duration, views = tl.view_starts, tl.duration, tl.views
     truth = {
         "generator": "eusvoicelabel synth", "patient": spec.name, "seed": spec.seed,
-        "frame_size": [W, H], "crop": list(crop), "fps": FPS, "n_frames": n_frames,
+        "frame_size": [W, H], "crop": list(crop), "fps": FPS, "n_frames": tl.n_frames,
         "duration_s": round(duration, 3), "sample_rate": SAMPLE_RATE,
         "audio": "video.mp4 audio track" if spec.audio_mode == "embedded" else "audio.wav",
-        "audio_offset_s": round(off, 3), "snr_db": round(snr, 2),
-        "speakers": [v.to_json() for v in voices], "look": look.to_json(),
+        "audio_offset_s": round(off, 3), "snr_db": extra["snr_db"],
+        "speakers": extra["speakers"], "look": extra["look"],
         "mentions": [dict({k: (round(v, 4) if isinstance(v, float) else v)
                            for k, v in m.items()}, window=w)
-                     for m, w in zip(mentions, truth_windows)],
+                     for m, w in zip(tl.mentions, truth_windows)],
         "distractors": [{"start_s": round(e["start_s"], 4),
                          "end_s": round(e["start_s"] + len(e["audio"]) / SAMPLE_RATE, 4),
                          "text": e["text"], "speaker": e["speaker"]}
-                        for e in events if e["kind"] == "distractor"],
-        "views": [{"start_s": round(v["start_s"], 4), "end_s": round(view_starts[k + 1], 4)
+                        for e in tl.events if e["kind"] == "distractor"],
+        "views": [{"start_s": round(v["start_s"], 4), "end_s": round(starts[k + 1], 4)
                    if k + 1 < len(views) else round(duration, 4),
                    "named": v["view"].named or None, "landmarks": sorted(v["view"].landmarks),
                    "depth_scale": round(v["view"].depth_scale, 4),
                    "gain_db": round(v["view"].gain_db, 3)} for k, v in enumerate(views)],
-        "beeps_audio_s": beeps,
+        "beeps_audio_s": extra["beeps_audio_s"],
     }
     atomic_write_text(folder / "truth.json", json.dumps(truth, indent=1) + "\n")
-    return {"name": spec.name, "mentions": len(mentions), "frames": n_frames,
-            "duration_s": duration}
 
 
 def _min_visible(renderer: im.Renderer, view: im.View, pts: np.ndarray,
@@ -427,13 +487,14 @@ def _landmark_window(renderer: im.Renderer, view: im.View, t_rel: np.ndarray,
     return out
 
 
-def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: _Overlay,
-                 views: list[dict], view_starts: list[float], gain_steps: list,
-                 n_frames: int, crop: tuple[int, int, int, int], mentions: list[dict],
-                 pcm: Optional[np.ndarray], tick: Callable[[int], object]) -> list[dict]:
-    """Render all frames and encode them (H.264, optional AAC track); returns truth windows."""
+def _write_video(path: Path, spec: PatientSpec, scene: _Scene, tl: _Timeline,
+                 pcm: Optional[np.ndarray], task: ProgressTask) -> list[dict]:
+    """Render all frames and encode them (H.264, optional AAC track; ``task`` advances as each
+    mention's view is done); returns the truth windows."""
     W, H = spec.frame_size
-    x, y, cw, ch = crop
+    x, y, cw, ch = scene.crop
+    renderer, overlay, gain_steps = scene.renderer, scene.overlay, scene.gain_steps
+    views, view_starts, n_frames = tl.views, tl.view_starts, tl.n_frames
     windows: list[dict] = []
     with atomic_path(path) as tmp:
         container = av.open(str(tmp), mode="w", format="mp4")
@@ -487,7 +548,7 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
                         container.mux(pkt)
                 mux_audio((idx[-1] + 1) / FPS)
             if k > 0:
-                tick(1)   # view k shows mention k-1
+                task.advance()   # view k shows mention k-1
         for pkt in vs.encode():
             container.mux(pkt)
         if astream is not None:
@@ -496,7 +557,7 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
                 container.mux(pkt)
         container.close()
     # truth windows (pure geometry; no pixels needed)
-    for m in mentions:
+    for m in tl.mentions:
         k = m["view"]
         view = views[k]["view"]
         f0 = int(round(round(m["time_s"], 3) * FPS))   # as read back from mentions.csv
@@ -511,13 +572,53 @@ def _write_video(path: Path, spec: PatientSpec, renderer: im.Renderer, overlay: 
 
 
 # --------------------------------------------------------------------------- the cohort
+@dataclass(frozen=True)
+class CohortPlan:
+    """What a synthetic cohort is made of (see :func:`synth_cohort` for each field)."""
+
+    patients: int = 12
+    seed: int = 0
+    counts: Union[str, int] = "paper"
+    snr_db: float = 15.0
+    frame_size: tuple[int, int] = VIDEO_SIZE
+    lead_in_s: float = 2.5
+    gap_s: float = 0.5
+    distractor_prob: float = 0.5
+    embedded_audio: bool = True
+    offset_fraction: float = 0.35
+
+    def patient_specs(self, out: Path) -> list[PatientSpec]:
+        """One :class:`PatientSpec` per patient (which one has its audio in the video, whose
+        audio file has an offset), drawn from the cohort's own generator."""
+        W, H = (int(v) for v in self.frame_size)
+        if W < 64 or H < 48 or W % 2 or H % 2:
+            raise ConfigError(f"frame_size {self.frame_size} must be even and at least 64x48")
+        plan = count_plan(self.counts, self.patients, self.seed)
+        rng = np.random.default_rng([self.seed, 104729])
+        emb = int(rng.integers(self.patients)) if self.embedded_audio else -1
+        specs = []
+        width = max(2, len(str(self.patients)))
+        for i in range(self.patients):
+            name = f"patient{i + 1:0{width}d}"
+            mode = "embedded" if i == emb else "wav"
+            off = 0.0
+            if mode == "wav" and rng.random() < self.offset_fraction:
+                off = float(np.round(rng.choice([-1, 1, 1]) * rng.uniform(0.15, 1.5), 3))
+                off = max(off, -0.4)
+            specs.append(PatientSpec(i, name, str(out / name), self.seed, plan[i], (W, H),
+                                     float(self.snr_db), mode, off, float(self.lead_in_s),
+                                     float(self.gap_s), float(self.distractor_prob)))
+        return specs
+
+
 def synth_cohort(out: Union[str, os.PathLike], patients: int = 12, seed: int = 0,
                  counts: Union[str, int] = "paper", snr_db: float = 15.0,
-                 progress: bool = True, frame_size: tuple[int, int] = VIDEO_SIZE,
+                 progress: ProgressLike = True, frame_size: tuple[int, int] = VIDEO_SIZE,
                  lead_in_s: float = 2.5, gap_s: float = 0.5, distractor_prob: float = 0.5,
                  workers: Optional[int] = None, force: bool = False,
                  embedded_audio: bool = True, offset_fraction: float = 0.35) -> Path:
-    """Write a synthetic EUS + speech cohort to ``out`` and return its path.
+    """Write a synthetic EUS + speech cohort to ``out`` and return its path
+    (:func:`write_cohort` with these settings as a :class:`CohortPlan`).
 
     Args:
         out: cohort folder (created; must be empty unless ``force``).
@@ -525,74 +626,58 @@ def synth_cohort(out: Union[str, os.PathLike], patients: int = 12, seed: int = 0
         seed: same seed gives byte-identical files.
         counts: "paper" (Table I), "small" (~1/3) or mentions per patient (int).
         snr_db: speech-to-room-noise ratio (each patient varies by +-3 dB).
+        progress: reporter of the mentions rendered (see :mod:`..core.progress`).
         frame_size: (W, H) of the video; the crop is the central 690x350 scaled alike and is
             written to procedure.json.  Use e.g. (240, 160) for fast tests.
         lead_in_s, gap_s, distractor_prob: timeline lead-in, extra hold after each window,
             probability of a distractor sentence before a mention.
-        workers: processes (default: CPU count, at most the number of patients).
+        workers: processes (default: the cores of this process, at most the number of
+            patients).
         force: allow writing into a non-empty folder (existing patient folders are replaced).
         embedded_audio: one patient gets its speech as the mp4's AAC track and no audio file.
         offset_fraction: fraction of the other patients whose audio file has an offset.
     """
+    plan = CohortPlan(patients, seed, counts, snr_db, tuple(frame_size), lead_in_s, gap_s,
+                      distractor_prob, embedded_audio, offset_fraction)
+    return write_cohort(out, plan, progress, workers, force)
+
+
+def write_cohort(out: Union[str, os.PathLike], plan: CohortPlan, progress: ProgressLike = True,
+                 workers: Optional[int] = None, force: bool = False) -> Path:
+    """Write the cohort of ``plan`` to ``out`` (see :func:`synth_cohort`), its patients in
+    ``workers`` processes, the largest first."""
     out = Path(out)
-    W, H = (int(v) for v in frame_size)
-    if W < 64 or H < 48 or W % 2 or H % 2:
-        raise ConfigError(f"frame_size {frame_size} must be even and at least 64x48")
     if out.exists() and not out.is_dir():
         raise OutputError("exists and is not a folder", out)
     if out.is_dir() and any(out.iterdir()) and not force:
         raise OutputError("folder is not empty", out, "choose a new folder or pass --force")
+    specs = plan.patient_specs(out)
     sp.check_engines()
-    plan = count_plan(counts, patients, seed)
     labelset = LabelSet.default()
     for lab in LABELS:
         if labelset.resolve(lab) != lab:
             raise ConfigError(f"label {lab!r} is not in the default vocabulary")
-    rng = np.random.default_rng([seed, 104729])
-    emb = int(rng.integers(patients)) if embedded_audio else -1
-    specs = []
-    width = max(2, len(str(patients)))
-    for i in range(patients):
-        name = f"patient{i + 1:0{width}d}"
-        mode = "embedded" if i == emb else "wav"
-        off = 0.0
-        if mode == "wav" and rng.random() < offset_fraction:
-            off = float(np.round(rng.choice([-1, 1, 1]) * rng.uniform(0.15, 1.5), 3))
-            off = max(off, -0.4)
-        specs.append(PatientSpec(i, name, str(out / name), seed, plan[i], (W, H),
-                                 float(snr_db), mode, off, float(lead_in_s), float(gap_s),
-                                 float(distractor_prob)))
     out.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, patients))
-    total = sum(sum(c.values()) for c in plan)
-    bar = None
-    if progress:
-        bar = tqdm(total=total, unit="mention", desc="synth", leave=False)
+    workers = max(1, min(workers or process_cores(), len(specs)))
+    total = sum(sum(s.counts.values()) for s in specs)
     # largest patients first so the pool stays busy
     order = sorted(specs, key=lambda s: -sum(s.counts.values()))
-    try:
+    with as_progress(progress).task("synth", total=total, unit="mention",
+                                    transient=True) as task:
         if workers == 1:
+            reporter = CounterProgress(task.advance)
             for s in order:
-                make_patient(s, bar.update if bar is not None else None)
-        else:
-            ctx = mp.get_context("spawn")
-            done = ctx.Value("i", 0)
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(done,)) as pool:
-                result = pool.map_async(make_patient, order, chunksize=1)
-                while not result.ready():
-                    result.wait(0.5)
-                    if bar is not None:
-                        bar.update(done.value - bar.n)
-                result.get()  # re-raises a worker's error
-            if bar is not None:
-                bar.update(total - bar.n)
-    finally:
-        if bar is not None:
-            bar.close()
+                make_patient(s, reporter)
+            return out
+        done = spawn_context().Value("i", 0)
+        with spawn_pool(workers, _init_worker, (done,)) as pool:
+            run_tasks(pool, _make_patient_in_worker, [(s,) for s in order], poll_s=0.5,
+                      on_poll=lambda: task.update(done.value))
+        task.update(total)
     return out
 
 
-_DONE = None  # shared mention counter of a worker process (for the progress bar)
+_DONE = None  # shared mention counter of a worker process (for the parent's progress)
 
 
 def _init_worker(counter) -> None:
@@ -600,7 +685,10 @@ def _init_worker(counter) -> None:
     _DONE = counter
 
 
-def _tick() -> None:
-    if _DONE is not None:
-        with _DONE.get_lock():
-            _DONE.value += 1
+def _count_done(n: float) -> None:
+    with _DONE.get_lock():
+        _DONE.value += int(n)
+
+
+def _make_patient_in_worker(spec: PatientSpec) -> dict:
+    return make_patient(spec, CounterProgress(_count_done))

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..core.errors import ConfigError
+from ..core.pool import threads_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +130,7 @@ def init_from_env(device: str = "auto") -> Optional[DistContext]:
     else:
         dev = torch.device("cpu")
         backend = "gloo"
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover
-            cores = os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // max(1, local_world)))
+        torch.set_num_threads(threads_per_worker(local_world))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     _CONTEXT = DistContext(rank, world, local, dev, backend)

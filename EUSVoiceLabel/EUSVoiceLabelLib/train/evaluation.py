@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -22,10 +23,10 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from tqdm import tqdm
 
 from .. import __version__
 from ..core.paper import BOOTSTRAP_PROPOSED, PATIENTS, WINDOWS
+from ..core.progress import ProgressLike, as_progress
 from ..core.variants import VARIANT_SPECS, VARIANTS, variant_spec
 from ..core.fileio import atomic_path, atomic_write_text, file_sha256
 from ..nn.devices import select_device
@@ -89,7 +90,7 @@ def plot_confusion_matrix(path: Path, matrix: Sequence[Sequence[float]],
 
 # --------------------------------------------------------------------------- a whole run
 def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "auto",
-                    progress: bool = True, resume: bool = True,
+                    progress: ProgressLike = True, resume: bool = True,
                     extra_config: Optional[Mapping[str, Any]] = None,
                     workers: int = 1) -> dict[str, Any]:
     """LOPO over every patient of ``ws``; writes metrics.json, predictions.csv and
@@ -100,53 +101,35 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
     data) and reused when ``resume``; a fold interrupted mid-training resumes from its last
     saved epoch.  ``workers`` > 1 runs the folds in that many processes (one per GPU when
     there are several; see :mod:`.parallel`), with the same pooled predictions.
+    ``progress`` reports the folds and, nested, each fold's epochs (see
+    :mod:`..core.progress`).
     """
     t0 = time.time()
     out_dir = Path(out_dir)
     folds = lopo_folds(ws.patients)
-    fold_dir = out_dir / "folds"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    data_sig = data_signature(to_device_data(ws, None, torch.device("cpu")))
-    key = {"config": cfg.signature(), "data": data_sig, "labels": list(ws.labelset.ids),
-           # a replaced weights file must not be served with folds trained on the old one
-           "weights": file_sha256(cfg.weights) if cfg.weights and Path(cfg.weights).is_file()
-           else None}
-    results: list[FoldResult] = []
+    cache = _FoldCache(out_dir / "folds", _fold_key(ws, cfg), resume)
+    progress = as_progress(progress)
     ready: dict[str, FoldResult] = {}
     if workers > 1:
-        todo = [f for f in folds
-                if not (resume and _read_fold(fold_dir / f"{_safe_name(f.patient)}.json",
-                                              key, f))]
-        states = {f.patient: fold_dir / f"{_safe_name(f.patient)}.state.pt" for f in todo}
-        if not resume:
-            for st in states.values():
-                st.unlink(missing_ok=True)
-
-        def finished(r: FoldResult) -> None:
-            _write_fold(fold_dir / f"{_safe_name(r.patient)}.json", key, r)
-            ready[r.patient] = r
-
+        todo = [f for f in folds if cache.read(f) is None]
         if len(todo) > 1:
+            states = {f.patient: cache.state_path(f.patient) for f in todo}
+
+            def finished(r: FoldResult) -> None:
+                cache.write(r)
+                ready[r.patient] = r
+
             run_folds(ws, todo, cfg, device, workers, states, finished, progress)
-    bar = tqdm(folds, desc=f"LOPO {cfg.variant}", unit="fold", disable=not progress,
-               dynamic_ncols=True)
-    for fold in bar:
-        stem = fold_dir / _safe_name(fold.patient)
-        done = Path(f"{stem}.json")
-        res = ready.get(fold.patient) or (_read_fold(done, key, fold) if resume else None)
-        if res is None:
-            state = Path(f"{stem}.state.pt")
-            if not resume:
-                state.unlink(missing_ok=True)
-            res = run_fold(ws, fold, cfg, device, progress, state, position=1)
-            _write_fold(done, key, res)
-        results.append(res)
-        acc = float((res.probs.argmax(1) == ws.labels[res.indices]).mean())
-        bar.set_postfix(patient=fold.patient, acc=f"{acc:.2f}")
-    idx = np.concatenate([r.indices for r in results])
-    probs = np.concatenate([r.probs for r in results])
-    y_true = np.asarray(ws.labels)[idx]
-    pats = [ws.patients[i] for i in idx]
+    results: list[FoldResult] = []
+    with progress.task(f"LOPO {cfg.variant}", total=len(folds), unit="fold") as task:
+        for fold in folds:
+            res = ready.get(fold.patient) or cache.read(fold)
+            if res is None:
+                res = run_fold(ws, fold, cfg, device, progress, cache.state_path(fold.patient))
+                cache.write(res)
+            results.append(res)
+            acc = float((res.probs.argmax(1) == ws.labels[res.indices]).mean())
+            task.advance(patient=fold.patient, acc=f"{acc:.2f}")
     config = {
         **cfg.to_json(),
         "device": str(select_device(device)),
@@ -156,12 +139,77 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
         "paper_settings": "epochs/lr from Table II unless overridden",
         **(dict(extra_config) if extra_config else {}),
     }
+    return _write_evaluation(out_dir, ws, cfg, results, config, time.time() - t0)
+
+
+def _fold_key(ws: Any, cfg: TrainConfig) -> dict[str, Any]:
+    """What a cached fold must have been trained with to be reused."""
+    return {"config": cfg.signature(),
+            "data": data_signature(to_device_data(ws, None, torch.device("cpu"))),
+            "labels": list(ws.labelset.ids),
+            # a replaced weights file must not be served with folds trained on the old one
+            "weights": file_sha256(cfg.weights) if cfg.weights and Path(cfg.weights).is_file()
+            else None}
+
+
+@dataclass
+class _FoldCache:
+    """Finished folds (``<patient>.json``) and the resume files of unfinished ones
+    (``<patient>.state.pt``) in ``folder``; ``resume`` False ignores both."""
+
+    folder: Path
+    key: dict
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _stem(self, patient: str) -> Path:
+        return self.folder / _safe_name(patient)
+
+    def state_path(self, patient: str) -> Path:
+        """The fold's resume file (an earlier run's is removed when not resuming)."""
+        state = Path(f"{self._stem(patient)}.state.pt")
+        if not self.resume:
+            state.unlink(missing_ok=True)
+        return state
+
+    def write(self, res: FoldResult) -> None:
+        data = {"key": self.key, "patient": res.patient, "indices": res.indices.tolist(),
+                "probs": res.probs.tolist(), "train_info": res.train_info}
+        atomic_write_text(Path(f"{self._stem(res.patient)}.json"), json.dumps(data) + "\n")
+
+    def read(self, fold: Fold) -> Optional[FoldResult]:
+        """The cached result of ``fold`` when resuming and it was made with this key."""
+        path = Path(f"{self._stem(fold.patient)}.json")
+        if not self.resume or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if data.get("key") != self.key or data.get("indices") != fold.test_idx.tolist():
+            return None
+        log.info("fold %s: reusing %s", fold.patient, path)
+        return FoldResult(fold.patient, np.asarray(data["indices"], dtype=np.int64),
+                          np.asarray(data["probs"], dtype=np.float32),
+                          data.get("train_info", {}))
+
+
+def _write_evaluation(out_dir: Path, ws: Any, cfg: TrainConfig, results: Sequence[FoldResult],
+                      config: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
+    """Pool the folds' held-out predictions; write metrics.json, timings.json,
+    predictions.csv and confusion_matrix.png; return the metrics."""
+    idx = np.concatenate([r.indices for r in results])
+    probs = np.concatenate([r.probs for r in results])
+    y_true = np.asarray(ws.labels)[idx]
+    pats = [ws.patients[i] for i in idx]
     metrics = compute_metrics(y_true, probs, pats, ws.labelset.ids, cfg.variant, config,
                               seed=cfg.seed)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     # Wall times live apart so that metrics.json is byte-identical for the same command and
     # seed on CPU (test_reliability.py).
-    timings = {"wall_time_s": round(time.time() - t0, 1),
+    timings = {"wall_time_s": round(wall_time_s, 1),
                "fold_wall_time_s": {r.patient: r.train_info.get("wall_time_s")
                                     for r in results}}
     atomic_write_text(out_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
@@ -173,26 +221,6 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
                           f"{cfg.variant}: LOPO over {metrics['n_patients']} patients, "
                           f"accuracy {metrics['accuracy']:.2f}", counts)
     return metrics
-
-
-def _write_fold(path: Path, key: dict, res: FoldResult) -> None:
-    data = {"key": key, "patient": res.patient, "indices": res.indices.tolist(),
-            "probs": res.probs.tolist(), "train_info": res.train_info}
-    atomic_write_text(path, json.dumps(data) + "\n")
-
-
-def _read_fold(path: Path, key: dict, fold: Fold) -> Optional[FoldResult]:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if data.get("key") != key or data.get("indices") != fold.test_idx.tolist():
-        return None
-    log.info("fold %s: reusing %s", fold.patient, path)
-    return FoldResult(fold.patient, np.asarray(data["indices"], dtype=np.int64),
-                      np.asarray(data["probs"], dtype=np.float32), data.get("train_info", {}))
 
 
 # --------------------------------------------------------------------------- Table III
@@ -231,7 +259,7 @@ def table_iii_markdown(results: Mapping[str, Optional[Mapping[str, Any]]],
 def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
                  weights: Optional[Mapping[str, Optional[Path]]] = None,
                  variants: Optional[Sequence[str]] = None, device: str = "auto",
-                 progress: bool = True, resume: bool = True, workers: int = 1,
+                 progress: ProgressLike = True, resume: bool = True, workers: int = 1,
                  pretrain_voice: bool = True) -> dict[str, Any]:
     """Run every variant of Table III and write ``OUT/<variant>/...`` plus ``OUT/table_iii.md``
     and ``OUT/summary.json``.
@@ -247,6 +275,7 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
         variants: subset to run (default: all of Table III).
     """
     out_dir = Path(out_dir)
+    progress = as_progress(progress)
     weights = dict(weights or {})
     variants = list(variants or VARIANTS)
     results: dict[str, Optional[dict[str, Any]]] = {}

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..core.errors import ConfigError
+from ..core.progress import ProgressLike
 from .config import TrainConfig
 from .loop import predict_proba, train_model
 
@@ -71,17 +72,17 @@ def fold_seed(seed: int, patient: str) -> int:
 
 
 def run_fold(ws: Any, fold: Fold, cfg: TrainConfig, device: str = "auto",
-             progress: bool = True, state_path: Optional[Path] = None,
-             position: int = 0) -> FoldResult:
+             progress: ProgressLike = True, state_path: Optional[Path] = None) -> FoldResult:
     """Train on ``fold.train_idx`` and predict ``fold.test_idx`` (pure: no other output).
 
-    ``ws`` is a WindowSet (or anything with images/voices/labels/patients/labelset).
+    ``ws`` is a WindowSet (or anything with images/voices/labels/patients/labelset);
+    ``progress`` reports the fold's epochs (see :mod:`..core.progress`).
     """
     _assert_no_leak(fold.patient, fold.train_idx, fold.test_idx, ws.patients)
     k = len(ws.labelset)
     fcfg = cfg.with_(seed=fold_seed(cfg.seed, fold.patient))
     result = train_model(ws, fcfg, k, indices=fold.train_idx, device=device, progress=progress,
-                         state_path=state_path, desc=f"fold {fold.patient}", position=position)
+                         state_path=state_path, desc=f"fold {fold.patient}")
     probs = predict_proba(result.model, ws, fold.test_idx, device=device)
     last = result.history[-1] if result.history else {}
     info = {"seed": fcfg.seed, "epochs": fcfg.epochs, "final_loss": last.get("loss"),

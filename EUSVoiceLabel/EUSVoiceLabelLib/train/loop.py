@@ -36,10 +36,11 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from ..core.errors import ConfigError, OutputError, TrainingError
+from ..core.progress import SILENT, ProgressLike, ProgressTask, as_progress
 from ..nn.devices import seed_everything, select_device
+from ..nn.fastpath import autocast_for
 from ..nn.network import build_model
 from ..nn.torchfile import torch_save_atomic
 from .config import TrainConfig
@@ -50,13 +51,6 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "eusvoicelabel-train-state"
 STATE_FORMAT_VERSION = 1
-
-
-# --------------------------------------------------------------------------- mixed precision
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 # --------------------------------------------------------------------------- data on device
@@ -201,13 +195,57 @@ def data_signature(d: DeviceData) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass
+class _Run:
+    """What the epochs of one training run share (built by :func:`_start_run`)."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module         # the network itself (its weights are saved)
+    net: torch.nn.Module           # what is called: the network, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    data: DeviceData
+    class_weights: list[float]
+    weight_t: torch.Tensor
+    gen: torch.Generator           # shuffling, random pairs, random frames
+    device: torch.device
+    ctx: Any                       # distributed.DistContext under torchrun, else None
+    state_path: Optional[Path]
+    desc: str
+    signature: dict
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint_every: int = 0          # epochs between resume files (0: by time only)
+    checkpoint_seconds: float = 300.0  # seconds between resume files
+
+    def save_state(self, epoch_done: int, position: Optional["_Position"] = None) -> bool:
+        """Write the resume file (``position``: a point inside the next epoch); False when the
+        disk refused it (logged: a full or failing disk must not end a long run)."""
+        if self.ctx is not None and not self.ctx.is_main:
+            return True  # one resume file, written by the first process
+        try:
+            _write_state(Path(self.state_path), self, epoch_done, position or _Position())
+            return True
+        except OutputError as exc:
+            log.warning("cannot save the resume state (%s); training goes on and the previous "
+                        "resume file is kept", exc)
+            return False
+
+
+@dataclass
+class _Position:
+    """Where training stands inside an epoch: batches done, the epoch's generator state (to
+    replay its draws) and the running sums of loss, correct predictions and windows seen."""
+
+    batch: int = 0
+    epoch_generator: Optional[torch.Tensor] = None
+    partial: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "seen": 0})
+
+
 def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
                 indices: Optional[Sequence[int]] = None, device: str | torch.device = "auto",
-                progress: bool = True, state_path: Optional[Path] = None,
+                progress: ProgressLike = True, state_path: Optional[Path] = None,
                 checkpoint_every: int = 0, checkpoint_seconds: float = 300.0,
                 on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None,
-                desc: str = "train", position: int = 0, keep_state: bool = False
-                ) -> TrainResult:
+                desc: str = "train", keep_state: bool = False) -> TrainResult:
     """Train ``cfg.variant`` on the windows ``data[indices]`` and return the model.
 
     Args:
@@ -217,7 +255,8 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
         num_classes: K.
         indices: the training windows (default: all).
         device: "auto", "cpu", "cuda", "mps" or a torch.device.
-        progress: show a tqdm bar with epoch, loss and speed.
+        progress: reporter of the epochs (True: a tqdm bar with loss, accuracy and speed; see
+            :mod:`..core.progress`).  When it is cancelled, training stops as on Ctrl-C.
         state_path: resume file.  If it exists and matches this run, training continues from it;
             it is rewritten every ``checkpoint_every`` epochs (0: only by time) or every
             ``checkpoint_seconds`` and removed when training ends (unless ``keep_state``).
@@ -228,14 +267,32 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
             whose own save fails loses nothing (it removes the file after saving).
         on_epoch_end: called as ``on_epoch_end(epoch, stats)`` after each epoch (after the
             resume file is written); raising from it interrupts training.
-        desc / position: tqdm label and line.
+        desc: the run's name in progress and messages.
 
     Raises:
         TrainingError: the loss became NaN or infinite (the resume file of the last good
             position is kept; nothing is saved from the diverged run).
-        TrainingInterrupted: Ctrl-C (a KeyboardInterrupt).
+        TrainingInterrupted: Ctrl-C (a KeyboardInterrupt), or the reporter was cancelled.
     """
     t0 = time.time()
+    run = _start_run(data, cfg, num_classes, indices, device, state_path, desc)
+    run.checkpoint_every, run.checkpoint_seconds = checkpoint_every, checkpoint_seconds
+    start, position = _resume(run)
+    reporter = as_progress(progress)
+    if run.ctx is not None and not run.ctx.is_main:
+        reporter = SILENT  # one bar, the first process's
+    with reporter.task(desc, total=cfg.epochs, unit="epoch", done=start) as task:
+        _train_epochs(run, start, position, task, reporter.cancelled, on_epoch_end)
+    _finish_run(run, keep_state)
+    return TrainResult(run.model, cfg, run.class_weights, run.history, time.time() - t0,
+                       str(run.device), start)
+
+
+def _start_run(data: Any, cfg: TrainConfig, num_classes: int,
+               indices: Optional[Sequence[int]], device: str | torch.device,
+               state_path: Optional[Path], desc: str) -> _Run:
+    """The device, the seeded network, the training windows on the device, the optimiser and
+    the generator of a run (in this order: the seed decides the initial weights)."""
     dev = select_device(device)
     # Under torchrun (WORLD_SIZE > 1): data-parallel over the processes (distributed.py).
     ctx = init_from_env(str(device))
@@ -250,91 +307,87 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
     if len(d) == 0:
         raise ConfigError("no training windows", hint="the cohort needs labelled mentions")
     weights = class_weights_from_labels(d.labels.cpu().numpy(), num_classes)
-    w_t = torch.tensor(weights, dtype=torch.float32, device=dev)
     if dev.type == "cuda":
         model = model.to(dev, memory_format=torch.channels_last)
     else:
         model = model.to(dev)
     net = ctx.wrap(model) if ctx is not None else model  # DDP: gradients averaged
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    history: list[dict[str, float]] = []
-    start = 0
-    skip_batches = 0  # batches of the first epoch already done (a mid-epoch resume)
-    partial = {"loss": 0.0, "correct": 0, "seen": 0}
-    signature = {"config": cfg.signature(), "data": data_signature(d),
-                 "num_classes": num_classes}
-    if state_path is not None and Path(state_path).is_file():
-        state = _read_state(Path(state_path))
-        if state is not None and state.get("signature") == signature:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if dev.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"])
-            history = list(state.get("history", []))
-            start = int(state["epoch"])
-            if int(state.get("batch", 0)) > 0:
-                # Replay the epoch's draws from its start, then skip the batches already done.
-                gen.set_state(state["epoch_generator"])
-                skip_batches = int(state["batch"])
-                partial = dict(state["partial"])
-            log.info("resuming %s from epoch %d (%s)", desc, start, state_path)
-        elif state is not None:
-            log.warning("%s: resume file is from a different run; starting over", state_path)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    return _Run(cfg, model, net, opt, d, weights,
+                torch.tensor(weights, dtype=torch.float32, device=dev),
+                torch.Generator().manual_seed(cfg.seed + 1), dev, ctx, state_path, desc,
+                {"config": cfg.signature(), "data": data_signature(d),
+                 "num_classes": num_classes})
 
-    n_frames = d.images.shape[1]
-    bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=desc,
-               unit="epoch", disable=not progress or (ctx is not None and not ctx.is_main),
-               position=position, leave=position == 0,
-               dynamic_ncols=True)
+
+def _resume(run: _Run) -> tuple[int, _Position]:
+    """Load the run's resume file when it matches: (epochs done, position in the next)."""
+    if run.state_path is None or not Path(run.state_path).is_file():
+        return 0, _Position()
+    state = _read_state(Path(run.state_path))
+    if state is None:
+        return 0, _Position()
+    if state.get("signature") != run.signature:
+        log.warning("%s: resume file is from a different run; starting over", run.state_path)
+        return 0, _Position()
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if run.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    run.history = list(state.get("history", []))
+    position = _Position()
+    if int(state.get("batch", 0)) > 0:
+        # Replay the epoch's draws from its start, then skip the batches already done.
+        run.gen.set_state(state["epoch_generator"])
+        position = _Position(int(state["batch"]), None, dict(state["partial"]))
+    log.info("resuming %s from epoch %d (%s)", run.desc, int(state["epoch"]), run.state_path)
+    return int(state["epoch"]), position
+
+
+def _train_epochs(run: _Run, start: int, position: _Position, task: ProgressTask,
+                  cancelled: Callable[[], bool],
+                  on_epoch_end: Optional[Callable[[int, dict[str, float]], None]]) -> None:
+    """Epochs ``start`` .. ``cfg.epochs`` (the first from ``position``), saving the resume
+    file on schedule."""
+    epochs = run.cfg.epochs
     last_save = time.time()
+    with _deferred_interrupt() as interrupt:
 
-    def save_state(epoch_done: int, batch: int = 0, epoch_gen: Optional[torch.Tensor] = None,
-                   acc: Optional[dict] = None) -> bool:
-        if ctx is not None and not ctx.is_main:
-            return True  # one resume file, written by the first process
-        try:
-            _write_state(Path(state_path), model, opt, gen, epoch_done, history, signature,
-                         dev, batch=batch, epoch_generator=epoch_gen, partial=acc)
-            return True
-        except OutputError as exc:  # a full or failing disk must not end a long run
-            log.warning("cannot save the resume state (%s); training goes on and the previous "
-                        "resume file is kept", exc)
-            return False
+        def stop() -> bool:
+            return interrupt.is_set() or cancelled()
 
-    with _deferred_interrupt() as stop:
-        for epoch in bar:
-            stats = _run_epoch(epoch, net, opt, d, cfg, gen, w_t, dev, n_frames, stop,
-                               skip_batches, partial, save_state, state_path, desc, ctx)
-            skip_batches, partial = 0, {"loss": 0.0, "correct": 0, "seen": 0}
-            history.append(stats)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['train_accuracy']:.2f}",
-                            speed=f"{stats['seen'] / max(stats['seconds'], 1e-9):.1f} win/s")
+        for epoch in range(start, epochs):
+            stats = _run_epoch(run, epoch, position, stop)
+            position = _Position()
+            run.history.append(stats)
+            task.advance(loss=f"{stats['loss']:.4f}", acc=f"{stats['train_accuracy']:.2f}",
+                         speed=f"{stats['seen'] / max(stats['seconds'], 1e-9):.1f} win/s")
             del stats["seen"]
-            if state_path is not None and epoch + 1 < cfg.epochs and (
-                    (checkpoint_every and (epoch + 1) % checkpoint_every == 0)
-                    or time.time() - last_save >= checkpoint_seconds):
-                save_state(epoch + 1)
+            if run.state_path is not None and epoch + 1 < epochs and (
+                    (run.checkpoint_every and (epoch + 1) % run.checkpoint_every == 0)
+                    or time.time() - last_save >= run.checkpoint_seconds):
+                run.save_state(epoch + 1)
                 last_save = time.time()
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, stats)
-    bar.close()
-    bad = [k for k, v in model.state_dict().items()
+
+
+def _finish_run(run: _Run, keep_state: bool) -> None:
+    """Refuse diverged weights, recompute BatchNorm statistics, settle the resume file."""
+    bad = [k for k, v in run.model.state_dict().items()
            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise TrainingError(f"training diverged: weights {bad[0]} hold NaN or infinite values",
-                            state_path, "lower --lr; the last good resume state is kept")
-    recalibrate_batchnorm(model, d, cfg.batch_size, dev)
-    if state_path is not None:
+                            run.state_path, "lower --lr; the last good resume state is kept")
+    recalibrate_batchnorm(run.model, run.data, run.cfg.batch_size, run.device)
+    if run.state_path is not None:
         if keep_state:
-            save_state(cfg.epochs)
+            run.save_state(run.cfg.epochs)
         else:
-            Path(state_path).unlink(missing_ok=True)
-    model.eval()
-    return TrainResult(model, cfg, weights, history, time.time() - t0, str(dev), start)
+            Path(run.state_path).unlink(missing_ok=True)
+    run.model.eval()
 
 
 def recalibrate_batchnorm(model: torch.nn.Module, d: DeviceData, batch_size: int,
@@ -366,81 +419,106 @@ def recalibrate_batchnorm(model: torch.nn.Module, d: DeviceData, batch_size: int
             m.momentum = mom
 
 
-def _run_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer, d: DeviceData,
-               cfg: TrainConfig, gen: torch.Generator, w_t: torch.Tensor, dev: torch.device,
-               n_frames: int, stop: threading.Event, skip_batches: int, partial: dict,
-               save_state: Callable[..., bool], state_path: Optional[Path], desc: str,
-               ctx: Any = None) -> dict[str, float]:
-    """One epoch of training; returns its stats (with ``seen``).
-
-    Raises TrainingInterrupted after a batch when ``stop`` is set (saving the position first)
-    and TrainingError on a non-finite loss (before the optimiser step, so the weights stay
-    those of the last good batch).
-    """
-    t_ep = time.time()
-    epoch_gen = gen.get_state()
-    model.train()
-    order = torch.randperm(len(d), generator=gen)
-    image_of = torch.arange(len(d))
-    spec = cfg.spec
-    if spec.random_pairs:
-        image_of = same_class_partners(d.labels, gen)
+def _epoch_plan(run: _Run) -> tuple[list[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
+    """An epoch's draws from the run's generator: its batches of window indices, the image
+    each window is paired with (random pairs) and the frames each window keeps (reduced
+    input)."""
+    d, spec = run.data, run.cfg.spec
+    order = torch.randperm(len(d), generator=run.gen)
+    image_of = same_class_partners(d.labels, run.gen) if spec.random_pairs else \
+        torch.arange(len(d))
     frame_sel = None
     if spec.frames_used:
-        frame_sel = random_frame_choice(len(d), n_frames, spec.frames_used, gen)
-    total_loss, correct, seen = partial["loss"], partial["correct"], partial["seen"]
-    for k, b in enumerate(_batches(order, cfg.batch_size)):
-        if k < skip_batches:
+        frame_sel = random_frame_choice(len(d), d.images.shape[1], spec.frames_used, run.gen)
+    return _batches(order, run.cfg.batch_size), image_of, frame_sel
+
+
+def _batch_inputs(run: _Run, b: torch.Tensor, image_of: torch.Tensor,
+                  frame_sel: Optional[torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images in [0, 1], voices, labels) of the windows ``b`` on the device."""
+    d, dev = run.data, run.device
+    ib = image_of[b]
+    img = d.images[ib.to(dev)]
+    if frame_sel is not None:
+        sel = frame_sel[ib].to(dev)
+        img = torch.gather(img, 1, sel[:, :, None, None].expand(-1, -1, *img.shape[2:]))
+    img = img.float().div_(255.0)
+    if dev.type == "cuda":
+        img = img.contiguous(memory_format=torch.channels_last)
+    bd = b.to(dev)
+    return img, d.voices[bd], d.labels[bd]
+
+
+def _run_epoch(run: _Run, epoch: int, position: _Position,
+               stop: Callable[[], bool]) -> dict[str, float]:
+    """One epoch of training from ``position``; returns its stats (with ``seen``).
+
+    Raises TrainingInterrupted after a batch when ``stop()`` is True (saving the position
+    first) and TrainingError on a non-finite loss (before the optimiser step, so the weights
+    stay those of the last good batch).
+    """
+    t_ep = time.time()
+    epoch_gen = run.gen.get_state()
+    run.net.train()
+    batches, image_of, frame_sel = _epoch_plan(run)
+    ctx = run.ctx
+    sums = dict(position.partial)
+    for k, b in enumerate(batches):
+        if k < position.batch:
             continue
         n_batch = len(b)
         if ctx is not None:
             b = ctx.shard(b)  # this process's share of the global batch
-        ib = image_of[b]
-        img = d.images[ib.to(dev)]
-        if frame_sel is not None:
-            sel = frame_sel[ib].to(dev)
-            img = torch.gather(img, 1, sel[:, :, None, None].expand(-1, -1, *img.shape[2:]))
-        img = img.float().div_(255.0)
-        if dev.type == "cuda":
-            img = img.contiguous(memory_format=torch.channels_last)
-        bd = b.to(dev)
-        voice, y = d.voices[bd], d.labels[bd]
-        with _autocast(dev):
-            logits = model(img, voice)
-        loss = weighted_loss(logits, y, w_t)
+        img, voice, y = _batch_inputs(run, b, image_of, frame_sel)
+        with autocast_for(run.device, training=True):
+            logits = run.net(img, voice)
+        loss = weighted_loss(logits, y, run.weight_t)
         loss_value = float(loss.detach())
-        diverged = not math.isfinite(loss_value)
-        if ctx is not None:  # every process stops together (see DistContext.any)
-            diverged = ctx.any(diverged)
-        if diverged:
-            kept = f"; the last good resume state is kept in {state_path}" \
-                if state_path is not None and Path(state_path).is_file() else ""
-            what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
-                "the loss became NaN or infinite in another process"
-            raise TrainingError(
-                f"{desc}: {what} at epoch {epoch + 1}, batch {k + 1}; "
-                f"training stopped{kept}", None,
-                "lower --lr, or check the inputs for corrupt audio or frames")
+        _check_finite(run, loss_value, epoch, k)
         if ctx is not None:
             loss = loss * ctx.loss_scale(len(b), n_batch)  # DDP's mean = global batch loss
-        opt.zero_grad(set_to_none=True)
+        run.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        total_loss += loss_value * len(b)
-        correct += int((logits.detach().argmax(1) == y).sum())
-        seen += len(b)
-        if stop.is_set():
-            saved = state_path is not None and save_state(
-                epoch, k + 1, epoch_gen, {"loss": total_loss, "correct": correct,
-                                          "seen": seen})
-            where = f"progress saved in {state_path}; run the same command again to " \
-                    "resume" if saved else "no progress saved"
-            raise TrainingInterrupted(f"{desc} stopped at epoch {epoch + 1}, batch {k + 1}: "
-                                      f"{where}", state_path if saved else None, epoch)
+        run.opt.step()
+        sums["loss"] += loss_value * len(b)
+        sums["correct"] += int((logits.detach().argmax(1) == y).sum())
+        sums["seen"] += len(b)
+        if stop():
+            _interrupt(run, epoch, _Position(k + 1, epoch_gen, dict(sums)))
+    total_loss, correct, seen = sums["loss"], sums["correct"], sums["seen"]
     if ctx is not None:
         total_loss, correct, seen = ctx.sum([total_loss, correct, seen])
     return {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
             "seconds": time.time() - t_ep, "seen": seen}
+
+
+def _check_finite(run: _Run, loss_value: float, epoch: int, batch: int) -> None:
+    """TrainingError when the loss of batch ``batch`` (0-based) is not finite (in any process
+    under torchrun: every process stops together, see DistContext.any)."""
+    diverged = not math.isfinite(loss_value)
+    if run.ctx is not None:
+        diverged = run.ctx.any(diverged)
+    if not diverged:
+        return
+    state = run.state_path
+    kept = f"; the last good resume state is kept in {state}" \
+        if state is not None and Path(state).is_file() else ""
+    what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else \
+        "the loss became NaN or infinite in another process"
+    raise TrainingError(f"{run.desc}: {what} at epoch {epoch + 1}, batch {batch + 1}; "
+                        f"training stopped{kept}", None,
+                        "lower --lr, or check the inputs for corrupt audio or frames")
+
+
+def _interrupt(run: _Run, epoch: int, position: _Position) -> None:
+    """Save the exact position and raise :class:`TrainingInterrupted`."""
+    saved = run.state_path is not None and run.save_state(epoch, position)
+    where = f"progress saved in {run.state_path}; run the same command again to resume" \
+        if saved else "no progress saved"
+    raise TrainingInterrupted(f"{run.desc} stopped at epoch {epoch + 1}, batch "
+                              f"{position.batch}: {where}",
+                              run.state_path if saved else None, epoch)
 
 
 def _check_voice_settings(model: torch.nn.Module, data: Any) -> None:
@@ -453,19 +531,17 @@ def _check_voice_settings(model: torch.nn.Module, data: Any) -> None:
                           hint="re-run 'pretrain-voice' with the same spectrogram settings")
 
 
-def _write_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                 gen: torch.Generator, epoch: int, history: list, signature: dict,
-                 dev: torch.device, batch: int = 0, epoch_generator: Optional[torch.Tensor] = None,
-                 partial: Optional[dict] = None) -> None:
-    """Write the resume file atomically (epoch = completed epochs; ``batch`` > 0 marks a
-    position inside the next epoch, replayed from ``epoch_generator``)."""
+def _write_state(path: Path, run: _Run, epoch: int, position: _Position) -> None:
+    """Write the resume file atomically (epoch = completed epochs; ``position.batch`` > 0
+    marks a point inside the next epoch, replayed from ``position.epoch_generator``)."""
     state = {"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, "epoch": epoch,
-             "batch": batch, "epoch_generator": epoch_generator, "partial": partial,
-             "signature": signature, "history": history,
-             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "optimizer": _to_cpu(opt.state_dict()), "generator": gen.get_state(),
+             "batch": position.batch, "epoch_generator": position.epoch_generator,
+             "partial": position.partial if position.batch else None,
+             "signature": run.signature, "history": run.history,
+             "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+             "optimizer": _to_cpu(run.opt.state_dict()), "generator": run.gen.get_state(),
              "torch_rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state() if dev.type == "cuda" else None}
+             "cuda_rng": torch.cuda.get_rng_state() if run.device.type == "cuda" else None}
     torch_save_atomic(path, state)
 
 
@@ -502,7 +578,7 @@ def _forward_batches(model: torch.nn.Module, d: DeviceData, batch_size: int,
             img = d.images[i:i + batch_size].float().div_(255.0)
             if dev.type == "cuda":
                 img = img.contiguous(memory_format=torch.channels_last)
-            with _autocast(dev):
+            with autocast_for(dev, training=True):  # the precision training ran in
                 yield model(img, d.voices[i:i + batch_size])
 
 

@@ -15,18 +15,16 @@ agree to ~1e-6.  On GPUs cuDNN autotuning makes any two runs differ slightly.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
 import tempfile
 import types
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from ..core.pool import process_cores, run_tasks, spawn_context, spawn_pool, threads_per_worker
+from ..core.progress import ProgressLike, as_progress
 from ..nn.devices import select_device
 from .folds import run_fold
 
@@ -42,23 +40,15 @@ def worker_plan(device: str, workers: Optional[int]) -> tuple[list[str], int]:
     processes on the one device, each with ``cores // workers`` torch threads (at least 1).
     """
     dev = select_device(device)
-    cores = _cores()
     if dev.type == "cuda":
         n_gpu = torch.cuda.device_count()
         if n_gpu > 1:
             n = min(workers or n_gpu, n_gpu)
-            return [f"cuda:{i}" for i in range(n)], max(1, cores // n)
+            return [f"cuda:{i}" for i in range(n)], threads_per_worker(n)
         n = max(1, workers or 1)
-        return [str(dev)] * n, max(1, cores // n)
-    n = max(1, workers or cores)
-    return [str(dev)] * n, max(1, cores // n)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
+        return [str(dev)] * n, threads_per_worker(n)
+    n = max(1, workers or process_cores())
+    return [str(dev)] * n, threads_per_worker(n)
 
 
 def _share(ws: Any, folder: Path) -> dict[str, Any]:
@@ -95,7 +85,7 @@ def run_folds(ws: Any, folds: Sequence[Any], cfg: Any, device: str = "auto",
               workers: Optional[int] = None,
               state_paths: Optional[dict[str, Path]] = None,
               on_result: Optional[Callable[[Any], None]] = None,
-              progress: bool = True) -> list[Any]:
+              progress: ProgressLike = True) -> list[Any]:
     """Run :func:`.folds.run_fold` for every fold in worker processes.
 
     Args:
@@ -107,6 +97,7 @@ def run_folds(ws: Any, folds: Sequence[Any], cfg: Any, device: str = "auto",
         state_paths: per held-out patient, its resume file.
         on_result: called in this process with each FoldResult as soon as it is done (e.g. to
             cache it), in completion order.
+        progress: reporter of the folds done (see :mod:`..core.progress`).
 
     Returns:
         The FoldResults in the order of ``folds``.
@@ -116,41 +107,22 @@ def run_folds(ws: Any, folds: Sequence[Any], cfg: Any, device: str = "auto",
     devices, threads = worker_plan(device, workers)
     n = min(len(devices), len(folds))
     devices = devices[:n]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
+    queue = spawn_context().Queue()
     for d in devices:
         queue.put(d)
     log.info("running %d folds in %d processes (%s, %d torch threads each)", len(folds), n,
              ", ".join(sorted(set(devices))), threads)
     state_paths = state_paths or {}
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="eusvl_folds_") as tmp:
-        meta = _share(ws, Path(tmp))
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(meta, queue, threads)) as pool:
-            pending = {pool.submit(_fold_task, f, cfg,
-                                   str(state_paths[f.patient]) if f.patient in state_paths
-                                   else None): f for f in folds}
-            bar = tqdm(total=len(folds), desc=f"LOPO {cfg.variant} x{n}", unit="fold",
-                       disable=not progress, dynamic_ncols=True)
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        fold = pending.pop(fut)
-                        res = fut.result()  # re-raises a worker's error here
-                        results[fold.patient] = res
-                        if on_result is not None:
-                            on_result(res)
-                        bar.update(1)
-                        bar.set_postfix(patient=fold.patient)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
-            finally:
-                bar.close()
-    return [results[f.patient] for f in folds]
+    tasks = [(f, cfg, str(state_paths[f.patient]) if f.patient in state_paths else None)
+             for f in folds]
+    with tempfile.TemporaryDirectory(prefix="eusvl_folds_") as tmp, \
+            as_progress(progress).task(f"LOPO {cfg.variant} x{n}", total=len(folds),
+                                       unit="fold") as task:
 
+        def fold_done(i: int, res: Any) -> None:
+            if on_result is not None:
+                on_result(res)
+            task.advance(patient=folds[i].patient)
 
-__all__ = ["run_folds", "worker_plan"]
+        with spawn_pool(n, _init_worker, (_share(ws, Path(tmp)), queue, threads)) as pool:
+            return run_tasks(pool, _fold_task, tasks, on_result=fold_done)

@@ -18,9 +18,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from ..core.errors import ConfigError
+from ..core.progress import ProgressLike, as_progress
 from ..data.audio import SAMPLE_RATE, SpectrogramSettings, spectrogram_batch
 from ..nn.devices import seed_everything, select_device
 from ..nn.keyword import KeywordFeatures, KeywordNet, save_keyword_checkpoint
@@ -41,7 +41,7 @@ COMMAND_WORDS: tuple[str, ...] = (
 # --------------------------------------------------------------------------- data
 def make_word_clips(words: Sequence[str] = COMMAND_WORDS, speakers: Optional[Sequence[str]] = None,
                     repeats: int = 6, seed: int = 0, settings: Any = None,
-                    progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    progress: ProgressLike = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spoken one-second words from the synthetic speakers, as resized 32 x 32 inputs.
 
     Every (speaker, word) pair is rendered ``repeats`` times with a random onset, gain, speaking
@@ -60,32 +60,39 @@ def make_word_clips(words: Sequence[str] = COMMAND_WORDS, speakers: Optional[Seq
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     ss: list[np.ndarray] = []
-    for si, spk in enumerate(tqdm(chosen, desc="speaking words", unit="speaker",
-                                  disable=not progress)):
-        for _ in range(repeats):
-            speed = rng.uniform(0.92, 1.08, size=len(words))
-            clips = speech.speak_words(list(words), spk, sample_rate=SAMPLE_RATE, rng=rng)
-            waves = np.zeros_like(clips)
-            for i, clip in enumerate(clips):
-                # Speed change by resampling the placed clip (crop / pad back to 1 s).
-                n = len(clip)
-                pos = np.arange(0, n, speed[i])
-                moved = np.interp(pos, np.arange(n), clip).astype(np.float32)[:n]
-                wave = np.zeros(n, np.float32)
-                wave[:len(moved)] = moved
-                wave *= 10 ** (rng.uniform(-12, 6) / 20)
-                if rng.random() < 0.8:
-                    noise, _ = speech.room_noise(n, rng, beeps=rng.random() < 0.3)
-                    wave = speech.mix_at_snr(wave, noise, rng.uniform(5, 30),
-                                             active=np.abs(clip) > 1e-4)
-                waves[i] = wave
-            spec = torch.from_numpy(spectrogram_batch(waves, settings))
-            with torch.no_grad():
-                xs.append(KeywordFeatures.resize(spec).numpy())
-            ys.append(np.arange(len(words)))
-            ss.append(np.full(len(words), si))
+    with as_progress(progress).task("speaking words", total=len(chosen), unit="speaker") as task:
+        for si, spk in enumerate(chosen):
+            for _ in range(repeats):
+                waves = _augmented_clips(words, spk, rng)
+                spec = torch.from_numpy(spectrogram_batch(waves, settings))
+                with torch.no_grad():
+                    xs.append(KeywordFeatures.resize(spec).numpy())
+                ys.append(np.arange(len(words)))
+                ss.append(np.full(len(words), si))
+            task.advance()
     return (np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64),
             np.concatenate(ss).astype(np.int64))
+
+
+def _augmented_clips(words: Sequence[str], spk: Any, rng: np.random.Generator) -> np.ndarray:
+    """One rendering of every word by ``spk``: random onset, speed, gain and room noise."""
+    speed = rng.uniform(0.92, 1.08, size=len(words))
+    clips = speech.speak_words(list(words), spk, sample_rate=SAMPLE_RATE, rng=rng)
+    waves = np.zeros_like(clips)
+    for i, clip in enumerate(clips):
+        # Speed change by resampling the placed clip (crop / pad back to 1 s).
+        n = len(clip)
+        pos = np.arange(0, n, speed[i])
+        moved = np.interp(pos, np.arange(n), clip).astype(np.float32)[:n]
+        wave = np.zeros(n, np.float32)
+        wave[:len(moved)] = moved
+        wave *= 10 ** (rng.uniform(-12, 6) / 20)
+        if rng.random() < 0.8:
+            noise, _ = speech.room_noise(n, rng, beeps=rng.random() < 0.3)
+            wave = speech.mix_at_snr(wave, noise, rng.uniform(5, 30),
+                                     active=np.abs(clip) > 1e-4)
+        waves[i] = wave
+    return waves
 
 
 # --------------------------------------------------------------------------- training
@@ -93,7 +100,7 @@ def pretrain_keyword_model(out: Path, words: Sequence[str] = COMMAND_WORDS,
                            speakers: Optional[Sequence[str]] = None, repeats: int = 6,
                            epochs: int = 15, lr: float = 1e-3, batch_size: int = 64,
                            seed: int = 0, device: str = "auto", settings: Any = None,
-                           progress: bool = True) -> dict[str, Any]:
+                           progress: ProgressLike = True) -> dict[str, Any]:
     """Pretrain the keyword network on synthetic spoken words and save it to ``out``.
 
     One speaker (the last one) is held out to report how well the network recognises words
@@ -103,6 +110,7 @@ def pretrain_keyword_model(out: Path, words: Sequence[str] = COMMAND_WORDS,
         The checkpoint's ``info`` dict (accuracies, sizes, wall time, settings).
     """
     t0 = time.time()
+    progress = as_progress(progress)
     settings = settings or SpectrogramSettings()
     dev = select_device(device)
     seed_everything(seed, dev)
@@ -120,22 +128,22 @@ def pretrain_keyword_model(out: Path, words: Sequence[str] = COMMAND_WORDS,
     tr_idx = torch.from_numpy(np.nonzero(tr)[0])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(epochs), desc="pretrain-voice", unit="epoch", disable=not progress)
     loss_v = float("nan")
-    for _ in bar:
-        model.train()
-        perm = tr_idx[torch.randperm(len(tr_idx), generator=g)]
-        total, seen = 0.0, 0
-        for i in range(0, len(perm), batch_size):
-            b = perm[i:i + batch_size].to(dev)
-            loss = F.cross_entropy(model.forward_small(xt[b]), yt[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-            seen += len(b)
-        loss_v = total / max(1, seen)
-        bar.set_postfix(loss=f"{loss_v:.3f}")
+    with progress.task("pretrain-voice", total=epochs, unit="epoch") as task:
+        for _ in range(epochs):
+            model.train()
+            perm = tr_idx[torch.randperm(len(tr_idx), generator=g)]
+            total, seen = 0.0, 0
+            for i in range(0, len(perm), batch_size):
+                b = perm[i:i + batch_size].to(dev)
+                loss = F.cross_entropy(model.forward_small(xt[b]), yt[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(b)
+                seen += len(b)
+            loss_v = total / max(1, seen)
+            task.advance(loss=f"{loss_v:.3f}")
     model.eval()
 
     def accuracy(mask: np.ndarray) -> Optional[float]:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from EUSVoiceLabelLib import bench
+from EUSVoiceLabelLib.core.pool import process_cores
 from EUSVoiceLabelLib.nn.explain import grad_cam
 from EUSVoiceLabelLib.nn.fastpath import (bf16_is_fast, fold_batchnorm, optimise_for_inference,
                                           prepare_image)
@@ -192,7 +193,7 @@ def test_update_markdown_replaces_only_its_section(tmp_path):
 def test_bench_quick_runs_under_two_minutes_and_passes(tmp_path):
     """The CI speed check: exit 0 means no optimised path is slower than its baseline."""
     out, md = tmp_path / "quick.json", tmp_path / "bench.md"
-    env = dict(os.environ, OMP_NUM_THREADS=str(bench.cpu_count()))
+    env = dict(os.environ, OMP_NUM_THREADS=str(process_cores()))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "EUSVoiceLabelLib", "bench", "--quick",
                            "--device", "cpu", "--quiet", "--out", str(out), "--markdown",

@@ -20,6 +20,7 @@ from scipy.io import wavfile
 from scipy.signal import resample_poly
 
 from EUSVoiceLabelLib.core.errors import EUSVoiceLabelError
+from EUSVoiceLabelLib.core.progress import CallbackProgress
 from EUSVoiceLabelLib.data.mentions import Mention
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.speech.calibrate import calibrate_candidates
@@ -313,7 +314,8 @@ def test_progress_callback_and_cancel(speech, workers):
         return True
 
     with pytest.raises(DetectionCancelled):
-        detect_mentions(long, RATE, LABELS, workers=workers, should_stop=stop)
+        detect_mentions(long, RATE, LABELS, workers=workers,
+                        progress=CallbackProgress(should_stop=stop))
     assert len(asked) == 1  # stopped after the first piece
 
 

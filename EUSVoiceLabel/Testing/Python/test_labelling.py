@@ -18,6 +18,7 @@ from test_procedure import tree_hash
 from torch import nn
 
 from EUSVoiceLabelLib.cli import main as cli
+from EUSVoiceLabelLib.core.progress import CallbackProgress
 from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.labelling.folder import label_to_folder
 from EUSVoiceLabelLib.labelling.output import LabelOutputWriter, write_label_outputs
@@ -187,7 +188,8 @@ def test_labelling_api_progress_and_cancel(tiny_model, procedure):
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert all(w.cam is not None and w.cam.shape == (64, 96) for w in result.windows)
     calls = iter([False, True])
-    stopped = label_procedure(proc, model, should_stop=lambda: next(calls))
+    stopped = label_procedure(proc, model,
+                              progress=CallbackProgress(should_stop=lambda: next(calls)))
     assert stopped.cancelled and len(stopped.windows) == 1
     plain = label_procedure(proc, model, with_cam=False)
     np.testing.assert_allclose(plain.windows[0].probabilities, result.windows[0].probabilities,

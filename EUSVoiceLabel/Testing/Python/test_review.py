@@ -21,7 +21,7 @@ from EUSVoiceLabelLib.slicer.review import (ACCEPTED, CORRECTED, MENTION_COLUMNS
                                             mentions_to_rows)
 from EUSVoiceLabelLib.slicer.support import (CallbackFrameSource, apply_problems, cine_ijk_to_ras,
                                              crop_ijk_to_ras, master_item_at, overlay_timeline,
-                                             parse_image_size, parse_progress, path_or_none,
+                                             parse_image_size, path_or_none,
                                              procedure_from_files, procedure_from_frames,
                                              recording_kind, sequence_times, split_log_lines,
                                              to_grey_uint8, train_arguments)
@@ -290,14 +290,7 @@ def test_train_arguments_are_accepted_by_the_real_command_line(tmp_path):
         assert ns.epochs == 2 and ns.device == "cpu"
 
 
-def test_parse_progress_reads_the_last_tqdm_state():
-    text = ("windows: 100%|##########| 6/6 [00:01<00:00]\r"
-            "epoch:  10%|#         | 1/10 [00:02<00:18, loss=1.2]\r"
-            "epoch:  40%|####      | 4/10 [00:08<00:12, loss=0.9]")
-    p = parse_progress(text)
-    assert (p.done, p.total, p.description) == (4, 10, "epoch")
-    assert p.fraction == pytest.approx(0.4)
-    assert parse_progress("loading cohort...") is None
+def test_split_log_lines_ends_lines_at_cr_and_lf():
     lines, rest = split_log_lines("a\rb\nc\r\nd")
     assert lines == ["a", "b", "c"] and rest == "d"
 
