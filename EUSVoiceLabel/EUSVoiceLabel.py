@@ -721,7 +721,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         """Load a recording into a volume sequence with a sequence browser.
 
         Args:
-            recordingPath: a procedure folder (SPEC layout: its audio, offset, crop and
+            recordingPath: a procedure folder (docs/contracts.md: its audio, offset, crop and
                 mentions are used), a video file, a folder of numbered frames or a .seq.nrrd.
             audioPath, audioOffsetS: the audio file and its offset (audio time = video time +
                 offset) when not taken from the procedure folder / the video's own track.

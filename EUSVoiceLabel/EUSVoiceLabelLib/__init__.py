@@ -1,6 +1,6 @@
 """EUSVoiceLabel library: voice-assisted labelling of endoscopic ultrasound video.
 
-Everything here runs without 3D Slicer.  The public API (SPEC §3):
+Everything here runs without 3D Slicer.  The public API (README "Python API"):
 
 - :func:`load_procedure` reads a procedure folder (video or frames, audio, mentions).
 - :func:`spectrogram` turns one second of speech into the paper's 1024 x 66 spectrogram.

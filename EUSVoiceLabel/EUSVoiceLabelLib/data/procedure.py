@@ -1,4 +1,4 @@
-"""Procedures and cohorts: the SPEC §3 folder layout loaded into one object.
+"""Procedures and cohorts: the folder layout of docs/contracts.md loaded into one object.
 
 A procedure folder holds the EUS recording (``video.*``, ``frames/`` or ``frames.seq.nrrd``),
 optionally a separate audio file (``audio.*``), ``mentions.csv`` and ``procedure.json``
@@ -355,7 +355,7 @@ class Procedure:
 def load_procedure(path: os.PathLike | str, labelset: Optional[LabelSet] = None,
                    mentions: Optional[os.PathLike | str | Sequence[Mention]] = None,
                    crop: Optional[Sequence[int]] = None) -> Procedure:
-    """Open a procedure folder (SPEC §3 layout) without decoding its video.
+    """Open a procedure folder (docs/contracts.md layout) without decoding its video.
 
     Args:
         path: the procedure folder.

@@ -1,6 +1,6 @@
 """The outputs of a labelling run, streamed window by window into the output folder:
 ``labels.csv``, ``frame_labels.csv``, the frame, heat-map and landmark sequences, the colour
-table, the markups points, ``run.json`` and the scene file (SPEC §3)."""
+table, the markups points, ``run.json`` and the scene file (docs/contracts.md)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def frame_labels_csv(result: LabelResult) -> str:
 
 
 class LabelOutputWriter:
-    """Streams a labelling run to ``out_dir`` (SPEC §3 files), one window at a time.
+    """Streams a labelling run to ``out_dir`` (the files of docs/contracts.md), one window
+    at a time.
 
     Create it with the windows' mentions, pass :meth:`add` as ``on_window`` to
     :func:`label_procedure`, then call :meth:`finish`.  Every file is written through a

@@ -3,8 +3,8 @@
 Every model takes ``image`` (B, frames, H, W) float in [0, 1] and ``voice`` (B, 1024, 66) float
 and returns logits (B, K).  Build one with :func:`build_model`.
 
-Architecture (SPEC §1; where the paper is silent the choice made here is marked *ours*)
------------------------------------------------------------------------------------------
+Architecture (the paper's; where it is silent the choice made here is marked *ours*)
+-----------------------------------------------------------------------------------
 
 Voice branch (input 1024 x 66: frequency bins are the Conv1d input channels, time is the axis):
 six Conv1d (kernel 3, padding 1) each followed by BatchNorm1d and ReLU, MaxPool1d(3, stride 2)
@@ -30,7 +30,7 @@ grid), then Conv2d(T' -> K, kernel 3, padding 1) and global average pooling give
 97 % training accuracy, the mean 0.29 and 60 %: the small values of C/R make the head learn
 slowly at the paper's learning rate).
 
-Variants (SPEC §3, the paper's Table II/III):
+Variants (the paper's Table II/III; the rows of :data:`..core.variants.VARIANT_SPECS`):
 
 - ``proposed``: the above.
 - ``image_only``: image branch -> Conv2d(R -> K) -> GAP (no product; "skipping the
@@ -44,7 +44,7 @@ Variants (SPEC §3, the paper's Table II/III):
   The backbone's first convolution takes 3 channels, so 3 of the frames are fed (*ours*: frames
   evenly spaced over the window: first, middle, last), normalised with the ImageNet mean/std.
 - ``image_only_vgg16`` / ``image_only_resnet50``: the same image branches alone (Table III rows
-  5-6; not in the SPEC's variant list but needed to reproduce the whole table).
+  5-6).
 - ``voice_pretrained``: voice-only with the keyword network of :mod:`.keyword` (frozen) up
   to its first Dropout, then Conv2d(64 -> R, kernel 3) "after the Dropout layer", averaged over
   the frequency axis (*ours*) to give P (R, T'), then the voice-only head.

@@ -1,4 +1,5 @@
-"""Files that 3D Slicer opens natively, written without Slicer (SPEC §4).
+"""Files that 3D Slicer opens natively, written without Slicer (their layout:
+docs/contracts.md, "Outputs").
 
 - Volume sequences (``.seq.nrrd``, Slicer 5.10+ layout): 4-D, ``kinds: domain domain domain
   list``, sizes ``W H 1 N``, time index values in seconds on the last axis, LPS space.  Small

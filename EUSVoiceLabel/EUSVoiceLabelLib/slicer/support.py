@@ -5,7 +5,7 @@ can be decided without Slicer lives here:
 
 - **inputs**: :func:`path_or_none` (a parameter-node path that is really set),
   :func:`recording_kind`, :func:`procedure_from_files` (a video / frames folder / ``.seq.nrrd``
-  + audio file + offset, or a SPEC procedure folder) and :func:`procedure_from_frames` (frames
+  + audio file + offset, or a procedure folder (docs/contracts.md)) and :func:`procedure_from_frames` (frames
   that already live in a Slicer sequence, read lazily through a callback),
   :func:`sequence_times` (times of a sequence's index values), :func:`apply_problems` (why
   Apply is not possible yet).
@@ -72,7 +72,8 @@ def path_or_none(value: object) -> Optional[Path]:
 
 
 def recording_kind(path: os.PathLike | str) -> str:
-    """What a recording path is: ``"procedure"`` (a SPEC procedure folder), ``"frames"`` (a
+    """What a recording path is: ``"procedure"`` (a procedure folder,
+    docs/contracts.md), ``"frames"`` (a
     folder of numbered images), ``"sequence"`` (``.seq.nrrd``) or ``"video"``.
 
     Raises:
@@ -119,7 +120,7 @@ def procedure_from_files(recording: os.PathLike | str, audio: Optional[os.PathLi
     """Open a recording the way the module's "Load procedure" does.
 
     Args:
-        recording: a SPEC procedure folder (its audio, offset, crop and mentions are used unless
+        recording: a procedure folder (docs/contracts.md: its audio, offset, crop and mentions are used unless
             given here), a video file, a folder of numbered frames or a ``.seq.nrrd``.
         audio: audio file; default: the procedure folder's ``audio.*`` or the video's own track.
         audio_offset_s: audio time = video time + offset (default: the folder's

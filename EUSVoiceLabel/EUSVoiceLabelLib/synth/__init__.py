@@ -1,6 +1,6 @@
 """Synthetic EUS video + spoken commentary cohorts (``eusvoicelabel synth``).
 
-- :func:`synth_cohort` writes a cohort in the SPEC layout (video, audio, mentions, procedure
+- :func:`synth_cohort` writes a cohort in the layout of docs/contracts.md (video, audio, mentions, procedure
   settings and a ``truth.json`` per patient that the pipeline never reads).
 - :func:`count_plan` gives the per-patient, per-label mention counts (``"paper"`` = Table I).
 - :func:`speak`, :func:`speak_words`, :func:`speak_phrase`, :func:`list_speakers`: the

@@ -1,5 +1,5 @@
 """Write a synthetic cohort: per patient video.mp4, audio.wav, mentions.csv, procedure.json,
-truth.json (SPEC §3 cohort layout).
+truth.json (the cohort layout of docs/contracts.md).
 
 Timeline of one procedure: a lead-in view with no landmark named, then one view per mention.
 Each view starts with the probe settling (a fast decaying sweep), may carry a distractor

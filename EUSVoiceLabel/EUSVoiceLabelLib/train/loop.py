@@ -1,6 +1,6 @@
 """Training the network: weighted loss, Adam, the resumable training loop, inference.
 
-The paper's recipe (SPEC §1): class-weighted categorical cross-entropy with weights
+The paper's recipe: class-weighted categorical cross-entropy with weights
 max_count / count over the training data (loss normalised by the batch size, as in its
 equation 2), Adam, batch 8, epochs and learning rate per variant from Table II
 (:data:`..core.variants.VARIANT_SPECS`).  Everything can be overridden.

@@ -1,4 +1,4 @@
-"""The paper's metrics of pooled held-out predictions (SPEC §1).
+"""The paper's metrics of pooled held-out predictions (``metrics.json``: docs/contracts.md).
 
 - accuracy, and precision, recall and F1 macro-averaged over classes (per-class values
   averaged with equal weight).  As in scikit-learn's ``average="macro"``, the classes averaged

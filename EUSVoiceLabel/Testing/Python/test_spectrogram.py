@@ -1,4 +1,4 @@
-"""The paper's spectrogram (SPEC §1) against an independent scipy reference."""
+"""The paper's spectrogram (data/audio.py; README "Preprocessing choices") against an independent scipy reference."""
 
 import numpy as np
 import pytest
