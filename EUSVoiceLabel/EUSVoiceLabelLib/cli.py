@@ -171,7 +171,7 @@ def _window_set(args: argparse.Namespace, labelset, cfg):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .train.checkpoints import preprocessing_settings, save_checkpoint  # deferred: torch
+    from .train.distributed import init_from_env, shutdown  # deferred: torch
     from .train.loop import train_model
 
     if args.variant == "all":
@@ -179,8 +179,6 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     if args.out.is_dir():
         raise ConfigError("--out must be a checkpoint file, not a folder", args.out)
-    from .train.distributed import init_from_env, shutdown  # deferred: torch
-
     labelset = load_labelset(args.labels, args.cohort)
     # torchrun --nproc_per_node=K -m EUSVoiceLabelLib train ...: data-parallel training.  The
     # first process builds the window cache, the others then read it.
@@ -196,17 +194,26 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train_model(ws, cfg, len(labelset), device=args.device, progress=_progress(args),
                          state_path=state, checkpoint_every=args.checkpoint_every,
                          keep_state=True)
-    extra = {"cohort": str(args.cohort), "patients": ws.patient_ids, "n_windows": len(ws),
-             "label_counts": ws.label_counts(), "wall_time_s": round(result.wall_time_s, 1),
-             "device": result.device,
-             "data_parallel_processes": ctx.world if ctx is not None else 1}
+    world = ctx.world if ctx is not None else 1
     if ctx is not None:
         ctx.barrier()
-        if not ctx.is_main:  # the replicas are identical: the first process saves
-            shutdown()
-            return 0
+    if ctx is None or ctx.is_main:  # the replicas are identical: the first process saves
+        _save_trained(args, ws, cfg, result, state, world)
+    if ctx is not None:
+        shutdown()
+    return 0
+
+
+def _save_trained(args: argparse.Namespace, ws, cfg, result, state: Path, world: int) -> None:
+    """Write the checkpoint of ``train`` (then drop its resume file) and say what was
+    trained."""
+    from .train.checkpoints import preprocessing_settings, save_checkpoint  # deferred: torch
+
+    extra = {"cohort": str(args.cohort), "patients": ws.patient_ids, "n_windows": len(ws),
+             "label_counts": ws.label_counts(), "wall_time_s": round(result.wall_time_s, 1),
+             "device": result.device, "data_parallel_processes": world}
     try:
-        save_checkpoint(args.out, result, labelset, preprocessing_settings(ws, cfg), extra)
+        save_checkpoint(args.out, result, ws.labelset, preprocessing_settings(ws, cfg), extra)
     except OutputError as exc:
         kept = f"the trained weights are kept in {state}; " if state.is_file() else ""
         raise OutputError(exc.message, exc.path,
@@ -217,10 +224,7 @@ def _run_train(args: argparse.Namespace) -> int:
           f"({cfg.epochs} epochs, final loss {last.get('loss', float('nan')):.4f}, train "
           f"accuracy {last.get('train_accuracy', float('nan')):.2f}, "
           f"{result.wall_time_s:.0f} s on {result.device}"
-          + (f" x {ctx.world} processes" if ctx is not None else "") + f") -> {args.out}")
-    if ctx is not None:
-        shutdown()
-    return 0
+          + (f" x {world} processes" if world > 1 else "") + f") -> {args.out}")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

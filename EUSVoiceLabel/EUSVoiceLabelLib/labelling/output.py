@@ -134,7 +134,8 @@ class LabelOutputWriter:
             w.abort()
 
     def finish(self, result: LabelResult) -> dict[str, Path]:
-        """Close the sequences and write the CSV, colour table, markups and scene files."""
+        """Close the sequences and write the CSV, colour table, markups and scene files;
+        returns every file written by name."""
         out: dict[str, Path] = {}
         if any(w.count != len(w.times) for w in self._writers):
             # A cancelled run has frames missing: drop the sequences, keep the tables.
@@ -142,14 +143,25 @@ class LabelOutputWriter:
             self._writers = []
         for w in self._writers:
             out[w.path.name] = w.close()
-        d = self.out_dir
-        atomic_write_text(d / "labels.csv", labels_csv(result))
-        out["labels.csv"] = d / "labels.csv"
-        atomic_write_text(d / "frame_labels.csv", frame_labels_csv(result))
-        out["frame_labels.csv"] = d / "frame_labels.csv"
-        entries = [(i + 1, lab.name, lab.color) for i, lab in enumerate(self.labelset.labels)]
-        atomic_write_text(d / "landmarks.csv", color_table_csv(entries))
-        out["landmarks.csv"] = d / "landmarks.csv"
+        texts = {"labels.csv": labels_csv(result), "frame_labels.csv": frame_labels_csv(result),
+                 "landmarks.csv": self._color_table(),
+                 "landmarks.mrk.json": self._peak_points(result),
+                 "run.json": json.dumps(self._run_info(result), indent=2) + "\n"}
+        for name, text in texts.items():
+            atomic_write_text(self.out_dir / name, text)
+            out[name] = self.out_dir / name
+        if "frames.seq.nrrd" in out:
+            out["scene.mrml"] = write_scene_mrml(self.out_dir / "scene.mrml", fps=self.proc.fps,
+                                                 name=self.proc.name)
+        return out
+
+    def _color_table(self) -> str:
+        """``landmarks.csv``: the labelmap value (class index + 1) of each landmark."""
+        return color_table_csv([(i + 1, lab.name, lab.color)
+                                for i, lab in enumerate(self.labelset.labels)])
+
+    def _peak_points(self, result: LabelResult) -> str:
+        """``landmarks.mrk.json``: a point at the heat-map peak of each window."""
         points = []
         for w in result.windows:
             if w.peak is None:
@@ -160,21 +172,15 @@ class LabelOutputWriter:
                 "position": pixel_to_lps(w.peak[0], w.peak[1], self.geometry),
                 "description": f"t={w.time_s:.2f} s, confidence {w.confidence:.2f}"
                                + (f", said: {w.spoken_label}" if w.spoken_label else "")})
-        atomic_write_text(d / "landmarks.mrk.json",
-                          markups_points_json("EUS landmarks", points))
-        out["landmarks.mrk.json"] = d / "landmarks.mrk.json"
+        return markups_points_json("EUS landmarks", points)
 
-        run = {"procedure": str(self.proc.path), "procedure_name": self.proc.name,
-               "labels": self.labelset.to_json(), "cam_threshold": self.cam_threshold,
-               "windows": len(result.windows), "cancelled": result.cancelled,
-               "frames": len(self.frame_indices), "eusvoicelabel_version": __version__,
-               **self.provenance}
-        atomic_write_text(d / "run.json", json.dumps(run, indent=2) + "\n")
-        out["run.json"] = d / "run.json"
-        if "frames.seq.nrrd" in out:
-            out["scene.mrml"] = write_scene_mrml(d / "scene.mrml", fps=self.proc.fps,
-                                                 name=self.proc.name)
-        return out
+    def _run_info(self, result: LabelResult) -> dict:
+        """``run.json``: what was labelled, with what, and how far."""
+        return {"procedure": str(self.proc.path), "procedure_name": self.proc.name,
+                "labels": self.labelset.to_json(), "cam_threshold": self.cam_threshold,
+                "windows": len(result.windows), "cancelled": result.cancelled,
+                "frames": len(self.frame_indices), "eusvoicelabel_version": __version__,
+                **self.provenance}
 
 
 def write_label_outputs(result: LabelResult, out_dir: os.PathLike | str,

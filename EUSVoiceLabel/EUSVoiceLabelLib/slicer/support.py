@@ -510,37 +510,8 @@ def write_training_procedure(proc: Procedure, mentions: Sequence[Mention],
     except OSError as exc:
         raise OutputError(f"cannot write ({exc.strerror})", cohort) from None
     try:
-        src = proc.source
-        settings: dict = {}
-        own_track = proc.audio_path == getattr(src, "path", None)
-        if isinstance(src, VideoFileSource):
-            shutil.copy2(src.path, tmp / ("video" + src.path.suffix.lower()))
-            settings["crop"] = list(proc.crop)
-        elif isinstance(src, CallbackFrameSource):
-            w, h = proc.frame_size
-            writer = SequenceStreamWriter(tmp / "frames.seq.nrrd", w, h,
-                                          list(proc.frame_times), "uint8", proc.pixel_spacing_mm)
-            try:
-                for start in range(0, proc.n_frames, frame_chunk):
-                    for frame in proc.frames(start, start + frame_chunk):
-                        writer.add(frame)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            settings["crop"] = [0, 0, w, h]
-        elif src.path.is_dir():
-            shutil.copytree(src.path, tmp / "frames")
-            settings.update(crop=list(proc.crop), fps=src.native_fps)
-        else:
-            shutil.copy2(src.path, tmp / "frames.seq.nrrd")
-            settings["crop"] = list(proc.crop)
-        offset = proc.audio_offset_s
-        if own_track and isinstance(src, VideoFileSource):
-            offset -= src.audio_track_offset_s  # load_procedure adds the track offset back
-        else:
-            shutil.copy2(proc.audio_path, tmp / ("audio" + proc.audio_path.suffix.lower()))
-        settings["audio_offset_s"] = round(float(offset), 6)
+        settings = _copy_recording(proc, tmp, frame_chunk)
+        settings["audio_offset_s"] = round(_copy_audio(proc, tmp), 6)
         if proc.pixel_spacing_mm is not None:
             settings["pixel_spacing_mm"] = list(proc.pixel_spacing_mm)
         (tmp / "procedure.json").write_text(json.dumps(settings, indent=2) + "\n",
@@ -556,6 +527,45 @@ def write_training_procedure(proc: Procedure, mentions: Sequence[Mention],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _copy_recording(proc: Procedure, folder: Path, frame_chunk: int) -> dict:
+    """Copy the frames of ``proc`` into ``folder`` (the video file, frames folder or
+    ``.seq.nrrd``; frames from elsewhere streamed to ``frames.seq.nrrd``, already cropped);
+    returns the ``procedure.json`` settings that read them back (crop, fps)."""
+    src = proc.source
+    if isinstance(src, VideoFileSource):
+        shutil.copy2(src.path, folder / ("video" + src.path.suffix.lower()))
+        return {"crop": list(proc.crop)}
+    if isinstance(src, CallbackFrameSource):
+        w, h = proc.frame_size
+        writer = SequenceStreamWriter(folder / "frames.seq.nrrd", w, h,
+                                      list(proc.frame_times), "uint8", proc.pixel_spacing_mm)
+        try:
+            for start in range(0, proc.n_frames, frame_chunk):
+                for frame in proc.frames(start, start + frame_chunk):
+                    writer.add(frame)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        return {"crop": [0, 0, w, h]}
+    if src.path.is_dir():
+        shutil.copytree(src.path, folder / "frames")
+        return {"crop": list(proc.crop), "fps": src.native_fps}
+    shutil.copy2(src.path, folder / "frames.seq.nrrd")
+    return {"crop": list(proc.crop)}
+
+
+def _copy_audio(proc: Procedure, folder: Path) -> float:
+    """Copy the audio file of ``proc`` into ``folder`` (not when it is the video's own track);
+    returns the ``audio_offset_s`` that reads it back."""
+    src = proc.source
+    if proc.audio_path == getattr(src, "path", None) and isinstance(src, VideoFileSource):
+        # the video's own track: load_procedure adds the track's offset back
+        return float(proc.audio_offset_s - src.audio_track_offset_s)
+    shutil.copy2(proc.audio_path, folder / ("audio" + proc.audio_path.suffix.lower()))
+    return float(proc.audio_offset_s)
 
 
 def write_tiny_procedure(folder: os.PathLike | str, seconds: float = 8.0,
