@@ -533,18 +533,18 @@ def run_bench(s: BenchSettings, progress: ProgressLike = None) -> dict[str, Any]
         stage("matmul peak fp32 / bf16")
         out["peak"] = _peaks(device)
         peak_name = "bf16" if bf16_is_fast(device) else "fp32"
+        peak = (peak_name, out["peak"][peak_name]["gflops"])
         out["inference"], out["training"] = {}, {}
         for key, size, width in runs:
-            fl = next(v for v in out["flops_gflop_per_sample"].values()
-                      if (tuple(v["image_size"]), v["width"]) == (tuple(size), width))
-            rep = s.repeats if key == "chosen" or s.quick else max(s.repeats, 5)
+            run = _ModelRun(size, width, s.repeats if key == "chosen" or s.quick
+                            else max(s.repeats, 5),
+                            next(v for v in out["flops_gflop_per_sample"].values()
+                                 if (tuple(v["image_size"]), v["width"]) == (size, width)))
             stage(f"inference {size[0]}x{size[1]} width {width}")
-            out["inference"][key] = _inference_run(s, device, size, width, rep, fl,
-                                                   out["peak"], peak_name)
+            out["inference"][key] = _inference_run(s, device, run, peak)
             batch = s.train_batch or (8 if device.type == "cuda" or min(size) < 200 else 2)
             stage(f"training {size[0]}x{size[1]} width {width}, batch {batch}")
-            out["training"][key] = _training_run(s, device, size, width, batch, rep, fl,
-                                                 out["peak"], peak_name)
+            out["training"][key] = _training_run(s, device, run, batch, peak)
         if data_stages:
             with tempfile.TemporaryDirectory(prefix="eusvl_bench_") as tmp:
                 stage("data path and keyword spotting")
@@ -606,37 +606,44 @@ def _peaks(device: torch.device) -> dict[str, Any]:
                                  max_n=8192 if device.type == "cuda" else 4096)}
 
 
-def _inference_run(s: BenchSettings, device: torch.device, size: Sequence[int], width: float,
-                   repeats: int, flops: dict[str, float], peaks: dict[str, Any],
-                   peak_name: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _ModelRun:
+    """A size the model cases run at: image size, width, timed repeats and its FLOPs."""
+
+    size: tuple[int, int]
+    width: float
+    repeats: int
+    flops: dict[str, float]
+
+
+def _inference_run(s: BenchSettings, device: torch.device, run: _ModelRun,
+                   peak: tuple[str, float]) -> dict[str, Any]:
     """Inference cases at one size, timed again when they look slower, with their speed-ups
-    and fractions of the peak."""
+    and fractions of the ``peak`` (name, GFLOP/s)."""
     inf = _timed_twice_if_slower(
-        lambda: inference_cases(size, width, device, repeats, s.compile, s.seed),
+        lambda: inference_cases(run.size, run.width, device, run.repeats, s.compile, s.seed),
         lambda r: any(_slower(r["cases"], b, o, QUICK_TOLERANCE) is not None
                       for b, o in INFERENCE_PAIRS), log.info)
-    _summaries(inf, flops, peaks[peak_name]["gflops"], peak_name)
-    inf.update({"image_size": list(size), "width": width})
+    _summaries(inf, run.flops, peak[1], peak[0])
+    inf.update({"image_size": list(run.size), "width": run.width})
     return inf
 
 
-def _training_run(s: BenchSettings, device: torch.device, size: Sequence[int], width: float,
-                  batch: int, repeats: int, flops: dict[str, float], peaks: dict[str, Any],
-                  peak_name: str) -> dict[str, Any]:
+def _training_run(s: BenchSettings, device: torch.device, run: _ModelRun, batch: int,
+                  peak: tuple[str, float]) -> dict[str, Any]:
     """Training cases at one size, timed again when they look slower, with their achieved
     FLOP/s, speed-up and (on CUDA) the estimated time of one paper fold."""
     tr = _timed_twice_if_slower(
-        lambda: training_cases(size, width, device, batch, repeats, s.compile, s.seed,
-                               with_channels_last=not s.quick),
+        lambda: training_cases(run.size, run.width, device, batch, run.repeats, s.compile,
+                               s.seed, with_channels_last=not s.quick),
         lambda r: _slower(r["cases"], "baseline", "optimised", QUICK_TOLERANCE) is not None,
         log.info)
-    peak = peaks[peak_name]["gflops"]
     for c in tr["cases"].values():
-        c["achieved_gflops"] = flops["total_train_step"] * c["samples_per_s"]
-        c["fraction_of_peak"] = c["achieved_gflops"] / peak
+        c["achieved_gflops"] = run.flops["total_train_step"] * c["samples_per_s"]
+        c["fraction_of_peak"] = c["achieved_gflops"] / peak[1]
     tr["speedup"] = tr["cases"]["optimised"]["samples_per_s"] / \
         tr["cases"]["baseline"]["samples_per_s"]
-    tr.update({"image_size": list(size), "width": width, "peak_used": peak_name})
+    tr.update({"image_size": list(run.size), "width": run.width, "peak_used": peak[0]})
     if device.type == "cuda":
         # One LOPO fold of the paper: 131 training windows x 200 epochs.
         tr["paper_fold_estimate_s"] = 131 * 200 / tr["cases"]["optimised"]["samples_per_s"]
