@@ -1,6 +1,7 @@
 """The outputs of a labelling run, streamed window by window into the output folder:
 ``labels.csv``, ``frame_labels.csv``, the frame, heat-map and landmark sequences, the colour
-table, the markups points, ``run.json`` and the scene file (SPEC §3)."""
+table, the markups points (all of them, and as a sequence that shows each window's point only
+during its window), ``run.json`` and the scene file (README "Labelling outputs")."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from ..data.mentions import Mention
 from ..data.procedure import Procedure
 from ..data.vocabulary import LabelSet
 from ..slicer.files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv, frame_geometry,
-                            markups_points_json, pixel_to_lps)
+                            markups_points_json, pixel_to_lps, write_point_sequence)
+from ..slicer.overlays import window_point
 from ..slicer.scene import write_scene_mrml
 from .run import (DEFAULT_CAM_THRESHOLD, LabelResult, WindowResult, frame_owners,
                   window_frame_indices)
@@ -72,6 +74,7 @@ class LabelOutputWriter:
     """
 
     SEQUENCES = ("frames.seq.nrrd", "cam.seq.nrrd", "landmarks.seq.nrrd")
+    POINTS_SEQUENCE = "landmark_points.seq.mrb"
 
     def __init__(self, out_dir: os.PathLike | str, proc: Procedure, labelset: LabelSet,
                  mentions: Sequence[Mention], frames_per_window: int,
@@ -118,10 +121,9 @@ class LabelOutputWriter:
             return
         first = int(window.frame_indices[0])
         cam = window.cam if window.cam is not None else np.zeros(frames.shape[1:], np.float32)
-        value = self.labelset.index(window.predicted) + 1
-        region = np.where(cam >= self.cam_threshold, value, 0).astype(np.uint8)
-        if window.cam is None:
-            region[:] = 0
+        region = np.zeros(frames.shape[1:], np.uint8)
+        if window.region is not None:
+            region[window.region] = self.labelset.index(window.predicted) + 1
         for f in self._owned.get(window.index, []):
             frames_w, cam_w, land_w = self._writers
             frames_w.add(frames[f - first])
@@ -149,19 +151,20 @@ class LabelOutputWriter:
         entries = [(i + 1, lab.name, lab.color) for i, lab in enumerate(self.labelset.labels)]
         atomic_write_text(d / "landmarks.csv", color_table_csv(entries))
         out["landmarks.csv"] = d / "landmarks.csv"
-        points = []
+        points: dict[int, list[dict]] = {}
         for w in result.windows:
-            if w.peak is None:
-                continue
-            lab = self.labelset.get(w.predicted)
-            points.append({
-                "label": lab.name,
-                "position": pixel_to_lps(w.peak[0], w.peak[1], self.geometry),
-                "description": f"t={w.time_s:.2f} s, confidence {w.confidence:.2f}"
-                               + (f", said: {w.spoken_label}" if w.spoken_label else "")})
-        atomic_write_text(d / "landmarks.mrk.json",
-                          markups_points_json("EUS landmarks", points))
+            point = window_point(w, self.labelset)
+            points[w.index] = [] if point is None else [
+                {**point, "position": pixel_to_lps(point["col"], point["row"], self.geometry)}]
+        atomic_write_text(d / "landmarks.mrk.json", markups_points_json(
+            "EUS landmarks", [p for w in result.windows for p in points[w.index]]))
         out["landmarks.mrk.json"] = d / "landmarks.mrk.json"
+        if self._writers:
+            # Each window's point from its first frame on (the frames hold only labelled
+            # windows, and the next window's item takes over at its first frame).
+            items = [(min(self._owned[w.index]) / self.proc.fps, points[w.index])
+                     for w in result.windows if self._owned.get(w.index)]
+            out[self.POINTS_SEQUENCE] = write_point_sequence(d / self.POINTS_SEQUENCE, items)
 
         run = {"procedure": str(self.proc.path), "procedure_name": self.proc.name,
                "labels": self.labelset.to_json(), "cam_threshold": self.cam_threshold,

@@ -1,0 +1,77 @@
+"""What a window's Grad-CAM heat map shows the clinician: the display map, its transparency
+threshold and the evidence region (docs/evidence.md says what they are and why).
+
+Grad-CAM (:mod:`.explain`) gives a map on the last image-branch convolution, a few cells
+wide, ReLU'd and divided by its maximum.  Upsampled to the frame it is smooth and, on trained
+models, positive almost everywhere: the share of each cell in the decision, not a segmentation.
+Two choices turn it into something a reader can use:
+
+- **Display map** (``cam.seq.nrrd``, the heat-map layer): the map stretched per window so its
+  lowest value is 0 and its peak 1 (:func:`display_map`).  A map that never reaches 0 otherwise
+  keeps a floor of "evidence" everywhere; after the stretch :data:`DISPLAY_THRESHOLD` is a
+  fraction of the window's own range, and values below it are transparent.
+- **Evidence region** (``landmarks.seq.nrrd``, the module's segmentation): the connected
+  part of ``display map >= REGION_THRESHOLD`` that holds the peak (:func:`evidence_region`),
+  so that it is one compact blob around the strongest evidence, not every place where the map
+  happens to be high.
+
+One implementation for the command line and the 3D Slicer module.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+#: Display-map values below this are transparent in the heat-map layer (fraction of the
+#: window's own range, see :func:`display_map`).
+DISPLAY_THRESHOLD = 0.5
+#: The evidence region is the part of the display map at or above this that holds the peak.
+REGION_THRESHOLD = 0.75
+
+
+def display_map(cam: np.ndarray) -> np.ndarray:
+    """A heat map stretched to its own range: ``(cam - min) / (max - min)`` in 0-1 (float32;
+    all zeros for a flat map).  The peak stays where it was."""
+    m = np.asarray(cam, dtype=np.float32)
+    if m.size == 0:
+        return m.copy()
+    lo, hi = float(m.min()), float(m.max())
+    if not hi > lo:
+        return np.zeros_like(m)
+    return ((m - lo) / (hi - lo)).astype(np.float32)
+
+
+def peak_of(m: np.ndarray) -> tuple[int, int]:
+    """(column, row) of a map's maximum (the first one in row order)."""
+    row, col = np.unravel_index(int(np.argmax(m)), m.shape)
+    return int(col), int(row)
+
+
+def evidence_region(cam: np.ndarray, threshold: float = REGION_THRESHOLD,
+                    peak: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """The evidence region of a heat map: the 8-connected component of
+    ``display_map(cam) >= threshold`` that contains the peak (bool, the map's shape; empty for
+    a flat map).
+
+    Args:
+        cam: the heat map (any range; it is stretched with :func:`display_map`).
+        threshold: the level, as a fraction of the map's range (0-1).
+        peak: (column, row) to grow from (default: the map's maximum).
+    """
+    # deferred: scipy is not bundled with 3D Slicer, which imports this module's thresholds
+    # when the module loads (before the packages of requirements.txt are installed)
+    from scipy import ndimage
+
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"region threshold must lie in (0, 1], not {threshold}")
+    m = display_map(cam)
+    if m.size == 0 or not m.any():
+        return np.zeros(m.shape, bool)
+    col, row = peak if peak is not None else peak_of(m)
+    mask = m >= threshold
+    if not mask[row, col]:
+        return np.zeros(m.shape, bool)
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    return labels == labels[row, col]
