@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -63,7 +64,8 @@ MODULE_LOGICS = {
     "Texts": "vtkSlicerTextsLogic",
     "SubjectHierarchy": "vtkSlicerSubjectHierarchyModuleLogic",
 }
-SLICE_VIEWS = ("Red", "Yellow", "Green")
+#: The slice views of the default layout and their orientations (as the layout manager sets).
+SLICE_VIEWS = {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
 
 
 def write_color_files(folder: Path) -> str:
@@ -121,11 +123,13 @@ class AppScene:
         slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene, True)
         self.slice_logics = {}
         collection = vtk.vtkCollection()
-        for view in SLICE_VIEWS:
+        for view, orientation in SLICE_VIEWS.items():
             logic = slicer.vtkMRMLSliceLogic()
             logic.SetMRMLApplicationLogic(self.app_logic)
             logic.SetMRMLScene(self.scene)
-            logic.AddSliceNode(view)
+            node = logic.AddSliceNode(view)
+            node.SetDefaultOrientation(orientation)
+            node.SetOrientationToDefault()
             collection.AddItem(logic)
             self.slice_logics[view] = logic
         self.app_logic.SetSliceLogics(collection)
@@ -158,15 +162,47 @@ class _LayoutManager:
         return list(self._app.slice_logics)
 
 
+class _IOManager:
+    """``slicer.app.coreIOManager()`` for what ``slicer.util.saveScene`` asks: a scene bundle
+    (``.mrb``) is written as Slicer's scene-bundle writer does it, with the application logic's
+    ``SaveSceneToSlicerDataBundleDirectory`` (every node's data through its storage node) and
+    a zip of that folder."""
+
+    def __init__(self, app_scene: AppScene) -> None:
+        self._app = app_scene
+
+    def saveNodes(self, file_type: str, properties: dict, messages=None) -> bool:
+        path = Path(properties["fileName"])
+        if file_type != "SceneFile" or path.suffix != ".mrb":
+            raise NotImplementedError(f"saving {file_type} {path.name} needs the application")
+        with tempfile.TemporaryDirectory(prefix="mrmlscene-mrb-") as tmp:
+            bundle = Path(tmp) / path.stem
+            bundle.mkdir()
+            if not self._app.app_logic.SaveSceneToSlicerDataBundleDirectory(str(bundle), None):
+                return False
+            path.parent.mkdir(parents=True, exist_ok=True)
+            archive = shutil.make_archive(str(Path(tmp) / "bundle"), "zip", tmp, path.stem)
+            shutil.move(archive, path)
+        return True
+
+
 class _App:
     """``slicer.app`` without Qt: no main window, testing mode, rendering never paused."""
 
     def __init__(self, app_scene: AppScene) -> None:
         self._layout = _LayoutManager(app_scene)
+        self._io = _IOManager(app_scene)
+        self._app_logic = app_scene.app_logic
         self.slicerHome = ""
 
     def layoutManager(self):
         return self._layout
+
+    def coreIOManager(self):
+        return self._io
+
+    def applicationLogic(self):
+        return self._app_logic
 
     def mainWindow(self):
         return None
@@ -265,9 +301,18 @@ class _Test(unittest.TestCase):
         self.messages.append(message)
 
 
+class _PyTorchUtilsLogic:
+    """The PyTorch extension's logic, as far as the module asks: is torch there?"""
+
+    @staticmethod
+    def torchInstalled() -> bool:
+        return importlib.util.find_spec("torch") is not None
+
+
 def install_shim(app_scene: AppScene) -> None:
     """Point ``slicer.mrmlScene``, ``slicer.app`` and ``slicer.modules`` at ``app_scene`` and add
-    the Qt-side modules ``EUSVoiceLabel.py`` imports."""
+    the Qt-side modules ``EUSVoiceLabel.py`` imports (and ``PyTorchUtils``, the PyTorch
+    extension's module that ``setupPythonRequirements`` asks)."""
     slicer.mrmlScene = app_scene.scene
     slicer.app = _App(app_scene)
     modules = types.SimpleNamespace()
@@ -288,6 +333,8 @@ def install_shim(app_scene: AppScene) -> None:
             "ScriptedLoadableModuleLogic": _Logic,
             "ScriptedLoadableModuleTest": _Test},
         "qt": {},
+        # The PyTorch extension: torch is installed here already.
+        "PyTorchUtils": {"PyTorchUtilsLogic": _PyTorchUtilsLogic},
     }
     for name, attrs in shims.items():
         module = sys.modules.get(name) or types.ModuleType(name)
