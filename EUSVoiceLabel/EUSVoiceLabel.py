@@ -1309,13 +1309,9 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         proc = self.procedureForSequence(frames)
         review = self.reviewTable(resultsTable)
         result = self._results.get(resultsTable.GetID())
-        if result is not None:
-            mentions = [w.mention for w in result.windows]
-        else:  # a saved scene: rebuild each window's mention from the table
-            mentions = [None] * (max((r.window for r in review.rows), default=-1) + 1)
-            for r in review.rows:
-                mentions[r.window] = Mention(r.time_s, r.spoken or r.predicted, None, "", None,
-                                             "file")
+        # this session's run, else (a saved scene) each window's mention from the table
+        mentions = [w.mention for w in result.windows] if result is not None else \
+            review.window_mentions()
         return write_training_procedure(proc, review.training_mentions(mentions), cohortFolder,
                                         name or frames.GetName())
 
