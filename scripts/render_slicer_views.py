@@ -3,7 +3,7 @@ label`` output folder opened in Slicer's own MRML (slicer-core, as in the tests)
 view drawn offscreen by Slicer's slice logic and displayable managers (EGL), at the first
 frame of a few windows, side by side in one PNG.
 
-    python3 scripts/render_slicer_views.py LABEL_DIR --out docs/images/eusvoicelabel-slicer.png
+    python3 scripts/render_slicer_views.py LABEL_DIR --out docs/images/eusvoicelabel-outputs.png
 
 Needs the test set-up (``bash scripts/install.sh --test``: slicer-core and Mesa's EGL).
 Each panel is captioned with the window's time, predicted landmark and confidence, and what was
@@ -65,6 +65,10 @@ def render(label_dir: Path, out: Path, count: int = 4, width: int = 690, columns
         for win in pick_windows(windows, count):
             browser.SetSelectedItemNumber(first_item[win["window"]])
             view.fit()
+            # a margin, so that the label of a point near the edge stays in view
+            node = view.logic.GetSliceNode()
+            fov = node.GetFieldOfView()
+            node.SetFieldOfView(fov[0] * 1.3, fov[1] * 1.3, fov[2])
             image = Image.fromarray(view.render())
             caption = (f"t = {float(win['time_s']):.2f} s   predicted: "
                        f"{win['predicted_label'].replace('_', ' ')} ({float(win['confidence']):.2f})"

@@ -10,7 +10,8 @@ For every labelled window whose named landmark is visible:
 - **region precision**: the fraction of the evidence region's pixels inside that box;
 - **region size**: the region's share of the frame;
 - **chance**: the box's share of the frame (a point dropped uniformly at random hits the box
-  this often; a region spread evenly has this precision).
+  this often; a region spread evenly has this precision);
+- **transparent share**: the heat map's share below the display threshold (not drawn).
 
 Run ``python3 -m EUSVoiceLabelLib.labelling.localisation COHORT --model MODEL.pt`` (writes a
 JSON report with ``--out``); docs/evidence.md has the figures measured so far.
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from ..core.errors import EUSVoiceLabelError, ProcedureError
 from ..core.fileio import atomic_write_text
 from ..data.procedure import find_patients, load_procedure
-from ..nn.evidence import REGION_THRESHOLD
+from ..nn.evidence import DISPLAY_THRESHOLD, REGION_THRESHOLD
 from .run import LabelModel, WindowResult, label_procedure
 
 
@@ -52,7 +53,8 @@ def window_scores(win: WindowResult, box: Sequence[float]) -> dict:
     n = int(region.sum())
     return {"hit": bool(inside[row, col]),
             "region_precision": float((region & inside).sum() / n) if n else 0.0,
-            "region_size": n / region.size, "chance": float(inside.mean())}
+            "region_size": n / region.size, "chance": float(inside.mean()),
+            "transparent": float((win.cam < DISPLAY_THRESHOLD).mean())}
 
 
 def _truth_for(window: WindowResult, truth: list[dict]) -> Optional[dict]:
@@ -81,7 +83,8 @@ def summarise(rows: list[dict]) -> dict:
             "region_precision_median": float(np.median(col("region_precision"))),
             "region_size_median": float(np.median(col("region_size"))),
             "region_size_p90": float(np.percentile(col("region_size"), 90)),
-            "chance_mean": float(col("chance").mean())}
+            "chance_mean": float(col("chance").mean()),
+            "transparent_share_median": float(np.median(col("transparent")))}
 
 
 def localisation_report(cohort: Path, model: LabelModel, progress: bool = True,

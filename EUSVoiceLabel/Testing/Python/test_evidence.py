@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from EUSVoiceLabelLib.labelling.localisation import box_mask, summarise, window_scores
-from EUSVoiceLabelLib.nn.evidence import (DISPLAY_THRESHOLD, REGION_THRESHOLD, display_map,
-                                          evidence_region, peak_of)
+from EUSVoiceLabelLib.nn.evidence import (DISPLAY_THRESHOLD, REGION_MAX_FRACTION,
+                                          REGION_THRESHOLD, display_map, evidence_region,
+                                          peak_of)
 
 
 def blob(shape, col, row, sigma):
@@ -44,13 +45,27 @@ def test_evidence_region_is_the_blob_around_the_peak_only():
         evidence_region(cam, 0.0)
 
 
+def test_a_broad_map_gets_a_compact_region_around_its_peak():
+    """A map that is high over most of the frame (a coarse last layer) is cut at its
+    strongest pixels, not at half its range."""
+    shape = (70, 140)
+    cam = blob(shape, 100, 20, 60)
+    assert (display_map(cam) >= REGION_THRESHOLD).mean() > 0.4
+    region = evidence_region(cam)
+    assert region[20, 100]
+    assert 0.5 * REGION_MAX_FRACTION < region.mean() <= REGION_MAX_FRACTION + 0.005
+    assert evidence_region(cam, max_fraction=1.0).mean() > 0.4  # the cap turned off
+    with pytest.raises(ValueError):
+        evidence_region(cam, max_fraction=0.0)
+
+
 def test_evidence_region_grows_from_a_given_peak_and_touches_diagonally():
     cam = np.zeros((5, 5))
     cam[1, 1] = cam[2, 2] = cam[3, 3] = 1.0  # a diagonal line: 8-connected
     cam[0, 4] = 1.0
-    region = evidence_region(cam, 0.5, peak=(1, 1))
+    region = evidence_region(cam, 0.5, peak=(1, 1), max_fraction=1.0)
     assert region.sum() == 3 and not region[0, 4]
-    assert evidence_region(cam, 0.5, peak=(4, 0)).sum() == 1
+    assert evidence_region(cam, 0.5, peak=(4, 0), max_fraction=1.0).sum() == 1
     assert not evidence_region(cam, 0.5, peak=(0, 4)).any()  # a peak below the level
 
 
@@ -61,6 +76,7 @@ def test_window_scores_against_the_named_box():
     assert inside["hit"] and inside["region_precision"] == 1.0
     assert inside["chance"] == pytest.approx(400 / 4000)
     assert inside["region_size"] == pytest.approx(win.region.sum() / 4000)
+    assert inside["transparent"] == pytest.approx((cam < DISPLAY_THRESHOLD).mean())
     half = window_scores(win, [30, 0, 50, 50])  # the right half of the blob only
     assert half["hit"] and 0.3 < half["region_precision"] < 0.7
     miss = window_scores(win, [60, 40, 10, 10])
