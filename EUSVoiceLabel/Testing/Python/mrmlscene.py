@@ -7,7 +7,8 @@ hierarchy), the displayable managers and Slicer's own ``slicer/util.py``, but no
 module supplies what the application would:
 
 - :class:`AppScene` wires a scene as ``qSlicerCoreApplication`` and the module factory do: an
-  application logic with its colour logic (default colour nodes), each module logic registered
+  application logic with its colour logic (default colour nodes, and the two colour files our
+  nodes name, written into a temporary share folder), each module logic registered
   with the application logic (which also registers its node classes: sequence browsers, markups
   storage ...), and slice logics Red, Yellow, Green.
 - :func:`install_shim` fills in, as ``slicer.*``, only what has no MRML counterpart: ``slicer.app``
@@ -72,7 +73,7 @@ def write_color_files(folder: Path) -> str:
     """The two colour files of Slicer's share folder (not in the wheel) that our nodes name:
     ``Inferno.txt`` (the heat map; matplotlib's inferno, which Slicer's file reproduces) and
     ``GenericColors.txt`` (Slicer's default labelmap colours; here a 256-entry palette).  Loaded
-    as user colour files their node ids are the application's
+    from the share folder by the colour logic, their node ids are the application's
     (``vtkMRMLColorTableNodeFileInferno.txt`` ...).  Returns the folder."""
     import matplotlib  # deferred: only when a scene is wired
 
@@ -106,10 +107,13 @@ class AppScene:
         self.scene.SetDataIOManager(io)
         self.app_logic = slicer.vtkSlicerApplicationLogic()
         self.app_logic.SetMRMLScene(self.scene)
+        # Slicer's home: the share folder holds the colour files the colour logic loads.
+        self._home = tempfile.TemporaryDirectory(prefix="mrmlscene-home-")
+        self.app_logic.SetHomeDirectory(self._home.name)
+        self.app_logic.SetShareDirectory("share")
+        write_color_files(Path(self._home.name) / "share" / "ColorFiles")
         colors = slicer.vtkSlicerColorLogic()
         colors.SetMRMLApplicationLogic(self.app_logic)
-        self._color_files = tempfile.TemporaryDirectory(prefix="mrmlscene-colors-")
-        colors.SetUserColorFilePaths(write_color_files(Path(self._color_files.name)))
         colors.SetMRMLScene(self.scene)
         self.app_logic.SetColorLogic(colors)
         self.app_logic.SetModuleLogic("Colors", colors)
