@@ -46,11 +46,11 @@ from EUSVoiceLabelLib.core.outputlock import output_lock
 from EUSVoiceLabelLib.data.mentions import Mention, read_mentions
 from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.nn.evidence import DISPLAY_THRESHOLD
+from EUSVoiceLabelLib.slicer.overlays import overlay_items, window_point, window_text
 from EUSVoiceLabelLib.slicer.review import (MENTION_COLUMNS, RESULT_COLUMNS, ReviewTable,
                                             labels_csv_with_review, mentions_from_rows,
                                             mentions_to_rows)
-from EUSVoiceLabelLib.nn.evidence import DISPLAY_THRESHOLD
-from EUSVoiceLabelLib.slicer.overlays import overlay_items, window_point, window_text
 from EUSVoiceLabelLib.slicer.support import (LARGE_SEQUENCE_BYTES, apply_problems, cine_ijk_to_ras,
                                              crop_ijk_to_ras, format_crop, index_value,
                                              master_item_at, missing_requirements, parse_crop,
