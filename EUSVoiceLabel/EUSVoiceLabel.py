@@ -43,20 +43,24 @@ from slicer.util import VTKObservationMixin
 from EUSVoiceLabelLib.core.errors import CheckpointError, MediaError, MentionsError
 from EUSVoiceLabelLib.core.fileio import atomic_write_text
 from EUSVoiceLabelLib.core.outputlock import output_lock
-from EUSVoiceLabelLib.core.paper import FPS, WINDOW_FRAMES
+from EUSVoiceLabelLib.core.paper import FPS
 from EUSVoiceLabelLib.core.progress import CallbackProgress, parse_progress_line
 from EUSVoiceLabelLib.data.mentions import Mention, read_mentions
 from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.nn.evidence import DISPLAY_THRESHOLD
+from EUSVoiceLabelLib.slicer.overlays import overlay_items, window_point, window_text
 from EUSVoiceLabelLib.slicer.review import (MENTION_COLUMNS, RESULT_COLUMNS, ReviewTable,
                                             labels_csv_with_review, mentions_from_rows,
                                             mentions_to_rows)
 from EUSVoiceLabelLib.slicer.support import (LARGE_SEQUENCE_BYTES, apply_problems, cine_ijk_to_ras,
-                                             crop_ijk_to_ras, index_value, master_item_at,
-                                             missing_requirements, overlay_timeline, path_or_none, procedure_from_files,
+                                             crop_ijk_to_ras, format_crop, index_value,
+                                             master_item_at, missing_requirements, parse_crop,
+                                             path_or_none, procedure_from_files,
                                              procedure_from_frames, read_requirements,
-                                             sequence_times, split_log_lines, train_arguments,
-                                             write_tiny_procedure, write_training_procedure)
+                                             sequence_crop, sequence_times, split_log_lines,
+                                             train_arguments, write_tiny_procedure,
+                                             write_training_procedure)
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -150,7 +154,7 @@ class EUSVoiceLabelParameterNode:
     trainEpochs: Annotated[int, WithinRange(1, 10000)] = 50
     trainImageSize: str = ""
     withHeatMaps: bool = True
-    heatThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
+    heatThreshold: Annotated[float, WithinRange(0.0, 1.0)] = DISPLAY_THRESHOLD
     heatOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     resultsTable: vtkMRMLTableNode
     exportFolder: pathlib.Path
@@ -776,7 +780,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         seq.SetAndObserveStorageNodeID(storage.GetID())
         seq.SetAttribute(ATTR_RECORDING, str(recordingPath))
         seq.SetAttribute(ATTR_FPS, str(fps))
-        seq.SetAttribute(ATTR_CROP, " ".join(str(v) for v in proc.crop))
+        seq.SetAttribute(ATTR_CROP, format_crop(proc.crop))
         self._storeAudio(seq, proc.audio_path, proc.audio_offset_s)
         self._procedures[seq.GetID()] = proc
         self.browserForSequence(seq, show=True, fps=proc.fps)
@@ -803,7 +807,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             raise MediaError("audio file not found", audio, "pick the recording's audio file")
         self._storeAudio(sequenceNode, audio, audioOffsetS)
         if crop is not None:
-            sequenceNode.SetAttribute(ATTR_CROP, " ".join(str(int(v)) for v in crop))
+            sequenceNode.SetAttribute(ATTR_CROP, format_crop(crop))
         self._procedures.pop(sequenceNode.GetID(), None)
         return sequenceNode
 
@@ -814,7 +818,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         key = sequenceNode.GetID()
         if key in self._procedures:
             return self._procedures[key]
-        crop = self._crop(sequenceNode)
+        crop = parse_crop(sequenceNode.GetAttribute(ATTR_CROP))
         audio = sequenceNode.GetAttribute(ATTR_AUDIO) or None
         offsetText = sequenceNode.GetAttribute(ATTR_OFFSET)
         offset = float(offsetText) if offsetText else None
@@ -831,6 +835,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             if not first.IsA("vtkMRMLVolumeNode"):
                 raise ValueError(f"sequence {sequenceNode.GetName()} does not hold volumes")
             width, height = first.GetImageData().GetDimensions()[:2]
+            # The frames of a loaded procedure are already cropped: not again.
+            crop = sequence_crop(crop, width, height)
             values = [sequenceNode.GetNthIndexValue(i) for i in range(n)]
             times = sequence_times(values, sequenceNode.GetIndexUnit(),
                                    fps=self._browserFps(sequenceNode))
@@ -843,10 +849,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                                          audio_offset_s=offset or 0.0, crop=crop)
         self._procedures[key] = proc
         return proc
-
-    def _crop(self, sequenceNode):
-        text = sequenceNode.GetAttribute(ATTR_CROP)
-        return [int(v) for v in text.split()] if text else None
 
     def _browserFps(self, sequenceNode) -> float:
         browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForSequenceNode(sequenceNode)
@@ -984,7 +986,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
 
     def label(self, sequenceNode, mentionsTable, checkpointPath, device: str = "auto",
               withHeatMaps: bool = True, resultsTable=None, progressCallback=None,
-              shouldStop=None, heatThreshold: float = 0.2, heatOpacity: float = 0.5
+              shouldStop=None, heatThreshold: float = DISPLAY_THRESHOLD,
+              heatOpacity: float = 0.5
               ) -> vtkMRMLTableNode:
         """Label every mention window of a volume sequence.
 
@@ -996,6 +999,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             checkpointPath: a model from ``eusvoicelabel train`` / "Train from cohort folder".
             device: "auto", "cpu" or "cuda".
             withHeatMaps: compute Grad-CAM heat maps, evidence regions and peak points.
+            heatThreshold, heatOpacity: heat-map values below ``heatThreshold`` are transparent;
+                the layer is drawn at ``heatOpacity``.
             resultsTable: table to fill (default: a new one).
             progressCallback: ``f(done, total)`` after each window.
             shouldStop: checked before each window; the windows done so far are kept.
@@ -1005,9 +1010,9 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             confidence, reviewed_label, status).  Its node references lead to the outputs,
             all synchronised in the frames' browser: the heat-map sequence (foreground,
             Inferno, window 0-1, low values transparent), the segmentation sequence (one segment
-            per landmark: the evidence region), the markups point list (one point per window at
-            the heat-map peak) and the text-node sequence (each frame's label); see
-            :meth:`outputNodes`.
+            per landmark: the evidence region), the point-list sequence (each window's heat-map
+            peak, labelled, shown only during its window) and the text-node sequence (each
+            frame's label); see :meth:`outputNodes`.
         """
         from EUSVoiceLabelLib.labelling.run import label_procedure  # deferred: torch
 
@@ -1025,7 +1030,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                                    checkpointPath, heatThreshold, heatOpacity)
 
     def resultsToNodes(self, result, sequenceNode, mentionsTable=None, resultsTable=None,
-                       checkpointPath=None, heatThreshold: float = 0.2,
+                       checkpointPath=None, heatThreshold: float = DISPLAY_THRESHOLD,
                        heatOpacity: float = 0.5) -> vtkMRMLTableNode:
         """Turn a library ``LabelResult`` into the results table and the synchronised output
         sequences (see :meth:`label`)."""
@@ -1054,7 +1059,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
 
     def _removeOutputs(self, resultsTable, browser) -> None:
         """Drop the outputs of an earlier run into the same table (labelling again)."""
-        for role in (REF_HEATMAP, REF_SEGMENTATION, REF_TEXT):
+        for role in (REF_HEATMAP, REF_SEGMENTATION, REF_TEXT, REF_POINTS):
             seq = resultsTable.GetNodeReference(role)
             if seq is None:
                 continue
@@ -1063,9 +1068,6 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             if proxy is not None:
                 slicer.mrmlScene.RemoveNode(proxy)
             slicer.mrmlScene.RemoveNode(seq)
-        points = resultsTable.GetNodeReference(REF_POINTS)
-        if points is not None:
-            slicer.mrmlScene.RemoveNode(points)
 
     def _masterTimes(self, sequenceNode):
         n = sequenceNode.GetNumberOfDataNodes()
@@ -1082,96 +1084,84 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         return seq
 
     def _writeOutputs(self, result, sequenceNode, browser, resultsTable) -> None:
-        proc = result.procedure
+        """Fill the per-window output sequences: an item where each window starts (its text,
+        heat map, evidence region and peak point) and a blank one where it ends."""
         labelset = result.labelset
-        masterTimes = self._masterTimes(sequenceNode)
-        frames = len(result.windows[0].frame_indices) if result.windows else WINDOW_FRAMES
-        spans = [(w.time_s, w.time_s + frames / proc.fps) for w in result.windows]
-        timeline = overlay_timeline(spans, masterTimes)
+        items = overlay_items(result, self._masterTimes(sequenceNode))
         name = sequenceNode.GetName()
-
-        # Geometry of the cropped region on the master frames.
+        # The overlays lie on the cropped region of the frames (the whole frame when the
+        # sequence holds the cropped frames, as "Load procedure" makes them).
+        first = sequenceNode.GetNthDataNode(0)
         frameMatrix = vtk.vtkMatrix4x4()
-        sequenceNode.GetNthDataNode(0).GetIJKToRASMatrix(frameMatrix)
-        heatIjkToRas = crop_ijk_to_ras(slicer.util.arrayFromVTKMatrix(frameMatrix), proc.crop)
-        w, h = proc.frame_size
+        first.GetIJKToRASMatrix(frameMatrix)
+        crop = sequence_crop(result.procedure.crop, *first.GetImageData().GetDimensions()[:2])
+        overlayIjkToRas = crop_ijk_to_ras(slicer.util.arrayFromVTKMatrix(frameMatrix), crop)
+        w, h = result.procedure.frame_size
         haveCam = any(win.cam is not None for win in result.windows)
 
-        # Text-node sequence: each frame's label.
-        textSeq = self._newOutputSequence(sequenceNode, name + " label")
-        textNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTextNode", "EUSVoiceLabelTemp")
-        heatSeq = segSeq = heatNode = segNode = None
+        temps = {"text": slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTextNode")}
+        sequences = {"text": self._newOutputSequence(sequenceNode, name + " label")}
         if haveCam:
-            heatSeq = self._newOutputSequence(sequenceNode, name + " heat map")
-            heatNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
-                                                          "EUSVoiceLabelTemp")
-            heatNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(heatIjkToRas))
-            segSeq = self._newOutputSequence(sequenceNode, name + " evidence")
-            segNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                         "EUSVoiceLabelTemp")
-            slicer.util.updateVolumeFromArray(heatNode, np.zeros((1, h, w), np.float32))
-            segNode.SetReferenceImageGeometryParameterFromVolumeNode(heatNode)
+            sequences["heatMap"] = self._newOutputSequence(sequenceNode, name + " heat map")
+            sequences["segmentation"] = self._newOutputSequence(sequenceNode, name + " evidence")
+            sequences["points"] = self._newOutputSequence(sequenceNode,
+                                                          name + " landmark points")
+            heat = temps["heatMap"] = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode")
+            heat.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(overlayIjkToRas))
+            slicer.util.updateVolumeFromArray(heat, np.zeros((1, h, w), np.float32))
+            seg = temps["segmentation"] = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode")
+            seg.SetReferenceImageGeometryParameterFromVolumeNode(heat)
             for lab in labelset.labels:
-                segNode.GetSegmentation().AddEmptySegment(lab.id, lab.name, list(lab.color))
+                seg.GetSegmentation().AddEmptySegment(lab.id, lab.name, list(lab.color))
+            temps["points"] = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
         try:
-            for item in timeline:
+            for item in items:
                 value = sequenceNode.GetNthIndexValue(item.item)
-                win = result.windows[item.window] if item.window is not None else None
-                textNode.SetText(self._windowText(win, labelset) if win else "")
-                textNode.SetAttribute(ATTR_WINDOW, str(win.index) if win else "")
-                textSeq.SetDataNodeAtValue(textNode, value)
-                if not haveCam:
-                    continue
-                cam = win.cam if (win is not None and win.cam is not None) else \
-                    np.zeros((h, w), np.float32)
-                slicer.util.updateVolumeFromArray(heatNode, cam.astype(np.float32)[None])
-                heatSeq.SetDataNodeAtValue(heatNode, value)
-                for lab in labelset.labels:
-                    mask = (cam >= result.cam_threshold) if (win and win.predicted == lab.id) \
-                        else np.zeros((h, w), bool)
-                    slicer.util.updateSegmentBinaryLabelmapFromArray(
-                        mask.astype(np.uint8)[None], segNode, lab.id, heatNode)
-                segSeq.SetDataNodeAtValue(segNode, value)
+                win = item.window
+                temps["text"].SetText(window_text(win, labelset) if win else "")
+                temps["text"].SetAttribute(ATTR_WINDOW, str(win.index) if win else "")
+                sequences["text"].SetDataNodeAtValue(temps["text"], value)
+                if haveCam:
+                    self._writeWindowOverlays(win, labelset, temps, overlayIjkToRas, (h, w))
+                    for key in ("heatMap", "segmentation", "points"):
+                        sequences[key].SetDataNodeAtValue(temps[key], value)
         finally:
-            for node in (textNode, heatNode, segNode):
-                if node is not None:
-                    slicer.mrmlScene.RemoveNode(node)
+            for node in temps.values():
+                slicer.mrmlScene.RemoveNode(node)
 
-        for seq, role in ((textSeq, REF_TEXT), (heatSeq, REF_HEATMAP), (segSeq, REF_SEGMENTATION)):
-            if seq is None:
-                continue
+        roles = {"text": REF_TEXT, "heatMap": REF_HEATMAP, "segmentation": REF_SEGMENTATION,
+                 "points": REF_POINTS}
+        for key, seq in sequences.items():
             browser.AddSynchronizedSequenceNode(seq)
-            resultsTable.SetNodeReferenceID(role, seq.GetID())
+            resultsTable.SetNodeReferenceID(roles[key], seq.GetID())
         slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
-        if segSeq is not None:
-            segProxy = browser.GetProxyNode(segSeq)
-            if segProxy is not None:
-                segProxy.CreateDefaultDisplayNodes()
-
-        if haveCam:
-            points = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLMarkupsFiducialNode", slicer.mrmlScene.GenerateUniqueName(name + " peaks"))
-            points.CreateDefaultDisplayNodes()
-            for win in result.windows:
-                if win.peak is None:
-                    continue
-                ras = heatIjkToRas @ np.array([win.peak[0], win.peak[1], 0.0, 1.0])
-                lab = labelset.get(win.predicted)
-                i = points.AddControlPoint(ras[:3].tolist(), f"{lab.name} {win.confidence:.2f}")
-                points.SetNthControlPointDescription(
-                    i, f"window {win.index}, t={win.time_s:.2f} s"
-                    + (f", said: {win.spoken_label}" if win.spoken_label else ""))
-                points.SetNthControlPointLocked(i, True)
-            resultsTable.SetNodeReferenceID(REF_POINTS, points.GetID())
+        for key in ("segmentation", "points"):
+            proxy = browser.GetProxyNode(sequences[key]) if key in sequences else None
+            if proxy is not None and proxy.GetDisplayNode() is None:
+                proxy.CreateDefaultDisplayNodes()
 
     @staticmethod
-    def _windowText(win, labelset, reviewed: Optional[str] = None) -> str:
-        text = f"{labelset.get(win.predicted).name} ({win.confidence:.2f})"
-        if win.spoken_label:
-            text += f" - said: {labelset.get(win.spoken_label).name}"
-        if reviewed:
-            text += f" - reviewed: {labelset.get(reviewed).name}"
-        return text
+    def _writeWindowOverlays(win, labelset, temps, overlayIjkToRas, shape) -> None:
+        """Put a window's heat map, evidence region and peak point (or nothing, for
+        ``win`` None) into the temporary nodes that the output sequences copy."""
+        cam = win.cam if (win is not None and win.cam is not None) else \
+            np.zeros(shape, np.float32)
+        slicer.util.updateVolumeFromArray(temps["heatMap"], cam.astype(np.float32)[None])
+        for lab in labelset.labels:
+            mask = win.region if (win is not None and win.predicted == lab.id
+                                  and win.region is not None) else np.zeros(shape, bool)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(
+                mask.astype(np.uint8)[None], temps["segmentation"], lab.id, temps["heatMap"])
+        points = temps["points"]
+        points.RemoveAllControlPoints()
+        point = window_point(win, labelset) if win is not None else None
+        if point is not None:
+            ras = overlayIjkToRas @ np.array([point["col"], point["row"], 0.0, 1.0])
+            i = points.AddControlPoint(ras[:3].tolist(), point["label"])
+            points.SetNthControlPointDescription(i, point["description"])
+            points.SetNthControlPointLocked(i, True)
 
     def outputNodes(self, resultsTable) -> dict:
         """The nodes a results table belongs to: ``frames``, ``browser``, ``mentions``,
@@ -1181,7 +1171,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                  "text": REF_TEXT}
         return {key: resultsTable.GetNodeReference(role) for key, role in roles.items()}
 
-    def showHeatMap(self, resultsTable, threshold: float = 0.2, opacity: float = 0.5) -> None:
+    def showHeatMap(self, resultsTable, threshold: float = DISPLAY_THRESHOLD,
+                    opacity: float = 0.5) -> None:
         """Show the heat-map proxy over the frames: Inferno, window 0-1, values below
         ``threshold`` transparent, at ``opacity``."""
         nodes = self.outputNodes(resultsTable)
@@ -1244,7 +1235,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         for i in range(textSeq.GetNumberOfDataNodes()):
             node = textSeq.GetNthDataNode(i)
             if node.GetAttribute(ATTR_WINDOW) == str(window):
-                node.SetText(self._windowText(win, result.labelset, row.reviewed))
+                node.SetText(window_text(win, result.labelset, row.reviewed))
         browser = self.outputNodes(resultsTable)["browser"]
         if browser is not None:
             slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
@@ -1320,13 +1311,9 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         proc = self.procedureForSequence(frames)
         review = self.reviewTable(resultsTable)
         result = self._results.get(resultsTable.GetID())
-        if result is not None:
-            mentions = [w.mention for w in result.windows]
-        else:  # a saved scene: rebuild each window's mention from the table
-            mentions = [None] * (max((r.window for r in review.rows), default=-1) + 1)
-            for r in review.rows:
-                mentions[r.window] = Mention(r.time_s, r.spoken or r.predicted, None, "", None,
-                                             "file")
+        # this session's run, else (a saved scene) each window's mention from the table
+        mentions = [w.mention for w in result.windows] if result is not None else \
+            review.window_mentions()
         return write_training_procedure(proc, review.training_mentions(mentions), cohortFolder,
                                         name or frames.GetName())
 
@@ -1396,7 +1383,8 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         from EUSVoiceLabelLib.train.loop import train_model
 
         cohort = self.tempDir / "cohort"
-        write_tiny_procedure(cohort / "p1", seed=1)
+        # p1 is cropped off-centre, as real recordings are (the overlays must follow).
+        write_tiny_procedure(cohort / "p1", seed=1, size=(120, 90), crop=(12, 20, 96, 64))
         write_tiny_procedure(cohort / "p2", seed=2, labels=("bile_duct", "pancreas"))
         cfg = TrainConfig(epochs=2, batch_size=4, image_size=(32, 48), frames=frames,
                           width=0.0625, lr=1e-3)
@@ -1407,13 +1395,13 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         save_checkpoint(model, res, ws.labelset, preprocessing_settings(ws, cfg))
         return cohort, model
 
-    def _assertOutputs(self, logic, results, frames, nWindows):
+    def _assertOutputs(self, logic, results, frames, nWindows, framesAreCropped=True):
         nodes = logic.outputNodes(results)
         browser = nodes["browser"]
         self.assertEqual(results.GetNumberOfRows(), nWindows)
         self.assertIsNotNone(browser)
         self.assertEqual(browser.GetMasterSequenceNode(), frames)
-        for key in ("heatMap", "segmentation", "text"):
+        for key in ("heatMap", "segmentation", "text", "points"):
             self.assertIsNotNone(nodes[key], key)
             self.assertTrue(browser.IsSynchronizedSequenceNode(nodes[key].GetID()), key)
             # two items per window at most (start, and a blank one where it ends) + the start
@@ -1423,8 +1411,27 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         names = [seg.GetSegmentation().GetNthSegment(i).GetName()
                  for i in range(seg.GetSegmentation().GetNumberOfSegments())]
         self.assertEqual(names, [lab.name for lab in logic.labelsetForResults(results).labels])
-        self.assertEqual(nodes["points"].GetNumberOfControlPoints(), nWindows)
+        # one point per window, each in its window's item only
+        pointSeq = nodes["points"]
+        counts = [pointSeq.GetNthDataNode(i).GetNumberOfControlPoints()
+                  for i in range(pointSeq.GetNumberOfDataNodes())]
+        self.assertEqual(sorted(set(counts)), [0, 1] if 0 in counts else [1])
+        self.assertEqual(sum(counts), nWindows)
+        if framesAreCropped:  # every overlay lies exactly on the frames
+            frameBounds = self._bounds(frames.GetNthDataNode(0))
+            for i in range(nodes["heatMap"].GetNumberOfDataNodes()):
+                self.assertEqual(self._bounds(nodes["heatMap"].GetNthDataNode(i)), frameBounds)
+                for j in range(pointSeq.GetNthDataNode(i).GetNumberOfControlPoints()):
+                    r, _, a = pointSeq.GetNthDataNode(i).GetNthControlPointPositionVector(j)
+                    self.assertTrue(frameBounds[0] <= r <= frameBounds[1]
+                                    and frameBounds[2] <= a <= frameBounds[3], (r, a))
         return nodes
+
+    @staticmethod
+    def _bounds(volume) -> list:
+        bounds = [0.0] * 6
+        volume.GetRASBounds(bounds)
+        return [round(b, 3) for b in bounds]
 
     # ---- tests
     def test_ReviewAndTables(self):
@@ -1533,7 +1540,7 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         self.assertEqual(seq.GetAttribute(ATTR_AUDIO), str(source.audio_path))
         mentions = logic.mentionsToTable(source.mentions, seq)
         results = logic.label(seq, mentions, model, device="cpu")
-        nodes = self._assertOutputs(logic, results, seq, 4)
+        nodes = self._assertOutputs(logic, results, seq, 4, framesAreCropped=False)
         heat = nodes["heatMap"].GetNthDataNode(1)
         self.assertEqual(heat.GetImageData().GetDimensions()[:2], (96, 64))
         # the heat map lies on the cropped region of the frames

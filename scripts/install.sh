@@ -2,14 +2,18 @@
 # Installs everything EUSVoiceLabel needs on a fresh Debian/Ubuntu machine:
 # the speech engines the synthetic-cohort generator uses (Debian packages) and the
 # Python package itself (editable) with its pinned torch.  Pass --test to add the
-# test dependencies.  Safe to run again: it only installs what is missing.
+# test dependencies: the [test] extra (pytest, slicer-core: Slicer's MRML from PyPI) and
+# Mesa's EGL for offscreen rendering of Slicer's slice views (the tests and
+# scripts/render_slicer_views.py).  Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-if [[ "${1:-}" == "--test" ]]; then extras="[test]"; fi
-
 apt_pkgs=(flite festival festvox-kallpc16k festvox-us-slt-hts espeak-ng)
+if [[ "${1:-}" == "--test" ]]; then
+  extras="[test]"
+  apt_pkgs+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+fi
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

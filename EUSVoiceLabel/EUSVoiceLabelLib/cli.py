@@ -30,6 +30,7 @@ from .core.variants import DEFAULT_VARIANT, VARIANTS, parse_image_size, variant_
 from .data.mentions import write_mentions_csv
 from .data.procedure import load_procedure
 from .data.vocabulary import load_labelset
+from .nn.evidence import REGION_THRESHOLD
 
 log = logging.getLogger("eusvoicelabel")
 
@@ -440,9 +441,9 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
                    help="'auto' (detect from the audio), a mentions CSV or an SRT/WebVTT "
                         "transcript (default: the procedure's mentions.csv, else auto)")
     p.add_argument("--no-cam", action="store_true", help="skip the Grad-CAM heat maps")
-    p.add_argument("--cam-threshold", type=float, default=0.5,
-                   help="heat-map level (0-1 of its peak) that bounds a landmark region "
-                        "(default: 0.5)")
+    p.add_argument("--cam-threshold", type=float, default=REGION_THRESHOLD,
+                   help="heat-map level (0-1 of the window's range) that bounds the evidence "
+                        f"region around the peak (default: {REGION_THRESHOLD})")
     _common(p)
 
 

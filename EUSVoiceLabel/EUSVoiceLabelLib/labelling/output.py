@@ -1,6 +1,7 @@
 """The outputs of a labelling run, streamed window by window into the output folder:
 ``labels.csv``, ``frame_labels.csv``, the frame, heat-map and landmark sequences, the colour
-table, the markups points, ``run.json`` and the scene file (docs/contracts.md)."""
+table, the markups points (all of them, and as a sequence that shows each window's point only
+during its window), ``run.json`` and the scene file (docs/contracts.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from ..data.mentions import Mention
 from ..data.procedure import Procedure, window_frame_indices
 from ..data.vocabulary import LabelSet
 from ..slicer.files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv, frame_geometry,
-                            markups_points_json, pixel_to_lps)
+                            markups_points_json, pixel_to_lps, write_point_sequence)
+from ..slicer.overlays import window_point
 from ..slicer.scene import write_scene_mrml
 from .run import DEFAULT_CAM_THRESHOLD, LabelResult, WindowResult, frame_owners
 
@@ -73,6 +75,7 @@ class LabelOutputWriter:
     """
 
     SEQUENCES = ("frames.seq.nrrd", "cam.seq.nrrd", "landmarks.seq.nrrd")
+    POINTS_SEQUENCE = "landmark_points.seq.mrb"
 
     def __init__(self, out_dir: os.PathLike | str, proc: Procedure, labelset: LabelSet,
                  mentions: Sequence[Mention], frames_per_window: int,
@@ -119,10 +122,9 @@ class LabelOutputWriter:
             return
         first = int(window.frame_indices[0])
         cam = window.cam if window.cam is not None else np.zeros(frames.shape[1:], np.float32)
-        value = self.labelset.index(window.predicted) + 1
-        region = np.where(cam >= self.cam_threshold, value, 0).astype(np.uint8)
-        if window.cam is None:
-            region[:] = 0
+        region = np.zeros(frames.shape[1:], np.uint8)
+        if window.region is not None:
+            region[window.region] = self.labelset.index(window.predicted) + 1
         for f in self._owned.get(window.index, []):
             frames_w, cam_w, land_w = self._writers
             frames_w.add(frames[f - first])
@@ -143,13 +145,17 @@ class LabelOutputWriter:
             self._writers = []
         for w in self._writers:
             out[w.path.name] = w.close()
+        points = self._window_points(result)
         texts = {"labels.csv": labels_csv(result), "frame_labels.csv": frame_labels_csv(result),
                  "landmarks.csv": self._color_table(),
-                 "landmarks.mrk.json": self._peak_points(result),
+                 "landmarks.mrk.json": markups_points_json(
+                     "EUS landmarks", [p for w in result.windows for p in points[w.index]]),
                  "run.json": json.dumps(self._run_info(result), indent=2) + "\n"}
         for name, text in texts.items():
             atomic_write_text(self.out_dir / name, text)
             out[name] = self.out_dir / name
+        if self._writers:
+            out[self.POINTS_SEQUENCE] = self._point_sequence(result, points)
         if "frames.seq.nrrd" in out:
             out["scene.mrml"] = write_scene_mrml(self.out_dir / "scene.mrml", fps=self.proc.fps,
                                                  name=self.proc.name)
@@ -160,19 +166,23 @@ class LabelOutputWriter:
         return color_table_csv([(i + 1, lab.name, lab.color)
                                 for i, lab in enumerate(self.labelset.labels)])
 
-    def _peak_points(self, result: LabelResult) -> str:
-        """``landmarks.mrk.json``: a point at the heat-map peak of each window."""
-        points = []
+    def _window_points(self, result: LabelResult) -> dict[int, list[dict]]:
+        """Window index -> its markups control points: the heat-map peak (none for a window
+        without a heat map)."""
+        points: dict[int, list[dict]] = {}
         for w in result.windows:
-            if w.peak is None:
-                continue
-            lab = self.labelset.get(w.predicted)
-            points.append({
-                "label": lab.name,
-                "position": pixel_to_lps(w.peak[0], w.peak[1], self.geometry),
-                "description": f"t={w.time_s:.2f} s, confidence {w.confidence:.2f}"
-                               + (f", said: {w.spoken_label}" if w.spoken_label else "")})
-        return markups_points_json("EUS landmarks", points)
+            point = window_point(w, self.labelset)
+            points[w.index] = [] if point is None else [
+                {**point, "position": pixel_to_lps(point["col"], point["row"], self.geometry)}]
+        return points
+
+    def _point_sequence(self, result: LabelResult, points: dict[int, list[dict]]) -> Path:
+        """``landmark_points.seq.mrb``: each window's point from its first frame on (the frames
+        hold only labelled windows, and the next window's item takes over at its first
+        frame)."""
+        items = [(min(self._owned[w.index]) / self.proc.fps, points[w.index])
+                 for w in result.windows if self._owned.get(w.index)]
+        return write_point_sequence(self.out_dir / self.POINTS_SEQUENCE, items)
 
     def _run_info(self, result: LabelResult) -> dict:
         """``run.json``: what was labelled, with what, and how far."""

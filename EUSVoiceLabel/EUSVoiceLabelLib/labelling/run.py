@@ -6,9 +6,10 @@ sits in memory; their outputs are streamed to disk by :mod:`.output`.  Each fram
 labelled windows belongs to one window: the latest window whose 25 frames include it (a mention
 spoken while the previous window is still running takes over from its onset).
 
-The landmark region of a window (``landmarks.seq.nrrd``) is where its heat map reaches
-``cam_threshold`` (default 0.5, i.e. half of the map's peak, the usual Grad-CAM
-"evidence region"), labelled with the predicted landmark's value (class index + 1).
+Each window's heat map is the Grad-CAM map upsampled to the cropped frame and stretched to its
+own range (:func:`..nn.evidence.display_map`); its evidence region (``landmarks.seq.nrrd``, the
+module's segmentation) is the connected part of that map at or above ``cam_threshold`` that
+holds the peak (:func:`..nn.evidence.evidence_region`; docs/evidence.md).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from ..data.mentions import Mention
 from ..data.procedure import Procedure, window_frame_indices
 from ..data.vocabulary import LabelSet
 from ..nn.devices import select_device
-from ..nn.explain import grad_cam, peak_of, upsample_map
+from ..nn.evidence import REGION_THRESHOLD, display_map, evidence_region, peak_of
+from ..nn.explain import grad_cam, upsample_map
 from ..nn.fastpath import optimise_for_inference
 from ..train.checkpoints import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CAM_THRESHOLD = 0.5
+DEFAULT_CAM_THRESHOLD = REGION_THRESHOLD
 
 
 class LabelModel:
@@ -84,6 +86,7 @@ class WindowResult:
     probabilities: np.ndarray  # float32 (K,)
     frame_indices: np.ndarray  # int64 (frames,) on the 25 fps grid
     cam: Optional[np.ndarray] = None  # float32 (H, W) at the cropped frame size, 0-1
+    region: Optional[np.ndarray] = None  # bool (H, W): the evidence region around the peak
     joint: Optional[np.ndarray] = None  # float32 (H, W) joint image-voice map, 0-1
     peak: Optional[tuple[int, int]] = None  # (column, row) of the heat-map maximum
 
@@ -173,7 +176,7 @@ def label_procedure(proc: Procedure, model: LabelModel,
             if reporter.cancelled():
                 result.cancelled = True
                 break
-            w, frames = _label_window(model, proc, k, m, with_cam, joint_map)
+            w, frames = _label_window(model, proc, k, m, with_cam, joint_map, cam_threshold)
             result.windows.append(w)
             if on_window is not None:
                 on_window(w, frames)
@@ -182,8 +185,9 @@ def label_procedure(proc: Procedure, model: LabelModel,
 
 
 def _label_window(model: LabelModel, proc: Procedure, k: int, m: Mention, with_cam: bool,
-                  joint_map: bool) -> tuple[WindowResult, np.ndarray]:
-    """The result of window ``k`` (mention ``m``) and its cropped frames (uint8)."""
+                  joint_map: bool, cam_threshold: float) -> tuple[WindowResult, np.ndarray]:
+    """The result of window ``k`` (mention ``m``, its evidence region cut at
+    ``cam_threshold``) and its cropped frames (uint8)."""
     net, settings = model.model, model.settings
     crop_hw = (proc.frame_size[1], proc.frame_size[0])
     frames = proc.frames_window(m.time_s, settings.frames)
@@ -196,15 +200,17 @@ def _label_window(model: LabelModel, proc: Procedure, k: int, m: Mention, with_c
         exp = grad_cam(net, img_t, voice_t, joint=joint_map)
         probs = exp.probabilities
         if exp.cam is not None:
-            cam = upsample_map(exp.cam, crop_hw)
+            cam = display_map(upsample_map(exp.cam, crop_hw))
         if exp.joint is not None:
             joint = upsample_map(exp.joint, crop_hw)
     else:
         with torch.inference_mode():
             probs = torch.softmax(net(img_t, voice_t).float(), dim=1)[0].cpu().numpy()
     cls = int(np.argmax(probs))
+    peak = peak_of(cam) if cam is not None else None
     w = WindowResult(index=k, mention=m, predicted=model.labelset.ids[cls],
                      confidence=float(probs[cls]), probabilities=probs.astype(np.float32),
                      frame_indices=window_frame_indices(m.time_s, settings.frames, proc.fps),
-                     cam=cam, joint=joint, peak=peak_of(cam) if cam is not None else None)
+                     cam=cam, joint=joint, peak=peak,
+                     region=None if cam is None else evidence_region(cam, cam_threshold, peak))
     return w, frames

@@ -108,9 +108,3 @@ def upsample_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
     out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
     return out[0, 0].clamp(0, 1).numpy()
-
-
-def peak_of(m: np.ndarray) -> tuple[int, int]:
-    """(column, row) of a map's maximum."""
-    row, col = np.unravel_index(int(np.argmax(m)), m.shape)
-    return int(col), int(row)

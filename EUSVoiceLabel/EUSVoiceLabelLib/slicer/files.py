@@ -10,6 +10,8 @@ docs/contracts.md, "Outputs").
   convention), so frames appear upright in the axial view.
 - Colour tables (``.csv``: ``LabelValue,Name,Color_R,Color_G,Color_B,Color_A``, 0-255).
 - Markups point lists (``.mrk.json``, schema v1.0.3).
+- Point-list sequences (``.seq.mrb``, :func:`write_point_sequence`): one point list per index
+  value, so that a sequence browser shows each window's point only while its window plays.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import xml.etree.ElementTree as ET
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Optional, Sequence
@@ -200,3 +204,51 @@ def markups_points_json(name: str, points: Sequence[dict],
                     "lineThickness": 0.2, "handlesInteractive": False,
                     "snapMode": "toVisibleSurface"}}]}
     return json.dumps(doc, indent=2) + "\n"
+
+
+def write_point_sequence(path: os.PathLike | str, items: Sequence[tuple[float, Sequence[dict]]],
+                         name: str = "EUS landmark points") -> Path:
+    """Write a sequence of markups point lists as a ``.seq.mrb`` (atomically).
+
+    ``items`` are (time in s, points) in increasing time; each point as in
+    :func:`markups_points_json`.  An item with no point hides the points from its time on.
+
+    The layout is the one ``vtkMRMLSequenceStorageNode`` writes and reads: a zip holding
+    ``<name>.seq/<name>.mrml`` (one ``MarkupsFiducial`` node per item with its
+    ``MarkupsJsonStorage`` node, and the singleton ``Sequence`` node ``SequenceIndex`` whose
+    ``indexValues`` map each item node id to its index value) and the point lists under
+    ``<name>.seq/Data/``.
+    """
+    path = Path(path)
+    stem = path.name[:-len(".seq.mrb")] if path.name.endswith(".seq.mrb") else path.stem
+    root = ET.Element("MRML", {"version": "Slicer 5.10.0 0"})
+    files: dict[str, str] = {}
+    index_values = []
+    previous = None
+    for k, (time_s, points) in enumerate(items):
+        if previous is not None and time_s <= previous:
+            raise ValueError("point sequence times must increase")
+        previous = time_s
+        node_id, storage_id = f"vtkMRMLMarkupsFiducialNode{k + 1}", \
+            f"vtkMRMLMarkupsJsonStorageNode{k + 1}"
+        data_name = f"Data/{stem}_{k}.mrk.json"
+        files[f"{stem}.seq/{data_name}"] = markups_points_json(name, points)
+        ET.SubElement(root, "MarkupsFiducial", {
+            "id": node_id, "name": name, "attributes": f"Sequences.BaseName:{name}",
+            "references": f"storage:{storage_id};"})
+        ET.SubElement(root, "MarkupsJsonStorage", {
+            "id": storage_id, "name": "MarkupsJsonStorage", "fileName": data_name,
+            "coordinateSystem": "LPS"})
+        index_values.append(f"{node_id}:{float(time_s):.6g}")
+    ET.SubElement(root, "Sequence", {
+        "id": "vtkMRMLSequenceNodeSequenceIndex", "name": "Sequence",
+        "singletonTag": "SequenceIndex", "indexName": "time", "indexUnit": "s",
+        "indexType": "numeric", "indexValues": ";".join(index_values)})
+    ET.indent(root, space=" ")
+    files[f"{stem}.seq/{stem}.mrml"] = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                                        + ET.tostring(root, encoding="unicode") + "\n")
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for member, text in files.items():
+                zf.writestr(member, text)
+    return path

@@ -285,6 +285,17 @@ class ReviewTable:
         """``{window: label}`` for every window: reviewed, else predicted."""
         return {r.window: r.final_label for r in self.rows}
 
+    def window_mentions(self) -> list[Optional[Mention]]:
+        """Each window's mention rebuilt from the table alone (a saved scene, whose labelling
+        run is gone): at the window's time, labelled with what was said (else predicted);
+        ``None`` for window numbers the table lacks."""
+        mentions: list[Optional[Mention]] = [None] * (max((r.window for r in self.rows),
+                                                          default=-1) + 1)
+        for r in self.rows:
+            mentions[r.window] = Mention(r.time_s, r.spoken or r.predicted, None, "", None,
+                                         "file")
+        return mentions
+
     def training_mentions(self, mentions: Sequence[Mention]) -> list[Mention]:
         """The mentions to train on: each window's mention with its training label.
 

@@ -115,6 +115,7 @@ from typing import Optional
 from ..core.errors import ConfigError
 from ..core.fileio import atomic_write_text
 from ..core.paper import FPS
+from ..nn.evidence import DISPLAY_THRESHOLD
 
 #: Written as the scene's version (``vtkMRMLScene::ParseVersion`` "new style"); Slicer warns
 #: when it loads a scene made for a newer version than itself.
@@ -201,8 +202,9 @@ def build_scene_mrml(scene_dir: os.PathLike | str, *, frames_seq: os.PathLike | 
                      cam_seq: Optional[os.PathLike | str] = None,
                      landmarks_seq: Optional[os.PathLike | str] = None,
                      color_table: Optional[os.PathLike | str] = None,
-                     markups: Optional[os.PathLike | str] = None, fps: float = FPS,
-                     name: str = "EUS procedure", cam_threshold: float = 0.2) -> str:
+                     points_seq: Optional[os.PathLike | str] = None, fps: float = FPS,
+                     name: str = "EUS procedure",
+                     cam_threshold: float = DISPLAY_THRESHOLD) -> str:
     """The text of ``scene.mrml`` for files in ``scene_dir`` (see :func:`write_scene_mrml`)."""
     scene_dir = Path(scene_dir)
     if frames_seq is None:
@@ -259,6 +261,15 @@ def build_scene_mrml(scene_dir: os.PathLike | str, *, frames_seq: os.PathLike | 
                                 label_name, {}, {"display": [display_id]})
         sequences.append((label_name, _relative_name(landmarks_seq, scene_dir), label_proxy))
 
+    if points_seq is not None:
+        # The current window's peak point (and its label) only: a point-list sequence.
+        points_name = f"{name} landmark points"
+        display_id = scene.add("MarkupsFiducialDisplay",
+                               scene.new_id("vtkMRMLMarkupsFiducialDisplayNode"), None, {})
+        points_proxy = scene.add("MarkupsFiducial", scene.new_id("vtkMRMLMarkupsFiducialNode"),
+                                 points_name, {"locked": "true"}, {"display": [display_id]})
+        sequences.append((points_name, _relative_name(points_seq, scene_dir), points_proxy))
+
     # Sequence ids are fixed before the browser is written; the sequence elements come after
     # it, master LAST (see the module docstring: the proxies fill when the master loads).
     sequence_ids = [scene.new_id("vtkMRMLSequenceNode") for _ in sequences]
@@ -277,10 +288,15 @@ def build_scene_mrml(scene_dir: os.PathLike | str, *, frames_seq: os.PathLike | 
               references)
 
     order = list(range(1, len(sequences))) + [0]
-    storage_ids = {i: scene.new_id("vtkMRMLVolumeSequenceStorageNode") for i in order}
+    # .seq.nrrd: volume sequence storage; .seq.mrb (the point lists): generic sequence storage.
+    storage_tags = {i: ("SequenceStorage", "vtkMRMLSequenceStorageNode")
+                    if sequences[i][1].endswith(".seq.mrb")
+                    else ("VolumeSequenceStorage", "vtkMRMLVolumeSequenceStorageNode")
+                    for i in order}
+    storage_ids = {i: scene.new_id(storage_tags[i][1]) for i in order}
     for i in order:
         seq_name, file_name, _ = sequences[i]
-        scene.add("VolumeSequenceStorage", storage_ids[i], None,
+        scene.add(storage_tags[i][0], storage_ids[i], None,
                   {"fileName": _url_encode(file_name)})
         scene.add("Sequence", sequence_ids[i], seq_name,
                   {"indexName": "time", "indexUnit": "s", "indexType": "numeric"},
@@ -298,15 +314,6 @@ def build_scene_mrml(scene_dir: os.PathLike | str, *, frames_seq: os.PathLike | 
                    "foregroundOpacity": _format_number(FOREGROUND_OPACITY),
                    "labelOpacity": _format_number(LABEL_OPACITY)}, layer_refs)
 
-    if markups is not None:
-        storage_id = scene.add("MarkupsJsonStorage",
-                               scene.new_id("vtkMRMLMarkupsJsonStorageNode"), None,
-                               {"fileName": _url_encode(_relative_name(markups, scene_dir))})
-        display_id = scene.add("MarkupsFiducialDisplay",
-                               scene.new_id("vtkMRMLMarkupsFiducialDisplayNode"), None, {})
-        scene.add("MarkupsFiducial", scene.new_id("vtkMRMLMarkupsFiducialNode"),
-                  f"{name} landmark points", {},
-                  {"display": [display_id], "storage": [storage_id]})
     return scene.text()
 
 
@@ -314,9 +321,9 @@ def write_scene_mrml(path: os.PathLike | str, *, frames_seq: os.PathLike | str =
                      cam_seq: Optional[os.PathLike | str] = "cam.seq.nrrd",
                      landmarks_seq: Optional[os.PathLike | str] = "landmarks.seq.nrrd",
                      color_table: Optional[os.PathLike | str] = "landmarks.csv",
-                     markups: Optional[os.PathLike | str] = "landmarks.mrk.json",
+                     points_seq: Optional[os.PathLike | str] = "landmark_points.seq.mrb",
                      fps: float = FPS, name: str = "EUS procedure",
-                     cam_threshold: float = 0.2) -> Path:
+                     cam_threshold: float = DISPLAY_THRESHOLD) -> Path:
     """Write ``scene.mrml`` (atomically) referencing the output files next to it.
 
     Args:
@@ -325,12 +332,13 @@ def write_scene_mrml(path: os.PathLike | str, *, frames_seq: os.PathLike | str =
         cam_seq: Grad-CAM heat-map volume sequence (values 0-1), shown as the foreground layer.
         landmarks_seq: landmark labelmap sequence, shown as the label layer.
         color_table: Slicer colour-table CSV naming the landmark label values.
-        markups: ``.mrk.json`` point list of the landmarks.
+        points_seq: ``.seq.mrb`` sequence of point lists (each window's heat-map peak,
+            shown only while its window plays).
         fps: playback rate of the sequence browser (frames per second).
         name: base name of the browser and of the nodes in Slicer.
         cam_threshold: heat-map values below this are transparent in the slice views.
 
-    Any of ``cam_seq``, ``landmarks_seq``, ``color_table`` and ``markups`` may be None: its
+    Any of ``cam_seq``, ``landmarks_seq``, ``color_table`` and ``points_seq`` may be None: its
     nodes are then left out.  File names may be relative (to the scene's folder) or absolute;
     the scene always stores them relative.  The files need not exist yet.
 
@@ -340,6 +348,7 @@ def write_scene_mrml(path: os.PathLike | str, *, frames_seq: os.PathLike | str =
     path = Path(path)
     text = build_scene_mrml(path.parent, frames_seq=frames_seq, cam_seq=cam_seq,
                             landmarks_seq=landmarks_seq, color_table=color_table,
-                            markups=markups, fps=fps, name=name, cam_threshold=cam_threshold)
+                            points_seq=points_seq, fps=fps, name=name,
+                            cam_threshold=cam_threshold)
     atomic_write_text(path, text)
     return path

@@ -10,7 +10,8 @@ can be decided without Slicer lives here:
   :func:`sequence_times` (times of a sequence's index values), :func:`apply_problems` (why
   Apply is not possible yet).
 - **geometry**: :func:`cine_ijk_to_ras` (the DICOM-cine convention Slicer uses for 2-D
-  sequences), :func:`crop_ijk_to_ras` (the heat map of a cropped region placed on the frame).
+  sequences), :func:`sequence_crop` (whether a sequence's frames still need the crop) and
+  :func:`crop_ijk_to_ras` (the heat map of a cropped region placed on the frame).
 - **synchronised outputs**: :func:`overlay_timeline`, where each per-window output sequence
   needs an item so that the browser shows a window's heat map / evidence / label during the
   window and nothing elsewhere.
@@ -50,8 +51,6 @@ except ImportError:  # pragma: no cover
 
 DEVICES = ("auto", "cpu", "cuda")
 
-#: Heat maps below this value are transparent in the foreground layer.
-HEAT_DISPLAY_THRESHOLD = 0.2
 #: Frames of more than this many bytes make the module ask before loading a whole recording.
 LARGE_SEQUENCE_BYTES = 4 << 30
 
@@ -347,6 +346,33 @@ def crop_ijk_to_ras(frame_ijk_to_ras: np.ndarray, crop: Sequence[int]) -> np.nda
     return m
 
 
+def sequence_crop(crop: Optional[Sequence[int]], width: int, height: int
+                  ) -> Optional[tuple[int, int, int, int]]:
+    """The crop to apply to a sequence's own ``width`` x ``height`` frames.
+
+    A sequence made by "Load procedure" already holds the cropped frames: they are the crop's
+    size, and cropping them again (or shifting overlays by the crop's offset) would move
+    everything by (x, y).  A sequence of whole frames (e.g. a DICOM cine loop with a crop set
+    on it) is cropped.  None when no crop is set.
+    """
+    if crop is None:
+        return None
+    x, y, w, h = (int(v) for v in crop)
+    if (w, h) == (int(width), int(height)):
+        return 0, 0, w, h
+    return x, y, w, h
+
+
+def parse_crop(text: Optional[str]) -> Optional[list[int]]:
+    """The crop stored on a node attribute ("x y w h"), or None when unset."""
+    return [int(v) for v in text.split()] if text else None
+
+
+def format_crop(crop: Sequence[int]) -> str:
+    """A crop as stored on a node attribute ("x y w h")."""
+    return " ".join(str(int(v)) for v in crop)
+
+
 # --------------------------------------------------------------------------- outputs in sync
 @dataclass(frozen=True)
 class TimelineItem:
@@ -572,24 +598,26 @@ def write_tiny_procedure(folder: os.PathLike | str, seconds: float = 8.0,
                          size: tuple[int, int] = (96, 64),
                          labels: Sequence[str] = ("pancreas", "bile_duct", "pancreas",
                                                   "bile_duct"),
-                         seed: int = 0) -> Path:
+                         seed: int = 0,
+                         crop: Optional[Sequence[int]] = None) -> Path:
     """A small self-contained procedure folder (``frames.seq.nrrd``, ``audio.wav``,
-    ``mentions.csv``) for the Slicer self-test and tutorials; no speech engine or video codec
-    needed.
+    ``mentions.csv``, and ``procedure.json`` with ``crop``) for the Slicer self-test and
+    tutorials; no speech engine or video codec needed.
 
     Each mention gets its own 1 s window: the frames show a bright disc whose position depends
-    on the label, and the audio plays a tone whose pitch depends on the label, so a model
-    trained for a few steps can tell them apart.
+    on the label (inside ``crop`` = [x, y, w, h], default the whole frame), and the audio plays
+    a tone whose pitch depends on the label, so a model trained for a few steps can tell them
+    apart.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    w, h = size
+    x0, y0, w, h = (int(v) for v in (crop or (0, 0, *size)))
     n = int(round(seconds * FPS))
-    frames = rng.integers(0, 40, size=(n, h, w), dtype=np.uint8)
+    frames = rng.integers(0, 40, size=(n, size[1], size[0]), dtype=np.uint8)
     rate = 16000
     audio = (0.003 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
-    yy, xx = np.mgrid[0:h, 0:w]
+    yy, xx = np.mgrid[0:size[1], 0:size[0]] - np.array([y0, x0])[:, None, None]
     names = sorted(set(labels))
     step = (seconds - 1.0) / max(1, len(labels))
     rows = ["time_s,label,end_s,text"]
@@ -608,4 +636,7 @@ def write_tiny_procedure(folder: os.PathLike | str, seconds: float = 8.0,
     write_frame_sequence(folder / "frames.seq.nrrd", frames, np.arange(n) / FPS)
     write_wav(folder / "audio.wav", audio, rate)
     (folder / "mentions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    if crop is not None:
+        (folder / "procedure.json").write_text(json.dumps({"crop": [x0, y0, w, h]}) + "\n",
+                                               encoding="utf-8")
     return folder

@@ -2,14 +2,14 @@
 
 Slicer cannot run here, so the tests check the scene against the rules read from Slicer's
 source (see the docstring of ``EUSVoiceLabelLib.slicer.scene``): every referenced node exists,
-every file is relative and present, the browser synchronises the three sequences with the
-frames as master, the proxies' classes match the items the ``.seq.nrrd`` files declare, the
-master sequence is read last, and omitted files leave no nodes behind.
+every file is relative and present, the browser synchronises the four sequences (frames as
+master, heat maps, landmarks, landmark points), the proxies' classes match the items the
+``.seq.nrrd`` files declare, the master sequence is read last, and omitted files leave no nodes
+behind.  ``test_slicer_mrml.py`` imports the scenes into Slicer's own MRML.
 """
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pytest
 
 from EUSVoiceLabelLib.core.errors import ConfigError
 from EUSVoiceLabelLib.slicer.files import (LABELMAP_NODE, SCALAR_NODE, color_table_csv,
-                                           markups_points_json, write_frame_sequence)
+                                           write_frame_sequence, write_point_sequence)
 from EUSVoiceLabelLib.slicer.scene import BUILTIN_COLOR_IDS, INFERNO_COLOR_ID, write_scene_mrml
 
 # Element name -> MRML class, as the classes' GetNodeTagName() say in Slicer's source.
@@ -33,9 +33,9 @@ TAG_CLASS = {
     "SliceComposite": "vtkMRMLSliceCompositeNode",
     "MarkupsFiducial": "vtkMRMLMarkupsFiducialNode",
     "MarkupsFiducialDisplay": "vtkMRMLMarkupsFiducialDisplayNode",
-    "MarkupsJsonStorage": "vtkMRMLMarkupsJsonStorageNode",
+    "SequenceStorage": "vtkMRMLSequenceStorageNode",
 }
-STORAGE_TAGS = {"VolumeSequenceStorage", "ColorTableStorage", "MarkupsJsonStorage"}
+STORAGE_TAGS = {"VolumeSequenceStorage", "ColorTableStorage", "SequenceStorage"}
 
 
 def url_decode(name: str) -> str:
@@ -83,10 +83,11 @@ class Scene:
 
 
 def make_outputs(folder: Path, n: int = 4, names: dict[str, str] | None = None) -> dict[str, str]:
-    """Tiny real output files (3 sequences, colour table, markups) in ``folder``."""
+    """Tiny real output files (3 volume sequences, colour table, point sequence) in
+    ``folder``."""
     names = {"frames": "frames.seq.nrrd", "cam": "cam.seq.nrrd",
              "landmarks": "landmarks.seq.nrrd", "colors": "landmarks.csv",
-             "markups": "landmarks.mrk.json", **(names or {})}
+             "points": "landmark_points.seq.mrb", **(names or {})}
     rng = np.random.default_rng(0)
     times = [i / 25.0 for i in range(n)]
     frames = rng.integers(0, 256, (n, 6, 8), dtype=np.uint8)
@@ -97,8 +98,8 @@ def make_outputs(folder: Path, n: int = 4, names: dict[str, str] | None = None) 
                          node_class=LABELMAP_NODE)
     (folder / names["colors"]).write_text(
         color_table_csv([(1, "oesophagus", (1, 0, 0)), (2, "pancreas", (0, 1, 0))]))
-    (folder / names["markups"]).write_text(
-        markups_points_json("EUS landmarks", [{"label": "pancreas", "position": [1, 2, 0]}]))
+    write_point_sequence(folder / names["points"], [
+        (0.0, [{"label": "pancreas", "position": [1, 2, 0]}]), (2 / 25.0, [])])
     return names
 
 
@@ -140,7 +141,7 @@ def browser_sequences(scene: Scene):
     return browser, out
 
 
-def test_full_scene_wires_three_synchronised_sequences(tmp_path):
+def test_full_scene_wires_four_synchronised_sequences(tmp_path):
     names = make_outputs(tmp_path)
     path = write_scene_mrml(tmp_path / "scene.mrml", fps=29.97, name="Patient 7",
                             cam_threshold=0.3)
@@ -158,7 +159,8 @@ def test_full_scene_wires_three_synchronised_sequences(tmp_path):
     # selection -1 and master read last: the proxies fill when the frames arrive.
     assert browser.get("selectedItemNumber") == "-1"
     files = [scene.file_of(seq) for _, seq, _ in seqs]
-    assert files == [names["frames"], names["cam"], names["landmarks"]]  # master first
+    # master first
+    assert files == [names["frames"], names["cam"], names["landmarks"], names["points"]]
     master = seqs[0][1]
     assert all(scene.position(master) > scene.position(seq) for _, seq, _ in seqs[1:])
     assert all(scene.position(browser) < scene.position(seq) for _, seq, _ in seqs)
@@ -166,12 +168,16 @@ def test_full_scene_wires_three_synchronised_sequences(tmp_path):
         assert proxy.get("name") == seq.get("name")
         assert "storage" not in scene.refs(proxy)  # proxies hold no data of their own
         assert seq.get("indexValues") is None  # the storage node supplies the items
+        if scene.file_of(seq).endswith(".seq.mrb"):  # the point lists
+            assert scene.ref(seq, "storage").tag == "SequenceStorage"
+            assert proxy.tag == "MarkupsFiducial"
+            continue
         # The browser reuses a proxy only if its class is the items' class.
         header = nrrd.read_header(str(tmp_path / scene.file_of(seq)))
         assert TAG_CLASS[proxy.tag] == header["DataNodeClassName"]
         assert scene.ref(seq, "storage").tag == "VolumeSequenceStorage"
 
-    frames_proxy, cam_proxy, label_proxy = (proxy for _, _, proxy in seqs)
+    frames_proxy, cam_proxy, label_proxy, points_proxy = (proxy for _, _, proxy in seqs)
     cam_display = scene.ref(cam_proxy, "display")
     assert cam_display.tag == "VolumeDisplay"
     assert cam_display.get("colorNodeID") == INFERNO_COLOR_ID
@@ -197,23 +203,20 @@ def test_full_scene_wires_three_synchronised_sequences(tmp_path):
         assert scene.ref(c, "labelVolume") is label_proxy
         assert 0 < float(c.get("foregroundOpacity")) < 1
 
-    (points,) = scene.of_tag("MarkupsFiducial")
-    assert scene.ref(points, "storage").tag == "MarkupsJsonStorage"
-    assert scene.file_of(points) == names["markups"]
-    assert scene.ref(points, "display").tag == "MarkupsFiducialDisplay"
-    assert json.loads((tmp_path / names["markups"]).read_text())["markups"][0]["type"] \
-        == "Fiducial"
+    # No standalone point list (it would show every window's point at every time).
+    assert scene.of_tag("MarkupsFiducial") == [points_proxy]
+    assert scene.ref(points_proxy, "display").tag == "MarkupsFiducialDisplay"
 
 
 def test_omitted_files_omit_their_nodes(tmp_path):
     make_outputs(tmp_path)
     scene = Scene(write_scene_mrml(tmp_path / "scene.mrml", cam_seq=None, color_table=None,
-                                   markups=None))
+                                   points_seq=None))
     check_consistent(scene)
     _, seqs = browser_sequences(scene)
     assert [scene.file_of(s) for _, s, _ in seqs] == ["frames.seq.nrrd", "landmarks.seq.nrrd"]
     assert not scene.of_tag("ColorTable") and not scene.of_tag("MarkupsFiducial")
-    assert not scene.of_tag("MarkupsJsonStorage") and not scene.of_tag("ColorTableStorage")
+    assert not scene.of_tag("SequenceStorage") and not scene.of_tag("ColorTableStorage")
     assert len(scene.of_tag("Volume")) == 1 and len(scene.of_tag("VolumeDisplay")) == 1
     label_display = scene.ref(seqs[1][2], "display")
     assert label_display.get("colorNodeID") in BUILTIN_COLOR_IDS
@@ -222,7 +225,7 @@ def test_omitted_files_omit_their_nodes(tmp_path):
         assert scene.ref(c, "labelVolume") is seqs[1][2]
 
     only = Scene(write_scene_mrml(tmp_path / "frames_only.mrml", cam_seq=None,
-                                  landmarks_seq=None, color_table=None, markups=None))
+                                  landmarks_seq=None, color_table=None, points_seq=None))
     check_consistent(only)
     browser, seqs = browser_sequences(only)
     assert browser.get("virtualNodePostfixes").split() == ["0"]
@@ -234,12 +237,12 @@ def test_omitted_files_omit_their_nodes(tmp_path):
 
 def test_file_names_are_relative_and_url_encoded(tmp_path):
     names = make_outputs(tmp_path, names={"frames": "my frames 100%.seq.nrrd",
-                                          "markups": "points 'a'.mrk.json"})
+                                          "points": "points 'a'.seq.mrb"})
     path = write_scene_mrml(tmp_path / "scene.mrml", frames_seq=tmp_path / names["frames"],
-                            markups=str(tmp_path / names["markups"]))  # absolute -> relative
+                            points_seq=str(tmp_path / names["points"]))  # absolute -> relative
     text = path.read_text()
     assert 'fileName="my%20frames%20100%25.seq.nrrd"' in text
-    assert "points%20%27a%27.mrk.json" in text
+    assert "points%20%27a%27.seq.mrb" in text
     scene = Scene(path)
     check_consistent(scene)  # decoded names exist next to the scene
     _, seqs = browser_sequences(scene)
