@@ -14,8 +14,14 @@ Design:
   The file itself holds the owner's pid and command for the refusal message only.
 - Re-entrant within a process (the command line and the library function it calls may both
   take it).
-- When taken, leftovers of killed runs (``.<name>.<random>.part...`` temporary files of
-  :mod:`.fileio`) are removed: with the lock held nobody else can be writing them.
+- An output folder we own carries the marker file :data:`MARKER` naming its kind
+  (:func:`marker_kind`); cohort readers skip such folders (a label output beside the
+  procedures of a cohort is not a patient).
+- Leftovers of killed runs (``.<name>.<random>.part...`` temporary files of :mod:`.fileio`
+  and its ``.eusvoicelabel-staging-<random>`` folders) are recognised by their exact name
+  (:func:`is_leftover`) and removed by :func:`remove_stale_parts`, which the output rule
+  (:func:`..data.outputs.claim_output`) calls with the lock held, once the output is known to
+  be ours: in the output folder itself (never recursively), or beside an output file.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 from .errors import OutputError
 
@@ -37,8 +44,14 @@ except ImportError:  # Windows
     import msvcrt
 
 LOCK_SUFFIX = ".lock"
-# fileio.atomic_path names its temporary files ".<name>.<mkstemp random>.part<suffix>".
-_PART_RE = re.compile(r"^\..+\.part(\..*)?$")
+#: Marker file of an output folder we own: ``{"kind": ..., "written_by": "eusvoicelabel", ...}``.
+MARKER = ".eusvoicelabel-output.json"
+#: The marker kind of a procedure the Slicer module added to a cohort: a patient, not an output.
+PROCEDURE_KIND = "cohort-procedure"
+# fileio.atomic_path names its temporary files ".<name>.<mkstemp random>.part<suffix>" and
+# fileio.StagedFolder its folders ".eusvoicelabel-staging-<mkdtemp random>" (8 characters).
+_PART_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.part(\.[^/]*)?$")
+_STAGING_RE = re.compile(r"^\.eusvoicelabel-staging-[a-z0-9_]{8}$")
 
 _held: dict[str, tuple[int, int]] = {}  # resolved lock path -> (fd, depth)
 _held_guard = threading.Lock()
@@ -124,30 +137,65 @@ def _release(path: Path, fd: int) -> None:
     os.close(fd)
 
 
-def remove_stale_parts(out: os.PathLike | str) -> list[Path]:
-    """Delete temporary ``.part`` files left by killed writes into ``out`` (file or folder).
+def marker_kind(folder: os.PathLike | str) -> Optional[str]:
+    """The kind of output named by the marker in ``folder`` (None: no valid marker)."""
+    path = Path(folder) / MARKER
+    try:
+        if path.stat().st_size > 4096:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != "eusvoicelabel":
+        return None
+    kind = data.get("kind")
+    return kind if isinstance(kind, str) else None
 
-    Only call with the output lock held.  Returns the removed paths.
+
+def is_output_folder(folder: os.PathLike | str) -> bool:
+    """Whether ``folder`` is an output of ours that is not a patient (cohort readers skip it)."""
+    return marker_kind(folder) not in (None, PROCEDURE_KIND)
+
+
+def is_leftover(name: str) -> bool:
+    """Whether a file or folder name is one of our temporary names (see the module doc)."""
+    return bool(_PART_RE.match(name) or _STAGING_RE.match(name))
+
+
+def remove_stale_parts(out: os.PathLike | str, subfolders: Sequence[str] = ()) -> list[Path]:
+    """Delete the leftovers of killed writes of output ``out``, by exact name.
+
+    For a folder: our temporary files and staging folders directly in it and in its
+    ``subfolders`` (exact names), never deeper.  For a file: its own temporary files beside
+    it (``.<name>.<random>.part...``).  Only call with the output lock held, once ``out`` is
+    known to be our output.  Returns the removed paths.
     """
     out = Path(out)
-    removed: list[Path] = []
     if out.is_dir():
-        candidates = (p for p in out.rglob(".*.part*") if p.is_file())
+        folders = [out] + [out / s for s in subfolders if (out / s).is_dir()]
+        candidates = [p for f in folders for p in _entries(f) if is_leftover(p.name)]
     else:
         prefix = f".{out.name}."
-        candidates = (p for p in out.parent.glob(f".{_glob_escape(out.name)}.*.part*")
-                      if p.name.startswith(prefix)) if out.parent.is_dir() else iter(())
+        candidates = [p for p in _entries(out.parent)
+                      if p.name.startswith(prefix) and _PART_RE.match(p.name)]
+    removed: list[Path] = []
     for p in candidates:
-        if _PART_RE.match(p.name):
-            with contextlib.suppress(OSError):
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
                 p.unlink()
-                removed.append(p)
+            removed.append(p)
+        except OSError:
+            pass
     return removed
 
 
-def _glob_escape(name: str) -> str:
-    """``name`` with glob wildcards escaped."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 @contextlib.contextmanager
@@ -171,14 +219,10 @@ def output_lock(out: Optional[os.PathLike | str], command: str = "eusvoicelabel"
         if key in _held:
             fd, depth = _held[key]
             _held[key] = (fd, depth + 1)
-            first = False
         else:
             fd = _acquire(path, command)
             _held[key] = (fd, 1)
-            first = True
     try:
-        if first:
-            remove_stale_parts(out)
         yield path
     finally:
         with _held_guard:
@@ -190,4 +234,5 @@ def output_lock(out: Optional[os.PathLike | str], command: str = "eusvoicelabel"
                 _release(path, fd)
 
 
-__all__ = ["output_lock", "lock_path_for", "remove_stale_parts"]
+__all__ = ["output_lock", "lock_path_for", "remove_stale_parts", "is_leftover", "marker_kind",
+           "is_output_folder", "MARKER", "PROCEDURE_KIND"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Optional
 
 import torch
 
@@ -69,13 +70,48 @@ def check_weights_digest(data: dict, weights_key: str, path: os.PathLike | str,
                               "checksum)", path, hint)
 
 
+class _KeepWriteError(io.RawIOBase):
+    """A file torch.save writes through that remembers the OSError of a failing write: torch
+    reports it as a RuntimeError without its errno (so "disk full" would be lost)."""
+
+    def __init__(self, fh: BinaryIO):
+        super().__init__()
+        self._fh = fh
+        self.error: Optional[OSError] = None
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def name(self) -> str:
+        """The file written (like a file object's ``name``)."""
+        return self._fh.name
+
+    def write(self, data) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
 def torch_save_atomic(path: os.PathLike | str, obj: Any) -> None:
     """torch.save through a temporary file and a rename (a kill mid-write keeps the old file).
 
-    torch's zip writer reports a failing disk as RuntimeError: it becomes OutputError too.
+    A failing disk becomes OutputError naming the file, saying when the disk is full.
     """
     with atomic_path(path) as tmp:
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as exc:
-            raise OSError(errno.EIO, f"torch.save failed: {str(exc).splitlines()[0]}") from None
+        with open(tmp, "wb") as fh:
+            sink = _KeepWriteError(fh)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError as exc:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise OSError(errno.EIO, f"torch.save failed: {str(exc).splitlines()[0]}") \
+                    from None
+            fh.flush()
+            os.fsync(fh.fileno())
