@@ -34,6 +34,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_SAMPLE_RATE = 4_000
 MAX_SAMPLE_RATE = 768_000
 MAX_FRAME_SIDE = 8192
+MAX_AUDIO_CHANNELS = 64
+#: A ``.seq.nrrd`` is decoded into memory whole, so its decoded data may hold at most this many
+#: bytes (1 GiB: 4,400 grey 690x350 frames, three minutes at 25 fps; longer recordings belong
+#: in a video file).  Checked from the header before anything is inflated, so a small gzip
+#: "bomb" is refused at once.
+MAX_SEQUENCE_BYTES = 1 << 30
 
 
 def _av():
@@ -283,9 +289,14 @@ class NrrdSequenceSource(FrameSource):
 
         self.path = Path(path)
         try:
-            data, header = nrrd.read(str(self.path))
+            with open(self.path, "rb") as fh:
+                header = nrrd.read_header(fh)
+                _check_nrrd_size(self.path, header)
+                data = nrrd.read_data(header, fh, str(self.path))
         except FileNotFoundError:
             raise MediaError("file not found", self.path) from None
+        except MediaError:
+            raise
         # zlib.error (corrupt gzip data) and StopIteration (an empty file) come from pynrrd's
         # reader on damaged files; found by fuzzing (test_fuzz.py).
         except (nrrd.NRRDError, OSError, ValueError, EOFError, KeyError, TypeError,
@@ -321,9 +332,12 @@ class NrrdSequenceSource(FrameSource):
         # NRRD axes are (x, y) = (columns, rows): transpose to rows x columns.
         frames = np.transpose(frames, (0, 2, 1))
         if frames.dtype != np.uint8:
-            lo, hi = float(np.nanmin(frames)), float(np.nanmax(frames))
-            scale = 255.0 / (hi - lo) if hi > lo else 0.0
-            frames = np.clip((frames - lo) * scale, 0, 255).astype(np.uint8)
+            # In float32 and in place: at most 4 bytes per value besides the decoded data.
+            grey = np.asarray(frames, dtype=np.float32)
+            lo, hi = float(np.nanmin(grey)), float(np.nanmax(grey))
+            grey -= lo
+            grey *= 255.0 / (hi - lo) if hi > lo else 0.0
+            frames = np.clip(grey, 0, 255, out=grey).astype(np.uint8)
         self.frames = np.ascontiguousarray(frames)
         n, self.height, self.width = self.frames.shape
         times = _index_values(header, list_axis, n)
@@ -343,6 +357,42 @@ class NrrdSequenceSource(FrameSource):
             right = self.times[pos]
             pos = np.where(np.abs(times - left) <= np.abs(right - times), pos - 1, pos)
         return self.frames[pos]
+
+
+# Bytes per value of the NRRD types (the format's own names); anything else counts as 8.
+_NRRD_ITEMSIZE = {
+    **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8",
+                     "uint8_t"), 1),
+    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16",
+                     "int16_t", "ushort", "unsigned short", "unsigned short int", "uint16",
+                     "uint16_t"), 2),
+    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int",
+                     "uint32", "uint32_t", "float"), 4),
+}
+
+
+def _nrrd_itemsize(header: dict) -> int:
+    kind = str(header.get("type", "")).strip().lower()
+    if kind == "block":
+        return max(1, int(header.get("block size", header.get("blocksize", 1)) or 1))
+    return _NRRD_ITEMSIZE.get(kind, 8)
+
+
+def _check_nrrd_size(path: Path, header: dict) -> None:
+    """Refuse a sequence whose header announces no frames or more decoded data than
+    :data:`MAX_SEQUENCE_BYTES`, before any of it is read."""
+    sizes = [int(v) for v in np.atleast_1d(header.get("sizes", []))]
+    if not sizes or min(sizes) < 1:
+        raise MediaError(f"holds no frames (sizes {sizes})", path,
+                         "the sequence is empty: export it again from Slicer")
+    if max(sizes[:2]) > MAX_FRAME_SIDE:
+        raise MediaError(f"implausible frame size {sizes[0]}x{sizes[1]}", path,
+                         "the file header is probably corrupt")
+    total = math.prod(sizes) * _nrrd_itemsize(header)
+    if total > MAX_SEQUENCE_BYTES:
+        raise MediaError(f"would decode to {total / 2 ** 30:.1f} GiB of frames, more than the "
+                         f"{MAX_SEQUENCE_BYTES / 2 ** 30:.0f} GiB a .seq.nrrd may hold", path,
+                         "store long recordings as a video file (video.mp4) instead")
 
 
 def _index_values(header: dict, axis: int, n: int) -> Optional[np.ndarray]:
@@ -397,14 +447,22 @@ def load_audio(path: os.PathLike | str) -> tuple[np.ndarray, int]:
             if not (MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
                 raise MediaError(f"implausible sample rate {rate} Hz", path,
                                  f"expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
-            # Float planar at the native rate and layout; channels are averaged here (ffmpeg's
-            # own down-mix scales by -3 dB instead).
-            resampler = av.AudioResampler(format="fltp")
+            channels = int(stream.codec_context.channels or 0)
+            if not 1 <= channels <= MAX_AUDIO_CHANNELS:
+                raise MediaError(f"implausible channel count {channels}", path,
+                                 f"expected 1-{MAX_AUDIO_CHANNELS} audio channels")
+            # Interleaved float at the native rate and layout: one plane.  PyAV counts a
+            # frame's planes by walking FFmpeg's plane pointers up to a NULL that planar frames
+            # of 8 or more channels do not have (AVFrame holds 8 pointers inline), so
+            # to_ndarray of a planar 7.1 AAC or 8-channel WAV/FLAC frame read garbage pointers
+            # and crashed the process.  Channels are averaged here (ffmpeg's own down-mix
+            # scales by -3 dB instead).
+            resampler = av.AudioResampler(format="flt")
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
+                    chunks.append(_mono(out))
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
+                chunks.append(_mono(out))
     except MediaError:
         raise
     except _av_errors() as exc:
@@ -421,6 +479,14 @@ def load_audio(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         raise MediaError("audio contains NaN or infinite samples", path,
                          "re-export the recording as 16-bit PCM WAV")
     return samples, rate
+
+
+def _mono(frame) -> np.ndarray:
+    """The channel average of an interleaved float audio frame."""
+    channels = len(frame.layout.channels)
+    if not 1 <= channels <= MAX_AUDIO_CHANNELS:
+        raise ValueError(f"audio frame with {channels} channels")
+    return frame.to_ndarray().reshape(-1, channels).mean(axis=1, dtype=np.float32)
 
 
 def write_wav(path: os.PathLike | str, samples: np.ndarray, rate: int) -> Path:
