@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ..core.paper import FFT_LENGTH, FRAME_LENGTH, FRAME_STEP, SAMPLE_RATE
+from ..core.errors import ConfigError
 
 # torch and scipy are imported in the functions that use them: the Slicer module imports this
 # module (through data.procedure) before its Python requirements are installed, and
@@ -48,13 +49,30 @@ class SpectrogramSettings:
     normalize: bool = True
     top_db: float = TOP_DB
 
+    def __post_init__(self) -> None:
+        if self.scale not in ("log", "magnitude"):
+            raise ConfigError(f"unknown spectrogram scale {self.scale!r}",
+                              hint="use 'log' or 'magnitude'")
+        if not isinstance(self.normalize, bool):
+            raise ConfigError(f"spectrogram 'normalize' must be true or false, not "
+                              f"{self.normalize!r}")
+        top = self.top_db
+        if isinstance(top, bool) or not isinstance(top, (int, float)) or \
+                not 0 < top <= 1000:
+            raise ConfigError(f"spectrogram top_db must be a number of dB in (0, 1000], not "
+                              f"{top!r}")
+        object.__setattr__(self, "top_db", float(top))
+
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "SpectrogramSettings":
-        return cls(scale=data.get("scale", "log"), normalize=bool(data.get("normalize", True)),
-                   top_db=float(data.get("top_db", TOP_DB)))
+        """Settings from JSON (a checkpoint, a cache key); ConfigError for a bad value."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"spectrogram settings must be a JSON object, not {data!r}")
+        return cls(scale=data.get("scale", "log"), normalize=data.get("normalize", True),
+                   top_db=data.get("top_db", TOP_DB))
 
 
 def resample(samples: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -5,15 +5,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping, Optional
 
 from ..core.errors import ConfigError
 from ..core.paper import BATCH_SIZE, IMAGE_SIZE, WINDOW_FRAMES
-from ..core.variants import DEFAULT_VARIANT, VariantSpec, check_image_size, variant_spec
+from ..core.variants import (DEFAULT_VARIANT, IMAGE_SIDE_RANGE, VariantSpec, check_image_size,
+                             variant_spec)
 from ..data.audio import SpectrogramSettings
 from ..data.dataset import WindowSettings
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if not math.isfinite(value):
+        return False
+    return not integer or isinstance(value, numbers.Integral)
+
+
+# (field, whole number, lowest, highest, may be None) for TrainConfig._check_types.
+_BOUNDS = (("epochs", True, 0, 1_000_000, True), ("lr", False, 0, 1e3, True),
+           ("batch_size", True, 1, 65_536, False), ("frames", True, 1, 1000, False),
+           ("width", False, 0, 4, False), ("seed", True, 0, 2 ** 32 - 1, False))
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         spec = variant_spec(self.variant)
+        self._check_types()
         object.__setattr__(self, "epochs", int(spec.epochs if self.epochs is None
                                                else self.epochs))
         object.__setattr__(self, "lr", float(spec.lr if self.lr is None else self.lr))
@@ -88,6 +106,27 @@ class TrainConfig:
         ``spectrogram`` scaling (default: :class:`..data.audio.SpectrogramSettings`)."""
         return WindowSettings(self.image_size, self.frames,
                               spectrogram or SpectrogramSettings())
+
+    def _check_types(self) -> None:
+        """Every value of the right type and range (a checkpoint's config may be crafted)."""
+        for name, integer, lo, hi, optional in _BOUNDS:
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if not _is_number(value, integer) or not lo <= value <= hi:
+                raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number in "
+                                  f"[{lo:g}, {hi:g}], not {value!r}")
+        if self.width <= 0:
+            raise ConfigError(f"width must be positive, not {self.width!r}")
+        if self.joint_scale not in ("sum", "mean"):
+            raise ConfigError(f"joint_scale must be 'sum' or 'mean', not {self.joint_scale!r}")
+        size = self.image_size
+        if not isinstance(size, (tuple, list)) or len(size) != 2 or \
+                not all(_is_number(v, True) and 1 <= v <= IMAGE_SIDE_RANGE[1] for v in size):
+            raise ConfigError(f"image_size must be two whole numbers (H, W) of at most "
+                              f"{IMAGE_SIDE_RANGE[1]}, not {size!r}")
+        if self.weights is not None and not isinstance(self.weights, (str, os.PathLike)):
+            raise ConfigError(f"weights must be a file path, not {self.weights!r}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
