@@ -26,6 +26,9 @@ from ..core.errors import VocabularyError
 from ..core.fileio import atomic_write_text
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Landmark labelmaps store label k as k + 1 (0 = background) in at most 16 bits.
+MAX_LABELS = 65535
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,20 @@ class LabelSet:
     def __post_init__(self) -> None:
         if not self.labels:
             raise VocabularyError("the vocabulary has no labels")
+        if len(self.labels) > MAX_LABELS:
+            raise VocabularyError(f"the vocabulary has {len(self.labels)} labels, more than "
+                                  f"the {MAX_LABELS} a landmark labelmap can hold")
         seen: dict[str, str] = {}
         phrases = []
         for label in self.labels:
             if not _ID_RE.match(label.id):
                 raise VocabularyError(f"label id {label.id!r} is not a plain identifier",
                                       hint="use letters, digits, '_' or '-'")
+            for text in (label.name, *label.synonyms):
+                if _CONTROL_RE.search(text):
+                    raise VocabularyError(
+                        f"label {label.id!r}: {text!r} holds a line break or control "
+                        "character", hint="write names and synonyms on one line")
             if label.id in seen:
                 raise VocabularyError(f"label id {label.id!r} appears twice")
             seen[label.id] = label.id
@@ -296,14 +307,20 @@ def _auto_color(i: int) -> tuple[float, float, float]:
     return palette[i % len(palette)]
 
 
+def labels_file(folder: Optional[os.PathLike | str]) -> Optional[Path]:
+    """The ``labels.json`` a folder uses: its own, else its parent's (None if neither)."""
+    if folder is not None:
+        for cand in (Path(folder) / "labels.json", Path(folder).parent / "labels.json"):
+            if cand.is_file():
+                return cand
+    return None
+
+
 def load_labelset(path: Optional[os.PathLike | str] = None,
                   folder: Optional[os.PathLike | str] = None) -> LabelSet:
     """The vocabulary from ``path``, else ``folder/labels.json`` (or its parent's), else the
     default five labels."""
     if path is not None:
         return LabelSet.load(path)
-    if folder is not None:
-        for cand in (Path(folder) / "labels.json", Path(folder).parent / "labels.json"):
-            if cand.is_file():
-                return LabelSet.load(cand)
-    return LabelSet.default()
+    found = labels_file(folder)
+    return LabelSet.load(found) if found is not None else LabelSet.default()

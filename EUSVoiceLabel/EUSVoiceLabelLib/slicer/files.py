@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
@@ -83,6 +84,9 @@ def write_frame_sequence(path: os.PathLike | str, frames: np.ndarray, times: Seq
     return path
 
 
+_NRRD_TYPES = {"uint8": "uint8", "uint16": "uint16", "float32": "float"}
+
+
 def _nrrd_vector(values: Sequence[float]) -> str:
     return "(" + ",".join(f"{float(v):.10g}" for v in values) + ")"
 
@@ -99,8 +103,8 @@ class SequenceStreamWriter:
                  times: Sequence[float], dtype: str = "uint8",
                  spacing_mm: Optional[tuple[float, float]] = None,
                  node_class: str = SCALAR_NODE, compression_level: int = 1):
-        if dtype not in ("uint8", "float32"):
-            raise ValueError("dtype must be uint8 or float32")
+        if dtype not in _NRRD_TYPES:
+            raise ValueError("dtype must be uint8, uint16 or float32")
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
         self.times = [float(t) for t in times]
@@ -111,7 +115,7 @@ class SequenceStreamWriter:
             "NRRD0004",
             "# Complete NRRD file format specification at:",
             "# http://teem.sourceforge.net/nrrd/format.html",
-            f"type: {'uint8' if dtype == 'uint8' else 'float'}",
+            f"type: {_NRRD_TYPES[dtype]}",
             "dimension: 4",
             "space: left-posterior-superior",
             f"sizes: {self.width} {self.height} 1 {len(self.times)}",
@@ -169,8 +173,7 @@ def color_table_csv(labels: Sequence[tuple[int, str, tuple[float, float, float]]
     """Slicer colour-table CSV text for (label value, name, 0-1 RGB) entries."""
     lines = ["LabelValue,Name,Color_R,Color_G,Color_B,Color_A"]
     for value, name, rgb in labels:
-        if "," in name or '"' in name:
-            name = name.replace(",", " ").replace('"', "")
+        name = re.sub(r'[\x00-\x1f\x7f,"]', " ", name)  # one CSV cell on one line
         r, g, b = (int(round(255 * min(max(c, 0.0), 1.0))) for c in rgb)
         lines.append(f"{int(value)},{name},{r},{g},{b},255")
     return "\n".join(lines) + "\n"
