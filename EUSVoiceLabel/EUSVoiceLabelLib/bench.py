@@ -52,6 +52,7 @@ from .core.paper import IMAGE_SIZE, SPECTROGRAM_SHAPE, WINDOW_FRAMES
 from .core.pool import process_cores, run_tasks, spawn_pool
 from .core.progress import ProgressLike, as_progress
 from .data.dataset import WindowSettings, load_windows_cached
+from .data.outputs import OutputKind, json_object, text_file
 from .data.procedure import load_procedure
 from .data.vocabulary import LabelSet
 from .demo import DemoSettings
@@ -80,6 +81,23 @@ QUICK_TOLERANCE = 0.15
 INFERENCE_PAIRS = (("baseline", "optimised"), ("baseline_cam", "optimised_cam"))
 MARK_BEGIN = "<!-- bench:begin -->"
 MARK_END = "<!-- bench:end -->"
+
+
+def _bench_result(path: Path) -> bool:
+    return str((json_object(path) or {}).get("command", "")).startswith("eusvoicelabel bench")
+
+
+def _markdown(path: Path) -> bool:
+    return path.suffix.lower() in (".md", ".markdown") and text_file(path)
+
+
+#: ``bench --out``: replaces an existing file only when it is a bench result of ours.
+BENCH_RESULT = OutputKind("bench-result", "a result of 'eusvoicelabel bench'", folder=False,
+                          signature=_bench_result)
+#: ``bench --markdown``: a markdown text file whose bench section is replaced (the rest of the
+#: file is kept byte for byte); any other existing file is refused.
+BENCH_MARKDOWN = OutputKind("bench-markdown", "a markdown (.md) text file", folder=False,
+                            signature=_markdown)
 
 
 # --------------------------------------------------------------------------- settings
@@ -827,4 +845,4 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
 __all__ = ["BenchSettings", "run_bench", "model_flops", "measure_peak", "inference_cases",
            "training_cases", "data_cases", "labelling_case", "time_interleaved", "PeakMemory",
            "check_regressions", "markdown_report", "update_markdown", "write_result",
-           "QUICK_TOLERANCE", "DEMO_SIZE"]
+           "BENCH_RESULT", "BENCH_MARKDOWN", "QUICK_TOLERANCE", "DEMO_SIZE"]

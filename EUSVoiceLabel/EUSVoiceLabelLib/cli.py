@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -23,13 +24,14 @@ from typing import Callable, Optional, Sequence
 from . import __version__
 from .core.errors import ConfigError, EUSVoiceLabelError, OutputError
 from .core.fileio import atomic_write_text
-from .core.outputlock import output_lock
+from .core.outputlock import output_session
 from .core.paper import BATCH_SIZE, IMAGE_SIZE, VIDEO_SIZE, WINDOW_FRAMES
 from .core.progress import JsonProgress, Progress, TqdmProgress
 from .core.variants import DEFAULT_VARIANT, VARIANTS, parse_image_size, variant_help, variant_spec
 from .data.mentions import write_mentions_csv
+from .data.outputs import claim_output, input_paths
 from .data.procedure import load_procedure
-from .data.vocabulary import load_labelset
+from .data.vocabulary import labels_file, load_labelset
 from .nn.evidence import REGION_THRESHOLD
 
 log = logging.getLogger("eusvoicelabel")
@@ -39,10 +41,41 @@ EXIT_INTERRUPTED = 130
 
 
 # --------------------------------------------------------------------------- shared options
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+        if not 0 <= value < 2 ** 32:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"the seed must be a whole number from 0 to {2 ** 32 - 1}, not {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+        if value < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="compute device (default: auto = CUDA, then MPS, then CPU)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--progress", choices=["bars", "json", "none"], default="bars",
                    help="how long work shows its progress on stderr: bars (default), json "
@@ -79,15 +112,15 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    metavar="VARIANT",
                    help=f"model variant (default: {DEFAULT_VARIANT}; evaluate also: all, every "
                         f"row of Table III): {variant_help()}")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=_positive, default=None,
                    help="training epochs (default: the paper's for the variant)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=_positive, default=None,
                    help=f"batch size (default: {BATCH_SIZE})")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=_finite, default=None,
                    help="learning rate (default: the paper's for the variant)")
     p.add_argument("--image-size", type=_image_size, default=None, metavar="HxW",
                    help=f"network input size after cropping (default: {_PAPER_SIZE})")
-    p.add_argument("--frames", type=int, default=None,
+    p.add_argument("--frames", type=_positive, default=None,
                    help=f"frames per window (default: {WINDOW_FRAMES})")
     p.add_argument("--labels", type=Path, default=None,
                    help="label vocabulary JSON (default: COHORT/labels.json or the paper's five)")
@@ -97,7 +130,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=None,
                    help="folder for the preprocessed-window cache (default: ~/.cache/eusvoicelabel "
                         "or $EUSVOICELABEL_CACHE)")
-    p.add_argument("--width", type=float, default=None,
+    p.add_argument("--width", type=_finite, default=None,
                    help="channel multiplier of the scratch branches (default: 1.0 = the paper, "
                         "R = 1024; e.g. 0.25 for a light CPU model)")
     p.add_argument("--joint-scale", choices=["sum", "mean"], default=None,
@@ -163,6 +196,13 @@ def _train_config(args: argparse.Namespace, variant: Optional[str] = None):
                                      weights=_weights_for(args, variant))
 
 
+def _run_inputs(args: argparse.Namespace) -> list[Path]:
+    """Every input of a train / evaluate run: the cohort (its patients and their files), its
+    labels.json, --labels and the weights files."""
+    return input_paths(args.cohort, labels_file(args.cohort), args.labels, args.weights,
+                       args.vgg16_weights, args.resnet50_weights, args.voice_weights)
+
+
 def _window_set(args: argparse.Namespace, labelset, cfg):
     """The cohort's sample windows, made as ``cfg`` trains on them."""
     from .data.dataset import build_window_set  # deferred: torch
@@ -172,14 +212,19 @@ def _window_set(args: argparse.Namespace, labelset, cfg):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .train.distributed import init_from_env, shutdown  # deferred: torch
-    from .train.loop import train_model
+    from .train.checkpoints import CHECKPOINT  # deferred: torch
+    from .train.distributed import init_from_env, shutdown
+    from .train.loop import TRAIN_STATE, train_model
 
     if args.variant == "all":
         raise ConfigError("'train' trains one variant", hint="use 'evaluate --variant all'")
     cfg = _train_config(args)
-    if args.out.is_dir():
-        raise ConfigError("--out must be a checkpoint file, not a folder", args.out)
+    state = args.out.with_name(args.out.name + ".resume.pt")
+    # Before the long work: the checkpoint and its resume file may overwrite no input and no
+    # file that is not ours (data.outputs).
+    inputs = _run_inputs(args)
+    claim_output(args.out, CHECKPOINT, inputs)
+    claim_output(state, TRAIN_STATE, inputs)
     labelset = load_labelset(args.labels, args.cohort)
     # torchrun --nproc_per_node=K -m EUSVoiceLabelLib train ...: data-parallel training.  The
     # first process builds the window cache, the others then read it.
@@ -189,7 +234,6 @@ def _run_train(args: argparse.Namespace) -> int:
     ws = _window_set(args, labelset, cfg)
     if ctx is not None and ctx.is_main:
         ctx.barrier()
-    state = args.out.with_name(args.out.name + ".resume.pt")
     # keep_state: the finished weights stay in the resume file until the checkpoint is written,
     # so a failing disk costs a re-run of the same command, not the training.
     result = train_model(ws, cfg, len(labelset), device=args.device, progress=_progress(args),
@@ -214,7 +258,8 @@ def _save_trained(args: argparse.Namespace, ws, cfg, result, state: Path, world:
              "label_counts": ws.label_counts(), "wall_time_s": round(result.wall_time_s, 1),
              "device": result.device, "data_parallel_processes": world}
     try:
-        save_checkpoint(args.out, result, ws.labelset, preprocessing_settings(ws, cfg), extra)
+        save_checkpoint(args.out, result, ws.labelset, preprocessing_settings(ws, cfg), extra,
+                        _run_inputs(args))
     except OutputError as exc:
         kept = f"the trained weights are kept in {state}; " if state.is_file() else ""
         raise OutputError(exc.message, exc.path,
@@ -229,8 +274,9 @@ def _save_trained(args: argparse.Namespace, ws, cfg, result, state: Path, world:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .train.evaluation import evaluate_all, evaluate_cohort  # deferred: torch
+    from .train.evaluation import EVALUATION, evaluate_all, evaluate_cohort  # deferred: torch
 
+    claim_output(args.out, EVALUATION, _run_inputs(args))  # before the long work
     labelset = load_labelset(args.labels, args.cohort)
     if args.variant == "all":
         # Every variant trains on the same windows (image size and frames are shared).
@@ -266,11 +312,11 @@ def _add_pretrain_voice(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.add_argument("--speakers", default=None,
                    help="comma-separated synthetic speaker names (default: all)")
-    p.add_argument("--repeats", type=int, default=6,
+    p.add_argument("--repeats", type=_positive, default=6,
                    help="augmented renderings of each word per speaker (default: 6)")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--epochs", type=_positive, default=15, help="training epochs (default: 15)")
+    p.add_argument("--lr", type=_finite, default=1e-3, help="learning rate (default: 1e-3)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="batch size (default: 64)")
     _common(p)
 
 
@@ -296,17 +342,18 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                                    "room noise, mentions.csv, procedure.json and a truth.json "
                                    "per patient) in the cohort layout.")
     p.add_argument("out", type=Path, help="output cohort folder (must be empty unless --force)")
-    p.add_argument("--patients", type=int, default=12, help="number of patients (default: 12)")
+    p.add_argument("--patients", type=_positive, default=12,
+                   help="number of patients (default: 12)")
     p.add_argument("--counts", default="paper",
                    help="'paper' (Table I: 143 mentions over 12 patients), 'small' (about a "
                         "third) or N mentions per patient (default: paper)")
-    p.add_argument("--snr-db", type=float, default=15.0,
+    p.add_argument("--snr-db", type=_finite, default=15.0,
                    help="speech to room-noise ratio in dB, varied +-3 dB per patient "
                         "(default: 15)")
     p.add_argument("--frame-size", type=_frame_size, default=VIDEO_SIZE, metavar="WxH",
                    help="video frame size; the crop scales alike (default: "
                         f"{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]})")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=_positive, default=None,
                    help="parallel processes (default: number of CPUs)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     _common(p)
@@ -357,26 +404,30 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path, default=None,
                    help="label vocabulary JSON (default: the folder's labels.json or the "
                         "paper's five)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=_positive, default=None,
                    help="decoding processes (default: up to 2 on long recordings)")
     _common(p)
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from .speech.detect import detect_procedure  # deferred: pocketsphinx
-    from .speech.calibrate import calibrate
-    from .speech.evaluate import evaluate_detection
+    from .speech.detect import DETECTED_MENTIONS, detect_procedure  # deferred: pocketsphinx
+    from .speech.calibrate import CALIBRATED_VOCABULARY, calibrate
+    from .speech.evaluate import DETECTION_REPORT, evaluate_detection
 
     labelset = load_labelset(args.vocab or args.labels, args.procedure)
     progress = _progress(args)
+    inputs = input_paths(args.procedure, labels_file(args.procedure), args.vocab, args.labels)
     if args.calibrate:
         if args.out is None:
             raise ConfigError("--calibrate needs --out VOCAB.json")
+        claim_output(args.out, CALIBRATED_VOCABULARY, inputs)
         calibrate(args.procedure, labelset, out=args.out, progress=progress,
                   workers=args.workers)
         print(f"calibrated vocabulary written to {args.out}")
         return 0
     if args.evaluate:
+        if args.out is not None:
+            claim_output(args.out, DETECTION_REPORT, inputs)
         report = evaluate_detection(args.procedure, labelset, progress=progress,
                                     workers=args.workers)
         text = json.dumps(report, indent=2)
@@ -395,6 +446,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise ConfigError("detect needs --out MENTIONS.csv")
+    claim_output(args.out, DETECTED_MENTIONS, inputs)
     mentions = detect_procedure(args.procedure, labelset, progress=progress,
                                 workers=args.workers)
     write_mentions_csv(args.out, mentions)
@@ -419,7 +471,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--restart", action="store_true",
                    help="ignore finished folds and resume files in OUT from an earlier run")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="run the folds in N parallel processes: one per GPU when there are "
                         "several, else N CPU workers with cores/N torch threads each "
                         "(default: 1 = in turn)")
@@ -441,7 +493,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
                    help="'auto' (detect from the audio), a mentions CSV or an SRT/WebVTT "
                         "transcript (default: the procedure's mentions.csv, else auto)")
     p.add_argument("--no-cam", action="store_true", help="skip the Grad-CAM heat maps")
-    p.add_argument("--cam-threshold", type=float, default=REGION_THRESHOLD,
+    p.add_argument("--cam-threshold", type=_finite, default=REGION_THRESHOLD,
                    help="heat-map level (0-1 of the window's range) that bounds the evidence "
                         f"region around the peak (default: {REGION_THRESHOLD})")
     _common(p)
@@ -472,7 +524,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                                    "predicted labels).")
     p.add_argument("source", type=Path, help="cohort folder or label output folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--every", type=int, default=1,
+    p.add_argument("--every", type=_positive, default=1,
                    help=f"keep every N-th frame of each window (default: 1 = all "
                         f"{WINDOW_FRAMES})")
     _common(p)
@@ -496,8 +548,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "report.md.  About 5 minutes on 2 CPU cores.")
     p.add_argument("--out", type=Path, default=Path("demo_out"),
                    help="output folder (default: demo_out)")
-    p.add_argument("--patients", type=int, default=6, help="training patients (default: 6)")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
+    p.add_argument("--patients", type=_positive, default=6, help="training patients (default: 6)")
+    p.add_argument("--epochs", type=_positive, default=30, help="training epochs (default: 30)")
     p.add_argument("--force", action="store_true", help="replace an earlier demo in OUT")
     _common(p)
 
@@ -524,23 +576,23 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                                    "slower than its baseline.")
     p.add_argument("--image-size", type=_image_size, default=IMAGE_SIZE, metavar="HxW",
                    help=f"network input size to measure (default: the paper's {_PAPER_SIZE})")
-    p.add_argument("--width", type=float, default=1.0,
+    p.add_argument("--width", type=_finite, default=1.0,
                    help="channel multiplier of the model measured (default: 1.0)")
     p.add_argument("--quick", action="store_true",
                    help="CI check (under 2 minutes on 2 cores): demo size, no data path or "
                         "labelling; fails when the optimised path is slower than the baseline")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=_positive, default=None,
                    help="timed repeats per case (default: 3, quick: 7)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_positive, default=None,
                    help="torch threads (default: all cores of this process)")
-    p.add_argument("--train-batch", type=int, default=None,
+    p.add_argument("--train-batch", type=_positive, default=None,
                    help="batch of the training-step cases (default: 8; 2 at the paper size "
                         "on CPU)")
     p.add_argument("--compile", action="store_true",
                    help="also measure torch.compile (compilation time is reported apart)")
     p.add_argument("--no-data", action="store_true",
                    help="skip the data-path, keyword-spotting and labelling cases")
-    p.add_argument("--label-minutes", type=float, default=20.0,
+    p.add_argument("--label-minutes", type=_finite, default=20.0,
                    help="length of the synthetic procedure labelled (default: 20; 0 = skip)")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write")
     p.add_argument("--markdown", type=Path, default=None,
@@ -553,8 +605,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _run_bench(args: argparse.Namespace) -> int:
     # deferred: torch
-    from .bench import BenchSettings, markdown_report, run_bench, update_markdown, write_result
+    from .bench import (BENCH_MARKDOWN, BENCH_RESULT, BenchSettings, markdown_report, run_bench,
+                        update_markdown, write_result)
 
+    if args.out is not None:
+        claim_output(args.out, BENCH_RESULT)
+    if args.markdown is not None:
+        claim_output(args.markdown, BENCH_MARKDOWN)
     device = "cpu" if args.device == "auto" and not _cuda() else args.device
     if args.quick:
         s = BenchSettings.quick_settings(device)
@@ -627,12 +684,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.captureWarnings(True)
 
-    out = getattr(args, "out", None)
-    if int(os.environ.get("RANK", "0")) > 0:
-        out = None  # torchrun: only the first process writes outputs, so only it locks them
+    # torchrun: only the first process writes outputs, so only it locks them.
+    writes = int(os.environ.get("RANK", "0")) == 0
     try:
-        # One writer per output: a second run on the same --out is refused, not interleaved.
-        with output_lock(out if isinstance(out, Path) else None, f"eusvoicelabel {args.command}"):
+        # One writer per output: each output the run claims (data.outputs) stays locked until
+        # it ends, so a second run on the same --out is refused, not interleaved.
+        with output_session(f"eusvoicelabel {args.command}", writes):
             return int(args._run(args) or 0)
     except EUSVoiceLabelError as exc:
         print(f"eusvoicelabel {args.command}: error: {exc}", file=sys.stderr)

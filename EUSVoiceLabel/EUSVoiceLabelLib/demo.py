@@ -30,13 +30,13 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .core.errors import OutputError
 from .core.fileio import atomic_path, atomic_write_text
 from .core.paper import WINDOW_FRAMES
 from .core.progress import ProgressLike, as_progress
 from .data.dataset import build_window_set
 from .data.export import export_dataset
 from .data.mentions import read_mentions_csv
+from .data.outputs import OutputKind, claim_output, json_with_keys
 from .data.vocabulary import LabelSet
 from .labelling.folder import label_to_folder
 from .synth import synth_cohort
@@ -67,6 +67,14 @@ def _step(name: str, t0: float) -> None:
     log.info("demo: %s done (%.0f s so far)", name, time.perf_counter() - t0)
 
 
+#: ``demo --out``: what :func:`run_demo` writes; an earlier demo folder is recognised by its
+#: marker or its demo.json.
+DEMO_OUTPUT = OutputKind("demo", "an 'eusvoicelabel demo' folder", folder=True,
+                         signature=json_with_keys("settings", "timings_s", "metrics",
+                                                  name="demo.json"))
+DEMO_FOLDERS = ("cohort", "heldout", "evaluate", "labels", "export", "cache")
+
+
 def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "cpu",
              progress: ProgressLike = True, force: bool = False) -> Path:
     """Run the demo into ``out`` and return the path of ``report.md`` (``progress``: see
@@ -74,13 +82,11 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     s = settings or DemoSettings()
     progress = as_progress(progress)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise OutputError("the demo folder is not empty", out,
-                              "choose a new --out folder or pass --force to replace it")
-        for name in ("cohort", "heldout", "evaluate", "labels", "export", "cache"):
-            shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    # A new or empty folder, or (--force) an earlier demo: a folder holding anything else is
+    # never written into, so --force never deletes what the demo did not write.
+    claim_output(out, DEMO_OUTPUT, replace=force)
+    for name in DEMO_FOLDERS:
+        shutil.rmtree(out / name, ignore_errors=True)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 

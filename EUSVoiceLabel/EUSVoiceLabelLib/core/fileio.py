@@ -93,6 +93,21 @@ class StagedFolder:
             self.out.mkdir(parents=True, exist_ok=True)
             self.path = Path(tempfile.mkdtemp(prefix=self.PREFIX, dir=self.out))
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Path]:
+        """Write into the staging folder (yielded): a failing write is reported as an
+        OutputError naming the file's place in ``out``, not in the staging folder."""
+        try:
+            yield self.path
+        except OutputError as exc:
+            where = Path(exc.path) if exc.path else None
+            if where is None or (where != self.path and self.path not in where.parents):
+                raise
+            raise OutputError(exc.message, self.out / where.relative_to(self.path),
+                              exc.hint) from None
+        except OSError as exc:
+            raise write_error(exc, self.out) from None
+
     def commit(self, drop: Sequence[str] = ()) -> list[Path]:
         """Move the staged entries into ``out`` (rolled back on failure); returns them.
 

@@ -27,11 +27,13 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import re
 import shutil
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -234,5 +236,57 @@ def output_lock(out: Optional[os.PathLike | str], command: str = "eusvoicelabel"
                 _release(path, fd)
 
 
+@dataclass
+class _Session:
+    command: str
+    writes: bool
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+
+_SESSION: contextvars.ContextVar[Optional[_Session]] = contextvars.ContextVar(
+    "eusvoicelabel_output_session", default=None)
+
+
+@contextlib.contextmanager
+def output_session(command: str, writes: bool = True) -> Iterator[None]:
+    """One command's run: the output locks taken with :func:`keep_output_lock` inside the
+    block are held until it ends, so a second run on an output is refused for the whole run,
+    and no lock file is made before the output rule has accepted the output.
+
+    Args:
+        command: shown to a second run that is refused (e.g. ``"eusvoicelabel label"``).
+        writes: False for a process that writes nothing (the other processes of a
+            ``torchrun`` run): outputs are then checked but not locked, swept or created.
+    """
+    session = _Session(command, writes)
+    token = _SESSION.set(session)
+    try:
+        with session.stack:
+            yield
+    finally:
+        _SESSION.reset(token)
+
+
+def session_command(default: str) -> str:
+    """The command of the current :func:`output_session` (``default`` outside one)."""
+    session = _SESSION.get()
+    return session.command if session is not None else default
+
+
+def session_writes() -> bool:
+    """False inside a session of a process that writes no outputs."""
+    session = _SESSION.get()
+    return session is None or session.writes
+
+
+def keep_output_lock(out: os.PathLike | str) -> None:
+    """Hold the lock of ``out`` until the current :func:`output_session` ends (no-op outside
+    one)."""
+    session = _SESSION.get()
+    if session is not None and session.writes:
+        session.stack.enter_context(output_lock(out, session.command))
+
+
 __all__ = ["output_lock", "lock_path_for", "remove_stale_parts", "is_leftover", "marker_kind",
-           "is_output_folder", "MARKER", "PROCEDURE_KIND"]
+           "is_output_folder", "output_session", "keep_output_lock", "session_command",
+           "session_writes", "MARKER", "PROCEDURE_KIND"]

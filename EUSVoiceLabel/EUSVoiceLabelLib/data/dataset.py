@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,16 +28,30 @@ from torch.utils.data import Dataset
 
 from ..core.errors import ProcedureError
 from ..core.fileio import atomic_path, file_sha256
+from ..core.outputlock import is_leftover
 from ..core.paper import IMAGE_SIZE, SPECTROGRAM_SHAPE, WINDOW_FRAMES
 from ..core.progress import ProgressLike, as_progress
 from .audio import SpectrogramSettings, spectrogram_batch
 from .mentions import Mention
+from .outputs import OutputKind, claim_output, input_paths
 from .procedure import Procedure, find_patients, load_procedure
-from .vocabulary import LabelSet, load_labelset
+from .vocabulary import LabelSet, labels_file, load_labelset
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+_ENTRY_RE = re.compile(r"^.+-[0-9a-f]{24}\.npz$")
+
+
+def _earlier_cache(folder: Path) -> bool:
+    """A window cache written before the output marker existed: only cache entries."""
+    entries = [p for p in folder.iterdir() if not is_leftover(p.name)]
+    return bool(entries) and all(p.is_file() and _ENTRY_RE.match(p.name) for p in entries)
+
+
+#: The window cache (``--cache``; default under :func:`default_cache_root`).
+WINDOW_CACHE = OutputKind("window-cache", "an eusvoicelabel window cache", folder=True,
+                          signature=_earlier_cache, shared=True)
 
 
 def resize_frames(frames: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarray:
@@ -179,6 +194,9 @@ class WindowSet:
     times: np.ndarray  # float64 (N,)
     labelset: LabelSet
     settings: WindowSettings = field(default_factory=WindowSettings)
+    #: What the windows were read from (the cohort, its patients and their files): the
+    #: inputs no output of a run on these windows may overwrite (data.outputs).
+    sources: tuple[Path, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -191,7 +209,7 @@ class WindowSet:
         idx = np.asarray(indices, dtype=np.int64)
         return WindowSet(self.images[idx], self.voices[idx], self.labels[idx],
                          [self.patients[i] for i in idx], self.times[idx], self.labelset,
-                         self.settings)
+                         self.settings, self.sources)
 
     def indices_of(self, patients: Sequence[str]) -> np.ndarray:
         wanted = set(patients)
@@ -251,9 +269,11 @@ def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = N
         settings = WindowSettings(tuple(image_size) if image_size else None, frames,
                                   spectrogram_settings or SpectrogramSettings())
     patients = find_patients(cohort)
+    sources = tuple(input_paths(cohort, labels_file(cohort)))
     cache: Optional[Path] = None
     if use_cache:
         cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir(cohort)
+        claim_output(cache, WINDOW_CACHE, sources)
 
     parts: list[tuple[str, Windows]] = []
     with as_progress(progress).task("windows", total=len(patients), unit="patient",
@@ -280,7 +300,7 @@ def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = N
                         dtype=np.int64),
         patients=[name for name, w in parts for _ in w.labels],
         times=np.concatenate([w.times for _, w in parts]),
-        labelset=labelset, settings=settings)
+        labelset=labelset, settings=settings, sources=sources)
 
 
 def default_cache_root() -> Path:

@@ -12,34 +12,40 @@ corrected it (``reviewed_label`` column of ``labels.csv``), else the model's pre
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..core.errors import OutputError, ProcedureError
-from ..core.fileio import atomic_path, atomic_write_text
+from ..core.csvtext import csv_text, unescape_cell
+from ..core.errors import ProcedureError, VocabularyError
+from ..core.fileio import StagedFolder, atomic_path, atomic_write_text
 from ..core.paper import WINDOW_FRAMES
 from ..core.progress import ProgressLike, as_progress
 from .media import NrrdSequenceSource
+from .outputs import (OutputKind, claim_output, csv_rows, csv_with_header, input_paths,
+                      json_object)
 from .procedure import find_patients, load_procedure, window_frame_indices
-from .vocabulary import load_labelset
+from .vocabulary import LabelSet, load_labelset
 
 log = logging.getLogger(__name__)
 
 RUN_INFO = "run.json"
 HEADER = ["path", "label", "patient", "time_s", "frame_index", "k", "window", "source"]
+#: ``export --out`` (and the Slicer module's dataset): ``images/`` and ``labels.csv``; folders
+#: written before the output marker existed are recognised by the header of their labels.csv.
+EXPORT_DATASET = OutputKind("export", "an exported image dataset", folder=True,
+                            signature=csv_with_header(HEADER, name="labels.csv"))
 
 
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+    """A file-name part made of ``text`` (never empty, ``.`` or ``..``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "x"
 
 
 def _save_png(path: Path, frame: np.ndarray) -> None:
@@ -48,10 +54,13 @@ def _save_png(path: Path, frame: np.ndarray) -> None:
 
 
 class _Exporter:
+    """Writes the dataset into a staging folder; :meth:`finish` moves it into ``out_dir``."""
+
     def __init__(self, out_dir: Path, every: int):
         self.out_dir = out_dir
         self.every = max(1, int(every))
         self.rows: list[list] = []
+        self.stage = StagedFolder(out_dir)
 
     def add_window(self, patient: str, label: str, time_s: float, window: int,
                    frame_indices: Iterable[int], frames: np.ndarray, source: str) -> None:
@@ -59,76 +68,144 @@ class _Exporter:
             if k % self.every:
                 continue
             rel = Path("images") / _safe(label) / f"{_safe(patient)}_{time_s:08.3f}_{k:02d}.png"
-            _save_png(self.out_dir / rel, frame)
+            _save_png(self.stage.path / rel, frame)
             self.rows.append([rel.as_posix(), label, patient, f"{time_s:.3f}", int(f), k, window,
                               source])
 
     def finish(self) -> Path:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(HEADER)
-        writer.writerows(self.rows)
-        atomic_write_text(self.out_dir / "labels.csv", buf.getvalue())
+        atomic_write_text(self.stage.path / "labels.csv", csv_text(HEADER, self.rows))
+        self.stage.commit(drop=("images",))
         return self.out_dir / "labels.csv"
 
 
-def _check_out(source: Path, out_dir: Path) -> None:
-    src, out = source.resolve(), out_dir.resolve()
-    if out == src or src in out.parents:
-        raise OutputError("the output folder lies inside the input folder", out_dir,
-                          "choose an output folder outside the input")
+def _exporting(out_dir: Path, every: int, fill: Callable[[_Exporter], None]) -> Path:
+    """Let ``fill`` add the windows, then move the dataset into ``out_dir`` at once: any
+    failure (a bad input, a full disk, Ctrl-C) leaves the previous dataset as it was."""
+    exporter = _Exporter(out_dir, every)
+    try:
+        with exporter.stage.writing():
+            fill(exporter)
+            return exporter.finish()
+    except BaseException:
+        exporter.stage.abort()
+        raise
 
 
 def export_cohort(cohort: os.PathLike | str, out_dir: os.PathLike | str, every: int = 1,
                   frames: int = WINDOW_FRAMES, progress: ProgressLike = False) -> Path:
     """Export every mention window of a cohort with its spoken label."""
     cohort, out_dir = Path(cohort), Path(out_dir)
-    _check_out(cohort, out_dir)
+    claim_output(out_dir, EXPORT_DATASET, input_paths(cohort))
     labelset = load_labelset(None, cohort)
-    exporter = _Exporter(out_dir, every)
-    patients = find_patients(cohort)
-    with as_progress(progress).task("export", total=len(patients), unit="patient") as task:
-        for folder in patients:
-            proc = load_procedure(folder, labelset=labelset)
-            for k, m in enumerate(sorted(proc.mentions, key=lambda m: m.time_s)):
-                exporter.add_window(proc.name, m.label, m.time_s, k,
-                                    window_frame_indices(m.time_s, frames, proc.fps),
-                                    proc.frames_window(m.time_s, frames), "spoken")
-            task.advance()
-    return exporter.finish()
+
+    def fill(exporter: _Exporter) -> None:
+        patients = find_patients(cohort)
+        with as_progress(progress).task("export", total=len(patients), unit="patient") as task:
+            for folder in patients:
+                proc = load_procedure(folder, labelset=labelset)
+                for k, m in enumerate(sorted(proc.mentions, key=lambda m: m.time_s)):
+                    exporter.add_window(proc.name, m.label, m.time_s, k,
+                                        window_frame_indices(m.time_s, frames, proc.fps),
+                                        proc.frames_window(m.time_s, frames), "spoken")
+                task.advance()
+
+    return _exporting(out_dir, every, fill)
+
+
+def _table(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a CSV of a label folder, with the ``columns`` it must have (cells unescaped)."""
+    if not path.is_file():
+        raise ProcedureError(f"the label folder has no {path.name}", path.parent,
+                             "the folder is incomplete: label the procedure again")
+    rows = csv_rows(path)
+    if rows is None:
+        raise ProcedureError("is not a readable UTF-8 CSV file", path,
+                             "label the procedure again")
+    if not rows:
+        raise ProcedureError("is empty", path, "label the procedure again")
+    header = rows[0]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ProcedureError(f"has no column {missing[0]!r}", path,
+                             "it must be the file 'eusvoicelabel label' wrote")
+    return [{h: unescape_cell(row[i]) if i < len(row) else "" for i, h in enumerate(header)}
+            for row in rows[1:] if any(c.strip() for c in row)]
+
+
+def _number(row: dict[str, str], column: str, path: Path, n: int, kind: type = int):
+    try:
+        value = kind(row[column])
+    except (TypeError, ValueError):
+        raise ProcedureError(f"row {n}: {column} {row[column]!r} is not a number", path,
+                             "it must be the file 'eusvoicelabel label' wrote") from None
+    if kind is float and not math.isfinite(value):
+        raise ProcedureError(f"row {n}: {column} is {row[column]!r}", path)
+    return value
+
+
+def _run_info(label_dir: Path) -> dict:
+    path = label_dir / RUN_INFO
+    if not path.exists():
+        return {}
+    info = json_object(path)
+    if info is None:
+        raise ProcedureError("is not a JSON object of 'eusvoicelabel label'", path,
+                             "label the procedure again")
+    return info
 
 
 def export_label_dir(label_dir: os.PathLike | str, out_dir: os.PathLike | str,
                      every: int = 1) -> Path:
-    """Export the frames of a ``label`` output folder with their reviewed or predicted label."""
+    """Export the frames of a ``label`` output folder with their reviewed or predicted label.
+
+    Raises:
+        ProcedureError: a missing, malformed or inconsistent file of the label folder (a
+            hand-edited ``run.json``, a missing column, a window id or label not in it).
+    """
     label_dir, out_dir = Path(label_dir), Path(out_dir)
-    _check_out(label_dir, out_dir)
-    info = {}
-    if (label_dir / RUN_INFO).is_file():
-        info = json.loads((label_dir / RUN_INFO).read_text(encoding="utf-8"))
-    patient = info.get("procedure_name") or label_dir.name
-    with open(label_dir / "labels.csv", newline="", encoding="utf-8") as fh:
-        windows = list(csv.DictReader(fh))
-    with open(label_dir / "frame_labels.csv", newline="", encoding="utf-8") as fh:
-        frame_rows = list(csv.DictReader(fh))
+    claim_output(out_dir, EXPORT_DATASET, input_paths(label_dir))
+    info = _run_info(label_dir)
+    patient = str(info.get("procedure_name") or label_dir.name)
+    try:
+        labelset = LabelSet.from_json(info["labels"], str(label_dir / RUN_INFO)) \
+            if "labels" in info else load_labelset(None, label_dir)
+    except VocabularyError as exc:
+        raise ProcedureError(exc.message, label_dir / RUN_INFO, exc.hint) from None
+    labels_path, frames_path = label_dir / "labels.csv", label_dir / "frame_labels.csv"
+    windows = _table(labels_path, ("window", "time_s", "predicted_label"))
+    frame_rows = _table(frames_path, ("window", "frame_index"))
     seq = NrrdSequenceSource(label_dir / "frames.seq.nrrd")
     if len(seq.frames) != len(frame_rows):
         raise ProcedureError(f"frames.seq.nrrd has {len(seq.frames)} frames but "
                              f"frame_labels.csv lists {len(frame_rows)}", label_dir,
                              "the folder is incomplete: label the procedure again")
-    by_window = {int(w["window"]): w for w in windows}
-    exporter = _Exporter(out_dir, every)
+    by_window: dict[int, tuple[str, str, float]] = {}
+    for n, w in enumerate(windows, start=2):
+        reviewed = w.get("reviewed_label", "").strip()
+        label = reviewed or w["predicted_label"].strip()
+        if label not in labelset:
+            raise ProcedureError(f"row {n}: unknown label {label!r}", labels_path,
+                                 "known labels: " + ", ".join(labelset.ids))
+        by_window[_number(w, "window", labels_path, n)] = (
+            label, "reviewed" if reviewed else "predicted",
+            _number(w, "time_s", labels_path, n, float))
     groups: dict[int, list[int]] = {}
-    for i, row in enumerate(frame_rows):
-        groups.setdefault(int(row["window"]), []).append(i)
-    for win, rows in sorted(groups.items()):
-        w = by_window[win]
-        label = (w.get("reviewed_label") or "").strip() or w["predicted_label"]
-        source = "reviewed" if (w.get("reviewed_label") or "").strip() else "predicted"
-        idx = [int(frame_rows[i]["frame_index"]) for i in rows]
-        exporter.add_window(patient, label, float(w["time_s"]), win, idx,
-                            seq.frames[rows], source)
-    return exporter.finish()
+    indices: list[int] = []
+    for n, row in enumerate(frame_rows, start=2):
+        win = _number(row, "window", frames_path, n)
+        if win not in by_window:
+            raise ProcedureError(f"row {n}: window {win} is not in labels.csv", frames_path,
+                                 "the folder is inconsistent: label the procedure again")
+        groups.setdefault(win, []).append(n - 2)
+        indices.append(_number(row, "frame_index", frames_path, n))
+
+    def fill(exporter: _Exporter) -> None:
+        for win, rows in sorted(groups.items()):
+            label, source, time_s = by_window[win]
+            exporter.add_window(patient, label, time_s, win, [indices[i] for i in rows],
+                                seq.frames[rows], source)
+
+    return _exporting(out_dir, every, fill)
 
 
 def export_dataset(source: os.PathLike | str, out_dir: os.PathLike | str, every: int = 1,

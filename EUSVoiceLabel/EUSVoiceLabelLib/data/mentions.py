@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..core.csvtext import csv_text, unescape_cell
 from ..core.errors import MentionsError
 from ..core.fileio import atomic_write_text
 from .vocabulary import LabelSet, normalize_words
@@ -90,8 +91,8 @@ def read_mentions_csv(path: os.PathLike | str, labelset: Optional[LabelSet] = No
     try:
         # newline=None: universal newlines, so a lone "\r" (old Mac line ends, mixed files)
         # ends a row instead of making csv fail (found by fuzzing, test_fuzz.py).
-        rows = [r for r in csv.reader(io.StringIO(text, newline=None))
-                if any(c.strip() for c in r)]
+        rows = [[unescape_cell(c) for c in r]
+                for r in csv.reader(io.StringIO(text, newline=None)) if any(c.strip() for c in r)]
     except csv.Error as exc:  # e.g. a field over csv's size limit
         raise MentionsError(f"not a readable CSV file ({exc})", path,
                             "expected columns time_s,label[,end_s][,text]") from None
@@ -141,14 +142,11 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
 
 
 def mentions_to_csv(mentions: Sequence[Mention]) -> str:
-    """CSV text with the columns ``time_s,label,end_s,text,confidence,source``."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for m in sorted(mentions, key=lambda m: m.time_s):
-        writer.writerow([_fmt(m.time_s), m.label, _fmt(m.end_s), m.text, _fmt(m.confidence, 4),
-                         m.source])
-    return buf.getvalue()
+    """CSV text with the columns ``time_s,label,end_s,text,confidence,source`` (text that a
+    spreadsheet would run as a formula is escaped: :mod:`..core.csvtext`)."""
+    return csv_text(CSV_FIELDS, [[_fmt(m.time_s), m.label, _fmt(m.end_s), m.text,
+                                  _fmt(m.confidence, 4), m.source]
+                                 for m in sorted(mentions, key=lambda m: m.time_s)])
 
 
 def write_mentions_csv(path: os.PathLike | str, mentions: Sequence[Mention]) -> None:

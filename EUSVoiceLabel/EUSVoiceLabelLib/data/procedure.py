@@ -8,6 +8,7 @@ offset).  :func:`load_procedure` opens it without decoding the video; frames are
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..core.errors import MediaError, MentionsError, ProcedureError
+from ..core.outputlock import is_output_folder
 from ..core.paper import CROP_SIZE, FPS, WINDOW_FRAMES
 from .audio import SAMPLE_RATE, resample
 from .media import (AUDIO_SUFFIXES, VIDEO_SUFFIXES, FrameSource, VideoFileSource, load_audio,
@@ -87,14 +89,64 @@ def find_patients(cohort: os.PathLike | str) -> list[Path]:
     if is_procedure_folder(cohort):
         raise ProcedureError("is a single procedure, not a cohort", cohort,
                              "give the folder that contains one sub-folder per patient")
+    # Output folders of ours (a label output holds frames.seq.nrrd) are not patients.
     patients = sorted((p for p in cohort.iterdir()
-                       if not p.name.startswith(".") and is_procedure_folder(p)),
-                      key=lambda p: p.name)
+                       if not p.name.startswith(".") and is_procedure_folder(p)
+                       and not is_output_folder(p)), key=lambda p: p.name)
     if not patients:
         raise ProcedureError("contains no procedure folders", cohort,
                              "each patient needs a folder with video.* (or frames/ or "
                              "frames.seq.nrrd) and audio")
+    _check_distinct(patients)
     return patients
+
+
+def _check_distinct(patients: Sequence[Path]) -> None:
+    """A patient may appear once: a second name for the same folder (a symbolic link) would
+    put the held-out patient's own windows into its leave-one-patient-out training set.
+
+    Raises:
+        ProcedureError: two patient folders are the same folder (resolved real paths).
+    Copies (same recording, audio and mentions under two names) are logged as a warning.
+    """
+    seen: dict[Path, Path] = {}
+    content: dict[tuple, Path] = {}
+    for p in patients:
+        real = p.resolve()
+        if real in seen:
+            raise ProcedureError(f"is the same folder as {seen[real].name} ({real})", p,
+                                 "a patient may appear once in a cohort: remove the link")
+        seen[real] = p
+        key = _fingerprint(p)
+        if key is not None and key in content:
+            log.warning("%s: holds the same recording, audio and mentions as %s (a copy?); "
+                        "leave-one-patient-out results are optimistic while both are in the "
+                        "cohort", p, content[key].name)
+        elif key is not None:
+            content[key] = p
+
+
+def _fingerprint(folder: Path, block: int = 1 << 20) -> Optional[tuple]:
+    """Cheap content identity of a procedure: size and first/last MiB of its recording, audio
+    and mentions files (None when it cannot be read)."""
+    try:
+        files = [find_recording(folder), _find_one(folder, "audio", AUDIO_SUFFIXES),
+                 folder / "mentions.csv"]
+        key = []
+        for f in files:
+            if f is None or not f.is_file():
+                key.append(None if f is None or not f.is_dir() else
+                           tuple(sorted((q.name, q.stat().st_size) for q in f.iterdir())))
+                continue
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                head = fh.read(block)
+                fh.seek(max(0, size - block))
+                tail = fh.read(block)
+            key.append((size, hashlib.sha256(head + tail).hexdigest()))
+        return tuple(key)
+    except OSError:
+        return None
 
 
 @dataclass

@@ -11,10 +11,11 @@ from typing import Optional
 from ..core.errors import MentionsError
 from ..core.progress import ProgressLike, as_progress
 from ..data.mentions import Mention, read_mentions
+from ..data.outputs import claim_output, input_paths
 from ..data.procedure import Procedure, load_procedure
 from ..data.vocabulary import LabelSet
 from ..speech.detect import detect_mentions
-from .output import LabelOutputWriter
+from .output import LABEL_OUTPUT, LabelOutputWriter
 from .run import DEFAULT_CAM_THRESHOLD, LabelModel, LabelResult, label_procedure
 
 
@@ -42,17 +43,26 @@ def label_to_folder(procedure: os.PathLike | str, model_path: os.PathLike | str,
                     progress: ProgressLike = True) -> tuple[LabelResult, dict[str, Path]]:
     """Label a procedure folder and write every output into ``out_dir`` (the command
     ``eusvoicelabel label``); ``progress`` reports the detection (``auto``) and the windows
-    (see :mod:`..core.progress`)."""
+    (see :mod:`..core.progress`).
+
+    ``out_dir`` is claimed before anything is read (:func:`..data.outputs.claim_output`).  With
+    ``mentions`` given ("auto" or a file) the procedure's own ``mentions.csv`` is not read, so a
+    model of another label set can label a procedure whose mentions name other labels.
+    """
+    given = None if mentions is None or str(mentions) == "auto" else mentions
+    inputs = [*input_paths(procedure), model_path, given]
+    claim_output(out_dir, LABEL_OUTPUT, inputs)
     progress = as_progress(progress)
     model = LabelModel.load(model_path, device)
-    proc = load_procedure(procedure, labelset=model.labelset)
+    proc = load_procedure(procedure, labelset=model.labelset,
+                          mentions=None if mentions is None else [])
     chosen = resolve_mentions(proc, mentions, model.labelset, progress=progress)
     proc.check_mentions(chosen)
     writer = LabelOutputWriter(out_dir, proc, model.labelset, chosen, model.settings.frames,
                                cam_threshold, provenance={
                                    "model": str(model_path), "variant": model.variant,
                                    "mentions": "procedure" if mentions is None else str(mentions),
-                                   "device": str(model.device)})
+                                   "device": str(model.device)}, inputs=inputs)
     try:
         result = label_procedure(proc, model, chosen, with_cam=with_cam, progress=progress,
                                  on_window=writer.add, cam_threshold=cam_threshold)

@@ -5,8 +5,6 @@ during its window), ``run.json`` and the scene file (docs/contracts.md)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -15,10 +13,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import __version__
-from ..core.errors import ConfigError, OutputError
-from ..core.fileio import atomic_write_text
+from ..core.csvtext import csv_text
+from ..core.errors import ConfigError
+from ..core.fileio import StagedFolder, atomic_write_text
 from ..core.paper import WINDOW_FRAMES
 from ..data.mentions import Mention
+from ..data.outputs import OutputKind, claim_output, input_paths, json_with_keys
 from ..data.procedure import Procedure, window_frame_indices
 from ..data.vocabulary import LabelSet
 from ..slicer.files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv, frame_geometry,
@@ -26,14 +26,6 @@ from ..slicer.files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv
 from ..slicer.overlays import window_point
 from ..slicer.scene import write_scene_mrml
 from .run import DEFAULT_CAM_THRESHOLD, LabelResult, WindowResult, frame_owners
-
-
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def labels_csv(result: LabelResult) -> str:
@@ -55,14 +47,26 @@ def labels_csv(result: LabelResult) -> str:
                      "" if w.peak is None else w.peak[0],
                      "" if w.peak is None else w.peak[1],
                      *[f"{p:.4f}" for p in w.probabilities]])
-    return _csv_text(header, rows)
+    return csv_text(header, rows)
 
 
 def frame_labels_csv(result: LabelResult) -> str:
     rows = [[r["frame_index"], f"{r['time_s']:.3f}", r["label"], f"{r['confidence']:.4f}",
              r["window"], r["spoken_label"]] for r in result.frame_labels()]
-    return _csv_text(["frame_index", "time_s", "label", "confidence", "window", "spoken_label"],
+    return csv_text(["frame_index", "time_s", "label", "confidence", "window", "spoken_label"],
                      rows)
+
+
+#: ``label --out`` (and the Slicer module's export): a folder of the files below.  Folders
+#: written before the output marker existed are recognised by their ``run.json``.
+LABEL_OUTPUT = OutputKind("label", "a 'label' output folder", folder=True,
+                          signature=json_with_keys("eusvoicelabel_version", "procedure_name",
+                                                   name="run.json"))
+
+
+def labelmap_dtype(labelset: LabelSet) -> str:
+    """Voxel type of the landmark labelmap: value k + 1 marks label k, 0 is background."""
+    return "uint8" if len(labelset) < 256 else "uint16"
 
 
 class LabelOutputWriter:
@@ -70,8 +74,11 @@ class LabelOutputWriter:
     at a time.
 
     Create it with the windows' mentions, pass :meth:`add` as ``on_window`` to
-    :func:`label_procedure`, then call :meth:`finish`.  Every file is written through a
-    temporary file and renamed, so an interrupted run leaves no half-written output.
+    :func:`label_procedure`, then call :meth:`finish`.  ``out_dir`` is claimed first
+    (:func:`..data.outputs.claim_output`: not the procedure, not one of ``inputs``, new, empty or
+    an earlier label output).  Every file is written into a staging folder and moved in by
+    :meth:`finish` at once, so an interrupted or failing run (a full disk: one-line
+    ``OutputError``) leaves the previous output folder as it was.
     """
 
     SEQUENCES = ("frames.seq.nrrd", "cam.seq.nrrd", "landmarks.seq.nrrd")
@@ -80,15 +87,15 @@ class LabelOutputWriter:
     def __init__(self, out_dir: os.PathLike | str, proc: Procedure, labelset: LabelSet,
                  mentions: Sequence[Mention], frames_per_window: int,
                  cam_threshold: float = DEFAULT_CAM_THRESHOLD, write_sequences: bool = True,
-                 provenance: Optional[dict] = None):
+                 provenance: Optional[dict] = None,
+                 inputs: Sequence[os.PathLike | str] = ()):
         if not 0.0 < cam_threshold < 1.0:
             raise ConfigError(f"cam threshold must lie between 0 and 1, not {cam_threshold}")
         self.out_dir = Path(out_dir)
-        if self.out_dir.resolve() == proc.path.resolve() or \
-                proc.path.resolve() in self.out_dir.resolve().parents:
-            raise OutputError("the output folder lies inside the input procedure", self.out_dir,
-                              "choose an output folder outside the procedure folder")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        claim_output(self.out_dir, LABEL_OUTPUT,
+                     [*input_paths(proc.path), proc.source.path, proc.audio_path,
+                      proc.mentions_path, *inputs])
+        self._stage = StagedFolder(self.out_dir)
         self.provenance = dict(provenance or {})
         self.proc = proc
         self.labelset = labelset
@@ -104,16 +111,23 @@ class LabelOutputWriter:
         times = [f / proc.fps for f in self.frame_indices]
         w, h = proc.frame_size
         spacing = proc.pixel_spacing_mm
+        self._labelmap = np.dtype(labelmap_dtype(labelset))
         self._writers: list[SequenceStreamWriter] = []
         if write_sequences:
-            self._writers = [
-                SequenceStreamWriter(self.out_dir / "frames.seq.nrrd", w, h, times, "uint8",
-                                     spacing),
-                SequenceStreamWriter(self.out_dir / "cam.seq.nrrd", w, h, times, "float32",
-                                     spacing),
-                SequenceStreamWriter(self.out_dir / "landmarks.seq.nrrd", w, h, times, "uint8",
-                                     spacing, node_class=LABELMAP_NODE),
-            ]
+            try:
+                with self._stage.writing() as stage:
+                    self._writers = [
+                        SequenceStreamWriter(stage / "frames.seq.nrrd", w, h, times, "uint8",
+                                             spacing),
+                        SequenceStreamWriter(stage / "cam.seq.nrrd", w, h, times, "float32",
+                                             spacing),
+                        SequenceStreamWriter(stage / "landmarks.seq.nrrd", w, h, times,
+                                             self._labelmap.name, spacing,
+                                             node_class=LABELMAP_NODE),
+                    ]
+            except BaseException:
+                self.abort()
+                raise
         self.geometry = frame_geometry(spacing, (w, h))
 
     def add(self, window: WindowResult, frames: np.ndarray) -> None:
@@ -122,29 +136,46 @@ class LabelOutputWriter:
             return
         first = int(window.frame_indices[0])
         cam = window.cam if window.cam is not None else np.zeros(frames.shape[1:], np.float32)
-        region = np.zeros(frames.shape[1:], np.uint8)
+        region = np.zeros(frames.shape[1:], self._labelmap)
         if window.region is not None:
             region[window.region] = self.labelset.index(window.predicted) + 1
-        for f in self._owned.get(window.index, []):
-            frames_w, cam_w, land_w = self._writers
-            frames_w.add(frames[f - first])
-            cam_w.add(cam.astype(np.float32))
-            land_w.add(region)
+        frames_w, cam_w, land_w = self._writers
+        with self._stage.writing():
+            for f in self._owned.get(window.index, []):
+                frames_w.add(frames[f - first])
+                cam_w.add(cam.astype(np.float32))
+                land_w.add(region)
 
     def abort(self) -> None:
+        """Drop everything written so far (the output folder keeps its previous content)."""
         for w in self._writers:
             w.abort()
+        self._stage.abort()
 
     def finish(self, result: LabelResult) -> dict[str, Path]:
-        """Close the sequences and write the CSV, colour table, markups and scene files;
-        returns every file written by name."""
+        """Close the sequences and write the CSV, colour table, markups and scene files, then
+        move them into the output folder at once; returns every file written by name."""
+        try:
+            with self._stage.writing():
+                staged = self._write_all(result)
+            # A cancelled run writes no sequences: an earlier run's would not match its tables.
+            self._stage.commit(drop=(*self.SEQUENCES, self.POINTS_SEQUENCE, "scene.mrml"))
+        except BaseException:
+            self.abort()
+            raise
+        return {name: self.out_dir / name for name in staged}
+
+    def _write_all(self, result: LabelResult) -> list[str]:
+        """Every file into the staging folder; returns their names."""
         out: dict[str, Path] = {}
         if any(w.count != len(w.times) for w in self._writers):
             # A cancelled run has frames missing: drop the sequences, keep the tables.
-            self.abort()
+            for w in self._writers:
+                w.abort()
             self._writers = []
         for w in self._writers:
             out[w.path.name] = w.close()
+        stage = self._stage.path
         points = self._window_points(result)
         texts = {"labels.csv": labels_csv(result), "frame_labels.csv": frame_labels_csv(result),
                  "landmarks.csv": self._color_table(),
@@ -152,14 +183,14 @@ class LabelOutputWriter:
                      "EUS landmarks", [p for w in result.windows for p in points[w.index]]),
                  "run.json": json.dumps(self._run_info(result), indent=2) + "\n"}
         for name, text in texts.items():
-            atomic_write_text(self.out_dir / name, text)
-            out[name] = self.out_dir / name
+            atomic_write_text(stage / name, text)
+            out[name] = stage / name
         if self._writers:
-            out[self.POINTS_SEQUENCE] = self._point_sequence(result, points)
+            out[self.POINTS_SEQUENCE] = self._point_sequence(stage, result, points)
         if "frames.seq.nrrd" in out:
-            out["scene.mrml"] = write_scene_mrml(self.out_dir / "scene.mrml", fps=self.proc.fps,
+            out["scene.mrml"] = write_scene_mrml(stage / "scene.mrml", fps=self.proc.fps,
                                                  name=self.proc.name)
-        return out
+        return list(out)
 
     def _color_table(self) -> str:
         """``landmarks.csv``: the labelmap value (class index + 1) of each landmark."""
@@ -176,13 +207,14 @@ class LabelOutputWriter:
                 {**point, "position": pixel_to_lps(point["col"], point["row"], self.geometry)}]
         return points
 
-    def _point_sequence(self, result: LabelResult, points: dict[int, list[dict]]) -> Path:
+    def _point_sequence(self, folder: Path, result: LabelResult,
+                        points: dict[int, list[dict]]) -> Path:
         """``landmark_points.seq.mrb``: each window's point from its first frame on (the frames
         hold only labelled windows, and the next window's item takes over at its first
         frame)."""
         items = [(min(self._owned[w.index]) / self.proc.fps, points[w.index])
                  for w in result.windows if self._owned.get(w.index)]
-        return write_point_sequence(self.out_dir / self.POINTS_SEQUENCE, items)
+        return write_point_sequence(folder / self.POINTS_SEQUENCE, items)
 
     def _run_info(self, result: LabelResult) -> dict:
         """``run.json``: what was labelled, with what, and how far."""

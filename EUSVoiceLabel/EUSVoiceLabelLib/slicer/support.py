@@ -40,6 +40,7 @@ from ..core.variants import parse_image_size
 from ..data.media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames,
                           write_wav)
 from ..data.mentions import Mention, read_mentions, write_mentions_csv
+from ..data.outputs import COHORT_PROCEDURE, claim_output, input_paths, mark_output
 from ..data.procedure import FPS, Procedure, default_crop, is_procedure_folder, load_procedure
 from ..data.vocabulary import LabelSet, load_labelset
 from .files import SequenceStreamWriter, write_frame_sequence
@@ -530,6 +531,9 @@ def write_training_procedure(proc: Procedure, mentions: Sequence[Mention],
     cohort = Path(cohort)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or proc.name).strip("._") or "procedure"
     dest = cohort / name
+    claim_output(dest, COHORT_PROCEDURE, create=False,  # never over another procedure
+                 inputs=[*input_paths(proc.path), getattr(proc.source, "path", None),
+                         proc.audio_path])
     try:
         cohort.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cohort))
@@ -543,6 +547,7 @@ def write_training_procedure(proc: Procedure, mentions: Sequence[Mention],
         (tmp / "procedure.json").write_text(json.dumps(settings, indent=2) + "\n",
                                             encoding="utf-8")
         write_mentions_csv(tmp / "mentions.csv", mentions)
+        mark_output(tmp, COHORT_PROCEDURE)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

@@ -13,11 +13,27 @@ from dataclasses import replace
 from typing import Mapping, Optional, Sequence, Union
 
 from ..core.progress import ProgressLike
+from ..data.outputs import OutputKind, claim_output, input_paths, json_object
 from ..data.vocabulary import LabelSet
 from .evaluate import PatientCandidates, collect_candidates, evaluate_candidates
 from .spotter import DEFAULT_THRESHOLD, build_keyphrases
 
 log = logging.getLogger(__name__)
+
+
+def _calibrated_vocabulary(path) -> bool:
+    """A vocabulary written by ``detect --calibrate``: every label carries thresholds."""
+    data = json_object(path)
+    labels = data.get("labels") if data is not None else None
+    return isinstance(labels, list) and bool(labels) and \
+        all(isinstance(lab, dict) and "thresholds" in lab for lab in labels)
+
+
+#: ``detect --calibrate --out``: replaces an existing file only when it is a calibrated
+#: vocabulary of ours (never a hand-made labels.json).
+CALIBRATED_VOCABULARY = OutputKind("calibrated-vocabulary", "a vocabulary calibrated by "
+                                   "'eusvoicelabel detect --calibrate'", folder=False,
+                                   signature=_calibrated_vocabulary)
 
 
 def calibrate_candidates(candidates: Sequence[PatientCandidates], labelset: LabelSet,
@@ -57,7 +73,10 @@ def calibrate(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = No
               out: Union[str, os.PathLike, None] = None, progress: ProgressLike = True,
               workers: Optional[int] = None) -> LabelSet:
     """Choose per-phrase thresholds that maximise F1 on a cohort; return (and optionally save)
-    the vocabulary carrying them."""
+    the vocabulary carrying them (``out`` is claimed first: not an input of the run, and an
+    existing file only when it is a calibrated vocabulary of ours)."""
+    if out is not None:
+        claim_output(out, CALIBRATED_VOCABULARY, input_paths(cohort))
     candidates, labelset = collect_candidates(cohort, labelset, progress, workers)
     chosen = calibrate_candidates(candidates, labelset)
     keyphrases = build_keyphrases(labelset)

@@ -37,7 +37,8 @@ import numpy as np
 from ..core.errors import EUSVoiceLabelError
 from ..core.pool import process_cores, run_tasks, spawn_pool
 from ..core.progress import Cancelled, ProgressLike, as_progress
-from ..data.mentions import Mention
+from ..data.mentions import CSV_FIELDS, Mention
+from ..data.outputs import OutputKind, csv_rows
 from ..data.procedure import Procedure, load_procedure
 from ..data.vocabulary import LabelSet, load_labelset
 from .denoise import RATE, level_gain, noise_suppressor, to_mono, to_pcm16
@@ -51,6 +52,20 @@ OVERLAP_S = 0.05  # phrases overlapping less than this are both kept
 CHUNK_S = 60.0          # recordings are decoded in pieces of this length ...
 CHUNK_OVERLAP_S = 3.0   # ... overlapping so that no phrase is lost at a cut
 PARALLEL_MIN_S = 120.0  # recordings shorter than this are decoded in one process
+
+
+def _detected_mentions(path) -> bool:
+    """A mentions CSV written by ``detect``: our header, every row from the detector."""
+    rows = csv_rows(path)
+    return bool(rows) and rows[0] == list(CSV_FIELDS) and \
+        all(row[-1:] == ["auto"] for row in rows[1:] if row)
+
+
+#: ``detect --out``: replaces an existing file only when it holds detected mentions of ours
+#: (never a hand-made or reviewed mentions.csv).
+DETECTED_MENTIONS = OutputKind("detected-mentions", "a CSV of mentions found by "
+                               "'eusvoicelabel detect'", folder=False,
+                               signature=_detected_mentions)
 
 
 def _spot_chunk(keyphrases: Sequence[Keyphrase], samples: np.ndarray, sample_rate: int,

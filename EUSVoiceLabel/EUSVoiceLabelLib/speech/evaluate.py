@@ -22,6 +22,7 @@ from ..core.errors import MentionsError
 from ..core.pool import run_tasks, spawn_pool
 from ..core.progress import ProgressLike, as_progress
 from ..data.mentions import Mention
+from ..data.outputs import OutputKind, json_with_keys
 from ..data.procedure import find_patients, load_procedure
 from ..data.vocabulary import LabelSet, load_labelset
 from .denoise import noise_suppressor
@@ -29,6 +30,12 @@ from .detect import default_workers, select_mentions, spot_candidates
 from .spotter import Hit, get_spotter
 
 log = logging.getLogger(__name__)
+
+#: ``detect --evaluate --out``: replaces an existing file only when it is such a report.
+DETECTION_REPORT = OutputKind("detection-report", "a detection report of 'eusvoicelabel "
+                              "detect --evaluate'", folder=False,
+                              signature=json_with_keys("overall", "per_label",
+                                                       "noise_suppressor"))
 
 ONSET_TOLERANCE_S = 0.5
 

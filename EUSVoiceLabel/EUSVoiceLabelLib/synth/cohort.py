@@ -14,8 +14,6 @@ byte-identical files.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -30,12 +28,14 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from scipy.io import wavfile
 
-from ..core.errors import ConfigError, OutputError
+from ..core.csvtext import csv_text
+from ..core.errors import ConfigError
 from ..core.fileio import atomic_path, atomic_write_text
 from ..core import paper
 from ..core.paper import CROP_SIZE, TABLE_I, VIDEO_SIZE, WINDOW_S
 from ..core.pool import process_cores, run_tasks, spawn_context, spawn_pool
 from ..core.progress import CounterProgress, ProgressLike, ProgressTask, as_progress
+from ..data.outputs import OutputKind, claim_output
 from ..data.vocabulary import LabelSet
 from . import images as im, speech as sp
 
@@ -406,12 +406,10 @@ def _write_patient_files(folder: Path, spec: PatientSpec, crop: tuple[int, int, 
                          tl: _Timeline, truth_windows: list[dict], extra: dict) -> None:
     """mentions.csv, procedure.json and truth.json (``extra``: its SNR, speakers, look and
     beeps)."""
-    buf = io.StringIO()
-    wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(["time_s", "label", "end_s", "text"])
-    for m in sorted(tl.mentions, key=lambda m: m["time_s"]):
-        wr.writerow([f"{m['time_s']:.3f}", m["label"], f"{m['end_s']:.3f}", m["words"]])
-    atomic_write_text(folder / "mentions.csv", buf.getvalue())
+    atomic_write_text(folder / "mentions.csv", csv_text(
+        ["time_s", "label", "end_s", "text"],
+        [[f"{m['time_s']:.3f}", m["label"], f"{m['end_s']:.3f}", m["words"]]
+         for m in sorted(tl.mentions, key=lambda m: m["time_s"])]))
     off = spec.audio_offset_s
     proc = {"audio_offset_s": round(off, 3), "crop": list(crop)}
     atomic_write_text(folder / "procedure.json", json.dumps(proc, indent=2) + "\n")
@@ -572,6 +570,18 @@ def _write_video(path: Path, spec: PatientSpec, scene: _Scene, tl: _Timeline,
 
 
 # --------------------------------------------------------------------------- the cohort
+def _earlier_synthetic_cohort(folder: Path) -> bool:
+    """A synthetic cohort written before the output marker existed: every patient folder has
+    the generator's truth.json."""
+    patients = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return bool(patients) and all((p / "truth.json").is_file() for p in patients)
+
+
+#: ``synth OUT``: an empty or new folder, or (with ``--force``) an earlier synthetic cohort.
+SYNTH_COHORT = OutputKind("synth", "a synthetic cohort of 'eusvoicelabel synth'", folder=True,
+                          signature=_earlier_synthetic_cohort)
+
+
 @dataclass(frozen=True)
 class CohortPlan:
     """What a synthetic cohort is made of (see :func:`synth_cohort` for each field)."""
@@ -633,7 +643,8 @@ def synth_cohort(out: Union[str, os.PathLike], patients: int = 12, seed: int = 0
             probability of a distractor sentence before a mention.
         workers: processes (default: the cores of this process, at most the number of
             patients).
-        force: allow writing into a non-empty folder (existing patient folders are replaced).
+        force: replace an earlier synthetic cohort in ``out`` (a folder holding anything else
+            is never written into: :func:`..data.outputs.claim_output`).
         embedded_audio: one patient gets its speech as the mp4's AAC track and no audio file.
         offset_fraction: fraction of the other patients whose audio file has an offset.
     """
@@ -647,11 +658,13 @@ def write_cohort(out: Union[str, os.PathLike], plan: CohortPlan, progress: Progr
     """Write the cohort of ``plan`` to ``out`` (see :func:`synth_cohort`), its patients in
     ``workers`` processes, the largest first."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputError("folder is not empty", out, "choose a new folder or pass --force")
     specs = plan.patient_specs(out)
+    if not math.isfinite(plan.snr_db):
+        raise ConfigError(f"the speech-to-noise ratio must be a finite number of dB, not "
+                          f"{plan.snr_db}")
+    if plan.patients < 1:
+        raise ConfigError(f"a cohort needs at least 1 patient, not {plan.patients}")
+    claim_output(out, SYNTH_COHORT, replace=force)
     sp.check_engines()
     labelset = LabelSet.default()
     for lab in LABELS:

@@ -9,13 +9,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .. import __version__
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, ConfigError, VocabularyError
+from ..data.audio import SpectrogramSettings
+from ..data.outputs import OutputKind, claim_output, torch_file_of_format
 from ..data.vocabulary import LabelSet
 from ..nn.devices import select_device
 from ..nn.network import build_model
@@ -27,6 +29,9 @@ from .loop import TrainResult
 
 CHECKPOINT_FORMAT = "eusvoicelabel-model"
 FORMAT_VERSION = 1
+#: ``train --out``: an existing file is replaced only when it is a model checkpoint of ours.
+CHECKPOINT = OutputKind("checkpoint", "a model checkpoint written by 'eusvoicelabel train'",
+                        folder=False, signature=torch_file_of_format(CHECKPOINT_FORMAT))
 
 
 def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
@@ -40,9 +45,14 @@ def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
-                    preprocessing: dict[str, Any], extra: Optional[dict[str, Any]] = None
-                    ) -> None:
-    """Write a model checkpoint atomically: weights, config, label set, preprocessing, version."""
+                    preprocessing: dict[str, Any], extra: Optional[dict[str, Any]] = None,
+                    inputs: Sequence[os.PathLike | str] = ()) -> None:
+    """Write a model checkpoint atomically: weights, config, label set, preprocessing, version.
+
+    ``path`` is claimed first (:func:`..data.outputs.claim_output`: not one of ``inputs``, and
+    an existing file only when it is a checkpoint of ours).
+    """
+    claim_output(path, CHECKPOINT, inputs)
     data = {
         "format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION,
         "package_version": __version__,
@@ -76,6 +86,19 @@ class LoadedModel:
     preprocessing: dict[str, Any]
     package_version: str
     meta: dict[str, Any]
+
+
+def _check_preprocessing(pre: Any, cfg: TrainConfig) -> None:
+    """The stored input settings must be what the network was built for (ConfigError)."""
+    if not isinstance(pre, dict):
+        raise ConfigError(f"preprocessing must be a JSON object, not {pre!r}")
+    if "image_size" in pre and list(pre["image_size"]) != list(cfg.image_size):
+        raise ConfigError(f"preprocessing image_size {pre['image_size']!r} differs from the "
+                          f"network's {list(cfg.image_size)}")
+    if "frames" in pre and pre["frames"] != cfg.frames:
+        raise ConfigError(f"preprocessing frames {pre['frames']!r} differs from the network's "
+                          f"{cfg.frames}")
+    SpectrogramSettings.from_json(pre.get("spectrogram", {}))
 
 
 def _major_minor(version: str) -> tuple[str, ...]:
@@ -112,18 +135,34 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     try:
         stored = LabelSet.from_json(data["labelset"], str(path))
         cfg = TrainConfig.from_json(data["config"])
-    except (KeyError, TypeError) as exc:
+        _check_preprocessing(data.get("preprocessing", {}), cfg)
+    except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint metadata is incomplete ({exc})", path) from None
+    except (ConfigError, VocabularyError) as exc:
+        raise CheckpointError(f"checkpoint settings are invalid: {exc.message}", path,
+                              "use a file written by 'eusvoicelabel train'") from None
+    if data.get("num_classes", len(stored)) != len(stored):
+        raise CheckpointError(f"checkpoint says {data.get('num_classes')!r} classes but holds "
+                              f"{len(stored)} labels", path)
     if labelset is not None and list(labelset.ids) != list(stored.ids):
         raise CheckpointError(
             f"checkpoint was trained on labels {stored.ids}, not {list(labelset.ids)}", path,
             "use a model trained with this label vocabulary or drop --labels")
     if variant is not None and variant != cfg.variant:
         raise CheckpointError(f"checkpoint holds variant {cfg.variant!r}, not {variant!r}", path)
+    weights = data.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor)
+                                                for v in weights.values()):
+        raise CheckpointError("checkpoint holds no weights", path)
+    bad = next((k for k, v in weights.items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"weights {bad} hold NaN or infinite values", path,
+                              "the model diverged or the file was altered: train it again")
     model = build_model(cfg.variant, len(stored), cfg.frames, weights=cfg.weights,
                         width=cfg.width, joint_scale=cfg.joint_scale, load_pretrained=False)
     try:
-        model.load_state_dict(data["model"])
+        model.load_state_dict(weights)
     except (RuntimeError, KeyError) as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"weights do not fit the {cfg.variant} network ({first})",
@@ -134,4 +173,4 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "LoadedModel", "preprocessing_settings",
-           "checkpoint_digest", "CHECKPOINT_FORMAT", "FORMAT_VERSION"]
+           "checkpoint_digest", "CHECKPOINT_FORMAT", "FORMAT_VERSION", "CHECKPOINT"]

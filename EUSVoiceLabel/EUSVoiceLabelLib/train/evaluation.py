@@ -9,8 +9,6 @@ every variant of the paper's Table III and writes ours beside the paper's number
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import re
@@ -28,7 +26,9 @@ from .. import __version__
 from ..core.paper import BOOTSTRAP_PROPOSED, PATIENTS, WINDOWS
 from ..core.progress import ProgressLike, as_progress
 from ..core.variants import VARIANT_SPECS, VARIANTS, variant_spec
-from ..core.fileio import atomic_path, atomic_write_text, file_sha256
+from ..core.csvtext import csv_text
+from ..core.fileio import StagedFolder, atomic_path, atomic_write_text, file_sha256
+from ..data.outputs import OutputKind, claim_output, json_with_keys
 from ..nn.devices import select_device
 from .checkpoints import preprocessing_settings
 from .config import TrainConfig
@@ -41,6 +41,24 @@ from .voice_pretrain import pretrain_keyword_model
 log = logging.getLogger(__name__)
 
 
+def _earlier_evaluation(folder: Path) -> bool:
+    """An evaluation folder written before the output marker existed."""
+    return json_with_keys("bootstrap", "config", name="metrics.json")(folder) or \
+        ((folder / "summary.json").is_file() and (folder / "table_iii.md").is_file())
+
+
+#: ``evaluate --out``: metrics.json, predictions.csv, confusion_matrix.png, timings.json and
+#: the fold cache ``folds/`` (``--variant all``: one such folder per variant, table_iii.md,
+#: summary.json).
+EVALUATION = OutputKind("evaluate", "an 'evaluate' output folder", folder=True,
+                        signature=_earlier_evaluation, sweep=("folds",))
+
+
+def _claim(out_dir: Path, ws: Any, weights: Sequence[Any] = ()) -> None:
+    """Claim an evaluation folder: not the cohort, nor inside it or any other input."""
+    claim_output(out_dir, EVALUATION, [*getattr(ws, "sources", ()), *weights])
+
+
 # --------------------------------------------------------------------------- outputs
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80] or "patient"
@@ -49,13 +67,11 @@ def _safe_name(text: str) -> str:
 def write_predictions_csv(path: Path, ws: Any, indices: np.ndarray, probs: np.ndarray) -> None:
     """predictions.csv: patient, time_s, true, predicted, then p_<label> per label."""
     ids = list(ws.labelset.ids)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["patient", "time_s", "true", "predicted"] + [f"p_{i}" for i in ids])
-    for i, p in zip(indices, probs):
-        w.writerow([ws.patients[i], f"{float(ws.times[i]):.3f}", ids[int(ws.labels[i])],
-                    ids[int(np.argmax(p))]] + [f"{float(v):.6f}" for v in p])
-    atomic_write_text(path, buf.getvalue())
+    rows = [[ws.patients[i], f"{float(ws.times[i]):.3f}", ids[int(ws.labels[i])],
+             ids[int(np.argmax(p))]] + [f"{float(v):.6f}" for v in p]
+            for i, p in zip(indices, probs)]
+    atomic_write_text(path, csv_text(["patient", "time_s", "true", "predicted"]
+                                     + [f"p_{i}" for i in ids], rows))
 
 
 def plot_confusion_matrix(path: Path, matrix: Sequence[Sequence[float]],
@@ -106,13 +122,17 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
     """
     t0 = time.time()
     out_dir = Path(out_dir)
+    _claim(out_dir, ws, [cfg.weights])
     folds = lopo_folds(ws.patients)
     cache = _FoldCache(out_dir / "folds", _fold_key(ws, cfg), resume)
     progress = as_progress(progress)
     ready: dict[str, FoldResult] = {}
     if workers > 1:
         todo = [f for f in folds if cache.read(f) is None]
-        if len(todo) > 1:
+        # Even one remaining fold runs in a worker: with its torch threads (cores / workers),
+        # so a resumed run gives the predictions of an uninterrupted one (in this process,
+        # with all cores' threads, the sums would be ordered differently).
+        if todo:
             states = {f.patient: cache.state_path(f.patient) for f in todo}
 
             def finished(r: FoldResult) -> None:
@@ -199,27 +219,37 @@ class _FoldCache:
 def _write_evaluation(out_dir: Path, ws: Any, cfg: TrainConfig, results: Sequence[FoldResult],
                       config: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
     """Pool the folds' held-out predictions; write metrics.json, timings.json,
-    predictions.csv and confusion_matrix.png; return the metrics."""
+    predictions.csv and confusion_matrix.png, moved into ``out_dir`` together; return the
+    metrics."""
     idx = np.concatenate([r.indices for r in results])
     probs = np.concatenate([r.probs for r in results])
     y_true = np.asarray(ws.labels)[idx]
     pats = [ws.patients[i] for i in idx]
     metrics = compute_metrics(y_true, probs, pats, ws.labelset.ids, cfg.variant, config,
                               seed=cfg.seed)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    # Wall times live apart so that metrics.json is byte-identical for the same command and
-    # seed on CPU (test_reliability.py).
-    timings = {"wall_time_s": round(wall_time_s, 1),
-               "fold_wall_time_s": {r.patient: r.train_info.get("wall_time_s")
-                                    for r in results}}
-    atomic_write_text(out_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
-    order = np.argsort(idx, kind="stable")
-    write_predictions_csv(out_dir / "predictions.csv", ws, idx[order], probs[order])
-    counts = classification_metrics(y_true, probs.argmax(1), len(ws.labelset))["confusion_counts"]
-    names = [lab.name for lab in ws.labelset.labels]
-    plot_confusion_matrix(out_dir / "confusion_matrix.png", metrics["confusion_matrix"], names,
-                          f"{cfg.variant}: LOPO over {metrics['n_patients']} patients, "
-                          f"accuracy {metrics['accuracy']:.2f}", counts)
+    # The four files move in together: a failing disk leaves the previous ones.
+    stage = StagedFolder(out_dir)
+    try:
+        with stage.writing() as d:
+            atomic_write_text(d / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+            # Wall times live apart so that metrics.json is byte-identical for the same
+            # command and seed on CPU (test_reliability.py).
+            timings = {"wall_time_s": round(wall_time_s, 1),
+                       "fold_wall_time_s": {r.patient: r.train_info.get("wall_time_s")
+                                            for r in results}}
+            atomic_write_text(d / "timings.json", json.dumps(timings, indent=2) + "\n")
+            order = np.argsort(idx, kind="stable")
+            write_predictions_csv(d / "predictions.csv", ws, idx[order], probs[order])
+            counts = classification_metrics(y_true, probs.argmax(1),
+                                            len(ws.labelset))["confusion_counts"]
+            names = [lab.name for lab in ws.labelset.labels]
+            plot_confusion_matrix(d / "confusion_matrix.png", metrics["confusion_matrix"],
+                                  names, f"{cfg.variant}: LOPO over {metrics['n_patients']} "
+                                  f"patients, accuracy {metrics['accuracy']:.2f}", counts)
+        stage.commit()
+    except BaseException:
+        stage.abort()
+        raise
     return metrics
 
 
@@ -277,6 +307,7 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
     out_dir = Path(out_dir)
     progress = as_progress(progress)
     weights = dict(weights or {})
+    _claim(out_dir, ws, list(weights.values()))
     variants = list(variants or VARIANTS)
     results: dict[str, Optional[dict[str, Any]]] = {}
     notes: dict[str, str] = {}

@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from ..core.errors import ConfigError, OutputError, TrainingError
 from ..core.progress import SILENT, ProgressLike, ProgressTask, as_progress
+from ..data.outputs import OutputKind, torch_file_of_format
 from ..nn.devices import seed_everything, select_device
 from ..nn.fastpath import autocast_for
 from ..nn.network import build_model
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "eusvoicelabel-train-state"
 STATE_FORMAT_VERSION = 1
+#: A resume file (``MODEL.resume.pt``): replaced only when it is a resume file of ours.
+TRAIN_STATE = OutputKind("train-state", "a training resume file of eusvoicelabel",
+                         folder=False, signature=torch_file_of_format(STATE_FORMAT))
 
 
 # --------------------------------------------------------------------------- data on device

@@ -23,6 +23,8 @@ from ..core.errors import ConfigError
 from ..core.progress import ProgressLike, as_progress
 from ..data.audio import SAMPLE_RATE, SpectrogramSettings, spectrogram_batch
 from ..nn.devices import seed_everything, select_device
+from ..data.outputs import OutputKind, claim_output, torch_file_of_format
+from ..nn.keyword import FORMAT as KEYWORD_FORMAT
 from ..nn.keyword import KeywordFeatures, KeywordNet, save_keyword_checkpoint
 from ..synth import speech
 
@@ -35,6 +37,11 @@ COMMAND_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
     "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
 )
+#: ``pretrain-voice --out``: an existing file is replaced only when it is a keyword network of
+#: ours.
+KEYWORD_CHECKPOINT = OutputKind("keyword-checkpoint", "a keyword network written by "
+                                "'eusvoicelabel pretrain-voice'", folder=False,
+                                signature=torch_file_of_format(KEYWORD_FORMAT))
 
 
 
@@ -108,7 +115,13 @@ def pretrain_keyword_model(out: Path, words: Sequence[str] = COMMAND_WORDS,
 
     Returns:
         The checkpoint's ``info`` dict (accuracies, sizes, wall time, settings).
+
+    Raises:
+        OutputError: ``out`` exists and is not a keyword network of ours (checked first).
     """
+    claim_output(out, KEYWORD_CHECKPOINT)
+    if epochs < 1:
+        raise ConfigError(f"epochs must be at least 1, not {epochs}")
     t0 = time.time()
     progress = as_progress(progress)
     settings = settings or SpectrogramSettings()

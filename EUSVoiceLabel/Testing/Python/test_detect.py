@@ -190,7 +190,8 @@ def test_detect_cli_writes_mentions_csv(speech, tmp_path):
     from EUSVoiceLabelLib.cli import main
 
     audio, truth = speech
-    proc = make_procedure(tmp_path / "p1", seconds=18.0, mentions=None,
+    cohort = tmp_path / "cohort"  # outputs go beside it: never into an input
+    proc = make_procedure(cohort / "p1", seconds=18.0, mentions=None,
                           settings={"audio_offset_s": 0.5})
     wavfile.write(proc / "audio.wav", RATE, (np.clip(audio, -1, 1) * 32767).astype(np.int16))
     out = tmp_path / "found.csv"
@@ -203,16 +204,16 @@ def test_detect_cli_writes_mentions_csv(speech, tmp_path):
     assert [m.label for m in detect_procedure(proc)] == EXPECTED_LABELS
     shutil.copy(out, proc / "mentions.csv")
     report_path = tmp_path / "report.json"
-    assert main(["detect", str(tmp_path), "--evaluate", "--out", str(report_path),
+    assert main(["detect", str(cohort), "--evaluate", "--out", str(report_path),
                  "--quiet"]) == 0
     report = json.loads(report_path.read_text())
     assert report["overall"]["f1"] == 1.0 and report["onset_error_s"]["median"] < 0.01
     assert report["speed"]["x_real_time"] > 1
     assert report["noise_suppressor"] == noise_suppressor()
     # Two patients decoded side by side in worker processes score like one after the other.
-    shutil.copytree(proc, tmp_path / "p2")
-    side_by_side = evaluate_detection(tmp_path, workers=2, progress=False)
-    in_turn = evaluate_detection(tmp_path, workers=1, progress=False)
+    shutil.copytree(proc, cohort / "p2")
+    side_by_side = evaluate_detection(cohort, workers=2, progress=False)
+    in_turn = evaluate_detection(cohort, workers=1, progress=False)
     assert side_by_side["n_patients"] == in_turn["n_patients"] == 2
     for key in ("overall", "per_label", "onset_error_s"):
         assert side_by_side[key] == in_turn[key]

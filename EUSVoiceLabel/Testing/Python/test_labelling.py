@@ -18,6 +18,7 @@ from torch import nn
 
 from EUSVoiceLabelLib.cli import main as cli
 from EUSVoiceLabelLib.core.progress import CallbackProgress
+from EUSVoiceLabelLib.core.outputlock import MARKER
 from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.labelling.folder import label_to_folder
 from EUSVoiceLabelLib.labelling.output import LabelOutputWriter, write_label_outputs
@@ -84,8 +85,8 @@ def tiny_model(tmp_path_factory):
     for i, ms in enumerate(["0.5,pancreas\n2.0,bile_duct\n", "1.0,portal_vein\n2.5,PD\n"]):
         mf.make_procedure(root / f"p{i}", seconds=4.0, size=(96, 64),
                           mentions="time_s,label\n" + ms)
-    ws = build_window_set(root, image_size=(40, 48), frames=25, cache_dir=root / ".c",
-                          progress=False)
+    ws = build_window_set(root, image_size=(40, 48), frames=25,
+                          cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
     cfg = TrainConfig(variant="proposed", epochs=1, image_size=(40, 48), frames=25,
                       width=0.125, seed=0)
     result = train_model(ws, cfg, 5, device="cpu", progress=False)
@@ -111,7 +112,7 @@ def test_label_outputs_read_back(tiny_model, procedure, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert names == {"labels.csv", "frame_labels.csv", "frames.seq.nrrd", "cam.seq.nrrd",
                      "landmarks.seq.nrrd", "landmarks.csv", "landmarks.mrk.json",
-                     "landmark_points.seq.mrb", "scene.mrml", "run.json"}
+                     "landmark_points.seq.mrb", "scene.mrml", "run.json", MARKER}
 
     windows = list(csv.DictReader(open(out / "labels.csv")))
     assert [w["spoken_label"] for w in windows] == ["pancreas", "bile_duct", "portal_vein"]
@@ -211,13 +212,13 @@ def test_interrupted_run_leaves_no_partial_files(tiny_model, procedure, tmp_path
         except BaseException:
             writer.abort()
             raise
-    assert list(out.iterdir()) == []
+    assert list(out.iterdir()) == [out / MARKER]  # the claimed folder, no partial output
 
 
 def test_refuses_to_write_into_the_input(tiny_model, procedure, capsys):
     rc = cli(["label", str(procedure), "--model", str(tiny_model), "--out",
               str(procedure / "labels"), "--quiet", "--device", "cpu"])
-    assert rc == 2 and "inside the input procedure" in capsys.readouterr().err
+    assert rc == 2 and "lies inside the input" in capsys.readouterr().err
     assert not (procedure / "labels").exists()
 
 

@@ -329,9 +329,8 @@ def _failing_torch_save(monkeypatch, when=lambda path: True, error=None):
     real = torch.save
 
     def save(obj, f, *a, **kw):
-        if when(Path(f)):
-            with open(f, "wb") as fh:  # half a file, then the disk fails
-                fh.write(b"PK\x03\x04 partial")
+        if when(Path(f.name)):
+            f.write(b"PK\x03\x04 partial")  # half a file, then the disk fails
             raise error or OSError(errno.EIO, "Input/output error")
         return real(obj, f, *a, **kw)
 
@@ -414,18 +413,17 @@ sys.path.insert(0, sys.argv[2])
 from test_reliability import tiny_checkpoint
 real = torch.save
 def slow(obj, f, *a, **k):
-    with open(f, "wb") as fh:
-        fh.write(b"PK\x03\x04 half a checkpoint"); fh.flush()
-        print("writing", flush=True)
-        time.sleep(60)
+    f.write(b"PK\x03\x04 half a checkpoint"); f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
 torch.save = slow
 tiny_checkpoint(__import__("pathlib").Path(sys.argv[1]), variant="image_only")
 """
 
 
 def test_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
-    from EUSVoiceLabelLib.core.outputlock import output_lock
-    from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
+    from EUSVoiceLabelLib.data.outputs import claim_output
+    from EUSVoiceLabelLib.train.checkpoints import CHECKPOINT, load_checkpoint
 
     path = tiny_checkpoint(tmp_path / "model.pt")
     before = path.read_bytes()
@@ -438,8 +436,7 @@ def test_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
     assert load_checkpoint(path).config.variant == "proposed"
     litter = [p for p in tmp_path.iterdir() if p.name != "model.pt"]
     assert litter and all(p.name.startswith(".model.pt.") for p in litter)
-    with output_lock(path, "test"):  # the next run on this output sweeps the leftovers
-        pass
+    claim_output(path, CHECKPOINT)  # the next run on this output sweeps the leftovers
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
