@@ -41,8 +41,6 @@ from slicer.util import VTKObservationMixin
 # of Resources/requirements.txt are imported in the methods that use them, after
 # setupPythonRequirements, so that this module loads before they are installed.
 from EUSVoiceLabelLib.core.errors import CheckpointError, MediaError, MentionsError
-from EUSVoiceLabelLib.core.fileio import atomic_write_text
-from EUSVoiceLabelLib.core.outputlock import output_lock
 from EUSVoiceLabelLib.core.paper import FPS
 from EUSVoiceLabelLib.core.progress import CallbackProgress, parse_progress_line
 from EUSVoiceLabelLib.data.mentions import Mention, read_mentions
@@ -51,8 +49,7 @@ from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.nn.evidence import DISPLAY_THRESHOLD
 from EUSVoiceLabelLib.slicer.overlays import overlay_items, window_point, window_text
 from EUSVoiceLabelLib.slicer.review import (MENTION_COLUMNS, RESULT_COLUMNS, ReviewTable,
-                                            labels_csv_with_review, mentions_from_rows,
-                                            mentions_to_rows)
+                                            mentions_from_rows, mentions_to_rows)
 from EUSVoiceLabelLib.slicer.support import (LARGE_SEQUENCE_BYTES, apply_problems, cine_ijk_to_ras,
                                              crop_ijk_to_ras, format_crop, index_value,
                                              master_item_at, missing_requirements, parse_crop,
@@ -1272,7 +1269,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def exportResults(self, resultsTable, outputFolder, datasetFolder=None) -> dict:
         """Write the labelling outputs (``labels.csv`` with the reviewed labels,
         ``frame_labels.csv``, ``frames.seq.nrrd``, ``cam.seq.nrrd``, ``landmarks.seq.nrrd``,
-        ``landmarks.csv``, ``landmarks.mrk.json``, ``scene.mrml``: the files of
+        ``landmarks.csv``, ``landmarks.mrk.json``, ``landmark_points.seq.mrb``, ``scene.mrml``: the files of
         ``eusvoicelabel label``) and, with ``datasetFolder``, the labelled image dataset (the
         format of ``eusvoicelabel export``: ``images/<label>/*.png`` + ``labels.csv``).
 
@@ -1280,27 +1277,18 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             ``{name: path}`` of the written files.
         """
         # deferred: torch, Pillow, tqdm (requirements.txt)
-        from EUSVoiceLabelLib.data.export import export_dataset
-        from EUSVoiceLabelLib.labelling.output import write_label_outputs
+        from EUSVoiceLabelLib.slicer.export import export_reviewed
 
         result = self._results.get(resultsTable.GetID())
         if result is None:
             raise RuntimeError(_("The results of {name} were made in an earlier session: label "
                                  "the procedure again to export them.").format(
                                      name=resultsTable.GetName()))
-        review = self.reviewTable(resultsTable)
-        outputFolder = pathlib.Path(outputFolder)
-        datasetFolder = None if datasetFolder is None else pathlib.Path(datasetFolder)
-        # The same one-writer-per-output lock as the command line: a concurrent
-        # 'eusvoicelabel label --out' on these folders is refused instead of interleaved.
-        with output_lock(outputFolder, "3D Slicer EUSVoiceLabel export"), \
-                output_lock(datasetFolder, "3D Slicer EUSVoiceLabel export"):
-            files = write_label_outputs(result, outputFolder)
-            labelsCsv = outputFolder / "labels.csv"
-            atomic_write_text(labelsCsv, labels_csv_with_review(
-                labelsCsv.read_text(encoding="utf-8"), review.reviewed_labels()))
-            if datasetFolder is not None:
-                files["dataset labels.csv"] = export_dataset(outputFolder, datasetFolder)
+        # The command line's output rule and one-writer locks for both folders: refused
+        # before anything is written when either is an input, a procedure, a cohort or
+        # someone else's folder.
+        files = export_reviewed(result, self.reviewTable(resultsTable).reviewed_labels(),
+                                outputFolder, datasetFolder)
         return {k: str(v) for k, v in files.items()}
 
     def addToCohort(self, resultsTable, cohortFolder, name: Optional[str] = None):

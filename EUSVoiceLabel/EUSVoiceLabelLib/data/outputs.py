@@ -34,7 +34,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from .. import __version__
 from ..core.errors import OutputError
@@ -159,6 +159,14 @@ def input_paths(*paths: Optional[PathLike]) -> list[Path]:
             if entry.name != "frames":
                 out.extend(_visible(entry))
     return out
+
+
+def procedure_inputs(proc: Any) -> list[Path]:
+    """What a run on the :class:`..data.procedure.Procedure` ``proc`` reads: its folder and
+    files (:func:`input_paths`), its recording, audio and mentions files wherever they lie
+    (None entries skipped: e.g. frames that live in a Slicer sequence)."""
+    return [*input_paths(getattr(proc, "path", None)), getattr(proc.source, "path", None),
+            getattr(proc, "audio_path", None), getattr(proc, "mentions_path", None)]
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -334,5 +342,5 @@ def claim_output(out: PathLike, kind: OutputKind, inputs: Iterable[Optional[Path
 
 
 __all__ = ["OutputKind", "claim_output", "mark_output", "owned", "MARKER",
-           "COHORT_PROCEDURE", "input_paths", "json_with_keys", "csv_with_header", "torch_file_of_format",
-           "json_object", "csv_rows", "text_file"]
+           "COHORT_PROCEDURE", "input_paths", "procedure_inputs", "json_with_keys",
+           "csv_with_header", "torch_file_of_format", "json_object", "csv_rows", "text_file"]

@@ -18,7 +18,7 @@ from ..core.errors import ConfigError
 from ..core.fileio import StagedFolder, atomic_write_text
 from ..core.paper import WINDOW_FRAMES
 from ..data.mentions import Mention
-from ..data.outputs import OutputKind, claim_output, input_paths, json_with_keys
+from ..data.outputs import OutputKind, claim_output, json_with_keys, procedure_inputs
 from ..data.procedure import Procedure, window_frame_indices
 from ..data.vocabulary import LabelSet
 from ..slicer.files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv, frame_geometry,
@@ -92,9 +92,7 @@ class LabelOutputWriter:
         if not 0.0 < cam_threshold < 1.0:
             raise ConfigError(f"cam threshold must lie between 0 and 1, not {cam_threshold}")
         self.out_dir = Path(out_dir)
-        claim_output(self.out_dir, LABEL_OUTPUT,
-                     [*input_paths(proc.path), proc.source.path, proc.audio_path,
-                      proc.mentions_path, *inputs])
+        claim_output(self.out_dir, LABEL_OUTPUT, [*procedure_inputs(proc), *inputs])
         self._stage = StagedFolder(self.out_dir)
         self.provenance = dict(provenance or {})
         self.proc = proc

@@ -40,7 +40,8 @@ from ..core.variants import parse_image_size
 from ..data.media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, FrameSource, VideoFileSource, open_frames,
                           write_wav)
 from ..data.mentions import Mention, read_mentions, write_mentions_csv
-from ..data.outputs import COHORT_PROCEDURE, claim_output, input_paths, mark_output
+from ..core.outputlock import output_session
+from ..data.outputs import COHORT_PROCEDURE, claim_output, mark_output, procedure_inputs
 from ..data.procedure import FPS, Procedure, default_crop, is_procedure_folder, load_procedure
 from ..data.vocabulary import LabelSet, load_labelset
 from .files import SequenceStreamWriter, write_frame_sequence
@@ -531,9 +532,15 @@ def write_training_procedure(proc: Procedure, mentions: Sequence[Mention],
     cohort = Path(cohort)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or proc.name).strip("._") or "procedure"
     dest = cohort / name
-    claim_output(dest, COHORT_PROCEDURE, create=False,  # never over another procedure
-                 inputs=[*input_paths(proc.path), getattr(proc.source, "path", None),
-                         proc.audio_path])
+    with output_session("3D Slicer EUSVoiceLabel add to cohort"):
+        # never over another procedure; locked while the copy is made
+        claim_output(dest, COHORT_PROCEDURE, procedure_inputs(proc), create=False)
+        return _write_training_procedure(proc, mentions, cohort, name, dest, frame_chunk)
+
+
+def _write_training_procedure(proc: Procedure, mentions: Sequence[Mention], cohort: Path,
+                              name: str, dest: Path, frame_chunk: int) -> Path:
+    """The copy of :func:`write_training_procedure`, once ``dest`` is claimed."""
     try:
         cohort.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cohort))

@@ -4,6 +4,7 @@ EUSVoiceLabelLib.slicer.support)."""
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ from types import SimpleNamespace
 import mediafactory as mf
 import numpy as np
 import pytest
+from test_reliability import tree_digest
 
-from EUSVoiceLabelLib.core.errors import ConfigError, MediaError, MentionsError, ProcedureError
+from EUSVoiceLabelLib.core.errors import (ConfigError, MediaError, MentionsError, OutputError,
+                                          ProcedureError)
 from EUSVoiceLabelLib.data.mentions import Mention
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.slicer.review import (ACCEPTED, CORRECTED, MENTION_COLUMNS, PENDING,
@@ -327,10 +330,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tiny_procedure_pipeline_review_export_and_training_data(tiny_run):
-    from EUSVoiceLabelLib.data.export import export_dataset
-    from EUSVoiceLabelLib.labelling.output import write_label_outputs
     from EUSVoiceLabelLib.data.procedure import load_procedure
-    from EUSVoiceLabelLib.slicer.review import labels_csv_with_review
+    from EUSVoiceLabelLib.slicer.export import export_reviewed
     from EUSVoiceLabelLib.slicer.support import write_training_procedure
 
     result, proc = tiny_run.result, tiny_run.proc
@@ -346,12 +347,12 @@ def test_tiny_procedure_pipeline_review_export_and_training_data(tiny_run):
     table.correct(1, "portal_vein")
     table.accept(0)
     out = tiny_run.root / "out"
-    files = write_label_outputs(result, out)
+    # what the module's exportResults does
+    files = export_reviewed(result, table.reviewed_labels(), out, tiny_run.root / "dataset")
     assert {"labels.csv", "frames.seq.nrrd", "cam.seq.nrrd", "landmarks.mrk.json"} <= set(files)
-    (out / "labels.csv").write_text(labels_csv_with_review(
-        (out / "labels.csv").read_text(), table.reviewed_labels()))
-    labels_csv = export_dataset(out, tiny_run.root / "dataset")
-    text = labels_csv.read_text()
+    reviewed = [r["reviewed_label"] for r in csv.DictReader((out / "labels.csv").open())]
+    assert reviewed == [table.row(0).predicted, "portal_vein", "", ""]
+    text = files["dataset labels.csv"].read_text()
     assert "images/portal_vein/" in text          # the correction reached the export
     # corrections go into training: a cohort folder the train command reads
     mentions = [w.mention for w in result.windows]
@@ -367,6 +368,50 @@ def test_tiny_procedure_pipeline_review_export_and_training_data(tiny_run):
                        atol=1e-6)
     with pytest.raises(ProcedureError, match="no labelled windows"):
         write_training_procedure(proc, [], tiny_run.root / "train_cohort")
+
+
+def test_slicer_export_and_add_to_cohort_follow_the_output_rule(tiny_run, tmp_path):
+    """The module's export and "add to cohort" refuse what the command line refuses (issue
+    19), before anything is written, and replace only their own earlier output."""
+    from EUSVoiceLabelLib.slicer.export import export_reviewed
+    from EUSVoiceLabelLib.slicer.support import write_training_procedure
+
+    result, proc = tiny_run.result, tiny_run.proc
+    cohort = tiny_run.root / "cohort"
+    before = tree_digest(cohort)
+    out = tmp_path / "out"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    for labels, dataset, message in (
+            (cohort / "p2", None, "is a procedure folder"),
+            (cohort, None, "contains the input"),
+            (cohort / "p1" / "labels", None, "lies inside the input"),
+            (theirs, None, "is not empty"),
+            (out, out, "is an input of this run"),            # the dataset over the labels
+            (out, out / "dataset", "lies inside the input"),
+            (out, cohort / "p1" / "dataset", "lies inside the input"),
+            (out, theirs, "is not empty")):
+        with pytest.raises(OutputError, match=message):
+            export_reviewed(result, {0: "portal_vein"}, labels, dataset)
+        assert not (out / "labels.csv").exists()  # refused before anything was written
+    assert tree_digest(cohort) == before and (theirs / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
+    for _ in range(2):  # our own earlier export is replaced
+        files = export_reviewed(result, {0: "portal_vein"}, out, tmp_path / "ds")
+        assert "images/portal_vein/" in files["dataset labels.csv"].read_text()
+    # add to cohort: never over a procedure it did not write, never inside the procedure
+    mentions = [w.mention for w in result.windows]
+    with pytest.raises(OutputError, match="is a procedure folder"):
+        write_training_procedure(proc, mentions, cohort, "p2")
+    with pytest.raises(OutputError, match="lies inside the input"):
+        write_training_procedure(proc, mentions, cohort / "p1", "again")
+    assert tree_digest(cohort) == before
+    for _ in range(2):  # its own earlier procedure is replaced
+        dest = write_training_procedure(proc, mentions, tmp_path / "cohort2", "p1")
+    assert sorted(p.name for p in (tmp_path / "cohort2").iterdir()
+                  if not p.name.startswith(".")) == ["p1"]
+    assert dest.joinpath("mentions.csv").is_file()
 
 
 def test_training_procedure_from_a_scene_sequence_streams_frames(tiny_run, tmp_path):

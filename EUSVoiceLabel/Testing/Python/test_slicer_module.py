@@ -377,17 +377,14 @@ def test_readme_batch_script_uses_real_logic_methods_and_arguments():
             assert kw.arg in params, f"logic.{name} has no argument {kw.arg!r}"
 
 
-def test_slicer_export_holds_the_output_lock_of_both_folders():
-    """exportResults writes under the same one-writer lock as the command line, for the label
-    outputs and the dataset, so a concurrent 'eusvoicelabel label --out' cannot interleave."""
+def test_slicer_export_goes_through_the_output_rule_of_the_command_line():
+    """exportResults writes only through slicer.export.export_reviewed, which claims both
+    folders under the command line's output rule and locks (test_review.py tests it on real
+    files); no file is written by the module itself."""
     logic = _class(_module_ast(), "EUSVoiceLabelLogic")
     method = next(f for f in logic.body
                   if isinstance(f, ast.FunctionDef) and f.name == "exportResults")
-    withs = [n for n in ast.walk(method) if isinstance(n, ast.With)]
-    locked = [ast.unparse(item.context_expr.args[0]) for w in withs for item in w.items
-              if isinstance(item.context_expr, ast.Call)
-              and ast.unparse(item.context_expr.func) == "output_lock"]
-    assert locked == ["outputFolder", "datasetFolder"]
-    body = ast.unparse(withs[0])
-    for call in ("write_label_outputs(", "atomic_write_text(", "export_dataset("):
-        assert call in body, call  # every write happens inside the lock
+    called = {ast.unparse(n.func) for n in ast.walk(method) if isinstance(n, ast.Call)}
+    assert "export_reviewed" in called
+    assert not called & {"write_label_outputs", "export_dataset", "atomic_write_text",
+                         "output_lock", "open"}, called
