@@ -1269,8 +1269,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def exportResults(self, resultsTable, outputFolder, datasetFolder=None) -> dict:
         """Write the labelling outputs (``labels.csv`` with the reviewed labels,
         ``frame_labels.csv``, ``frames.seq.nrrd``, ``cam.seq.nrrd``, ``landmarks.seq.nrrd``,
-        ``landmarks.csv``, ``landmarks.mrk.json``, ``landmark_points.seq.mrb``, ``scene.mrml``: the files of
-        ``eusvoicelabel label``) and, with ``datasetFolder``, the labelled image dataset (the
+        ``landmarks.csv``, ``landmarks.mrk.json``, ``landmark_points.seq.mrb``,
+        ``scene.mrml``: the files of ``eusvoicelabel label``) and, with ``datasetFolder``, the labelled image dataset (the
         format of ``eusvoicelabel export``: ``images/<label>/*.png`` + ``labels.csv``).
 
         Returns:

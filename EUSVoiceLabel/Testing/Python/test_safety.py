@@ -234,7 +234,7 @@ def _window(index: int, label: str, time_s: float, shape, labelset):
     cam[: shape[0] // 2] = 1.0
     return WindowResult(index, Mention(time_s, label), label, float(probs[0]), probs,
                         np.arange(int(time_s * 25), int(time_s * 25) + 3), cam=cam,
-                        peak=(1, 1))
+                        region=cam >= 0.5, peak=(1, 1))
 
 
 def test_more_than_255_labels_keep_their_value_in_the_labelmap(tmp_path):
