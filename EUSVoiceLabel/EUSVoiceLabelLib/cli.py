@@ -26,6 +26,7 @@ from .core.errors import ConfigError, EUSVoiceLabelError, OutputError
 from .core.fileio import atomic_write_text
 from .core.outputlock import output_session
 from .core.paper import BATCH_SIZE, IMAGE_SIZE, VIDEO_SIZE, WINDOW_FRAMES
+from .core.presets import PRESETS, preset_settings
 from .core.progress import JsonProgress, Progress, TqdmProgress
 from .core.variants import DEFAULT_VARIANT, VARIANTS, parse_image_size, variant_help, variant_spec
 from .data.mentions import write_mentions_csv
@@ -104,14 +105,25 @@ _PAPER_SIZE = f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
 #: The TrainConfig fields the training options set (None when not given: then the config's
 #: default, the paper's per variant, applies).
 _TRAIN_FIELDS = ("epochs", "lr", "batch_size", "image_size", "frames", "width", "joint_scale",
-                 "seed")
+                 "seed", "optimizer", "weight_decay", "schedule", "label_smoothing", "augment",
+                 "voice_init", "voice_lr_scale", "late_voice")
+
+
+def _variant_choice(text: str) -> str:
+    """A variant, ``all``, or variants separated by commas (checked here, one line on error)."""
+    names = [t.strip() for t in text.split(",")]
+    if text == "all" or all(n in VARIANTS for n in names):
+        return ",".join(names)
+    bad = next(n for n in names if n not in VARIANTS)
+    raise argparse.ArgumentTypeError(f"unknown variant {bad!r} (choose from "
+                                     f"{', '.join(VARIANTS)}, all)")
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", default=DEFAULT_VARIANT, choices=(*VARIANTS, "all"),
+    p.add_argument("--variant", default=DEFAULT_VARIANT, type=_variant_choice,
                    metavar="VARIANT",
                    help=f"model variant (default: {DEFAULT_VARIANT}; evaluate also: all, every "
-                        f"row of Table III): {variant_help()}")
+                        f"row of Table III, or rows separated by commas): {variant_help()}")
     p.add_argument("--epochs", type=_positive, default=None,
                    help="training epochs (default: the paper's for the variant)")
     p.add_argument("--batch-size", type=_positive, default=None,
@@ -143,8 +155,38 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voice-weights", type=Path, default=None,
                    help="keyword network from 'pretrain-voice' (for --variant all; default: "
                         "pretrained on synthetic speech into OUT/voice_keyword.pt)")
+    _recipe_options(p)
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="EPOCHS",
                    help="save the resume state every N epochs (default: every 5 minutes)")
+
+
+def _recipe_options(p: argparse.ArgumentParser) -> None:
+    """--preset and the training recipe beyond the paper (defaults: the paper's, or the
+    preset's)."""
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="named configuration: paper (the paper's settings) or cpu (64x128, "
+                        "width 0.25, 20 epochs, AdamW + cosine, augmentation, vocabulary-"
+                        "pretrained voice, late voice path; a paper-sized LOPO in about 30 min "
+                        "on 2 cores); options given explicitly override it")
+    p.add_argument("--optimizer", choices=["adam", "adamw"], default=None,
+                   help="optimiser (default: adam, the paper's)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: 0)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default=None,
+                   help="learning-rate schedule (default: constant; cosine: one-epoch warm-up, "
+                        "then cosine decay)")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="label smoothing of the loss (default: 0)")
+    p.add_argument("--augment", choices=["none", "voice", "image", "all"], default=None,
+                   help="training-time augmentation of the speech and/or frames (default: none)")
+    p.add_argument("--voice-init", choices=["none", "vocabulary"], default=None,
+                   help="start the voice branch from a network pretrained on the label "
+                        "vocabulary spoken by offline voices (vocabulary; minutes once, then "
+                        "cached) or from random weights (none, default)")
+    p.add_argument("--voice-lr-scale", type=float, default=None,
+                   help="the voice branch's learning rate as a multiple of --lr (default: 1)")
+    p.add_argument("--late-voice", action=argparse.BooleanOptionalAction, default=None,
+                   help="joint variants: add the voice features' own class scores to the "
+                        "joint logits (default: off, the paper's head)")
 
 
 # --------------------------------------------------------------------------- info
@@ -183,8 +225,13 @@ def _weights_for(args: argparse.Namespace, variant: str) -> Optional[Path]:
 
 
 def _train_settings(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields the command line gave (None: not given)."""
-    return {name: getattr(args, name) for name in _TRAIN_FIELDS}
+    """The TrainConfig fields of ``--preset`` with the options the command line gave over
+    them (None: given by neither)."""
+    settings = preset_settings(getattr(args, "preset", None))
+    for name in _TRAIN_FIELDS:
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    return settings
 
 
 def _train_config(args: argparse.Namespace, variant: Optional[str] = None):
@@ -216,7 +263,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .train.distributed import init_from_env, shutdown
     from .train.loop import TRAIN_STATE, train_model
 
-    if args.variant == "all":
+    if args.variant == "all" or "," in args.variant:
         raise ConfigError("'train' trains one variant", hint="use 'evaluate --variant all'")
     cfg = _train_config(args)
     state = args.out.with_name(args.out.name + ".resume.pt")
@@ -278,13 +325,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     claim_output(args.out, EVALUATION, _run_inputs(args))  # before the long work
     labelset = load_labelset(args.labels, args.cohort)
-    if args.variant == "all":
+    if args.variant == "all" or "," in args.variant:
         # Every variant trains on the same windows (image size and frames are shared).
         ws = _window_set(args, labelset, _train_config(args, DEFAULT_VARIANT))
         weights = {"vgg16": args.vgg16_weights, "resnet50": args.resnet50_weights,
                    "voice": args.voice_weights}
+        rows = None if args.variant == "all" else args.variant.split(",")
         res = evaluate_all(ws, _train_settings(args), args.out, weights=weights,
-                           device=args.device,
+                           variants=rows, device=args.device,
                            progress=_progress(args), resume=not args.restart,
                            workers=args.workers)
         print(res["table"])
@@ -549,7 +597,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"),
                    help="output folder (default: demo_out)")
     p.add_argument("--patients", type=_positive, default=6, help="training patients (default: 6)")
-    p.add_argument("--epochs", type=_positive, default=30, help="training epochs (default: 30)")
+    p.add_argument("--epochs", type=_positive, default=None,
+                   help="training epochs (default: 30, or the preset's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="train the demo's network with a named configuration (see 'train "
+                        "--help'; cpu pretrains the voice branch first: minutes more)")
     p.add_argument("--force", action="store_true", help="replace an earlier demo in OUT")
     _common(p)
 
@@ -557,7 +609,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo  # deferred: torch and matplotlib
 
-    settings = DemoSettings(patients=args.patients, epochs=args.epochs, seed=args.seed)
+    settings = DemoSettings(patients=args.patients, epochs=args.epochs, seed=args.seed,
+                            preset=args.preset)
     device = "cpu" if args.device == "auto" else args.device
     report = run_demo(args.out, settings, device=device, progress=_progress(args),
                       force=args.force)

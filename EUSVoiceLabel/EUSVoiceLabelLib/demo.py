@@ -22,7 +22,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +41,7 @@ from .data.vocabulary import LabelSet
 from .labelling.folder import label_to_folder
 from .synth import synth_cohort
 from .train.checkpoints import preprocessing_settings, save_checkpoint
+from .core.presets import preset_settings
 from .train.config import TrainConfig
 from .train.evaluation import evaluate_cohort
 from .train.loop import train_model
@@ -58,9 +59,10 @@ class DemoSettings:
     image_size: tuple[int, int] = (64, 128)  # (H, W) network input
     frames: int = WINDOW_FRAMES
     width: float = 0.25  # fraction of the paper's channel counts
-    epochs: int = 30
+    epochs: Optional[int] = None  # None: 30, or the preset's
     lr: float = 1e-3
     seed: int = 0
+    preset: Optional[str] = None  # a named configuration (core.presets) over these sizes
 
 
 def _step(name: str, t0: float) -> None:
@@ -108,8 +110,12 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     t = mark("synth", t)
 
     labelset = LabelSet.default()
-    cfg = TrainConfig(variant="proposed", epochs=s.epochs, lr=s.lr, image_size=s.image_size,
-                      frames=s.frames, width=s.width, seed=s.seed)
+    sizes = {"epochs": 30, "lr": s.lr, "image_size": s.image_size, "width": s.width}
+    cfg = TrainConfig.from_settings(sizes, preset_settings(s.preset), variant="proposed",
+                                    epochs=s.epochs, frames=s.frames, seed=s.seed)
+    # The report states what was trained.
+    s = replace(s, epochs=cfg.epochs, lr=cfg.lr, image_size=cfg.image_size,
+                            width=cfg.width)
     ws = build_window_set(cohort, labelset, settings=cfg.window_settings(),
                           cache_dir=out / "cache", progress=progress)
     metrics = evaluate_cohort(ws, cfg, out / "evaluate", device=device, progress=progress,
@@ -197,7 +203,8 @@ def _write_report(path: Path, s: DemoSettings, metrics: dict, result, detection:
         f"Synthetic cohort: {s.patients} patients x {s.mentions_per_patient} mentions "
         f"({metrics['n_samples']} windows), video {s.frame_size[0]}x{s.frame_size[1]}; "
         f"network input {s.frames} x {s.image_size[0]} x {s.image_size[1]}, width "
-        f"{s.width} of the paper's channels, {s.epochs} epochs, Adam lr {s.lr}.", "",
+        f"{s.width} of the paper's channels, {s.epochs} epochs, lr {s.lr}"
+        f"{', preset ' + s.preset if s.preset else ''}.", "",
         "These are the numbers of a tiny cohort trained briefly on a CPU: the demo shows the "
         "pipeline end to end; accuracy is measured with `eusvoicelabel evaluate` on a "
         "paper-scale cohort.", "",

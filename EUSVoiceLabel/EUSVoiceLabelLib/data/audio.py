@@ -127,6 +127,28 @@ def scale_spectrogram_torch(mag: "torch.Tensor",
     return out
 
 
+def power_db_context(waves: np.ndarray) -> np.ndarray:
+    """Unscaled power spectrogram in dB (B, 1024, T) float16 of waves of any common length
+    (B, L >= 1200): the paper's frames and transform, no floor, no standardisation.
+
+    The training windows keep this of a stretch of audio around each onset so that speech
+    augmentation (time shift, speed, noise, end) can cut and scale 1 s windows from it
+    without the audio (:mod:`..train.augment`).  dB values fit float16 without overflow
+    (power itself would not).
+    """
+    import torch  # deferred: see the note at the imports
+
+    x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32))
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), 32):
+            mag = stft_magnitude_torch(x[i:i + 32].double())
+            out.append((10.0 * torch.log10(mag.square().clamp_min(1e-20))).half())
+    if not out:
+        return np.zeros((0, FFT_LENGTH // 2 + 1, 0), np.float16)
+    return torch.cat(out).numpy()
+
+
 def spectrogram(samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
                 settings: SpectrogramSettings | None = None) -> np.ndarray:
     """The paper's spectrogram of one second of speech.

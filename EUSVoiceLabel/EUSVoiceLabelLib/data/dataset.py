@@ -3,7 +3,9 @@
 A sample is one spoken mention: the voice is the audio from the onset to the end of the spoken
 name (1 s when the end is unknown), cropped or zero-padded to 1 s and turned into the paper's
 1024 x 66 spectrogram; the image is the 25 frames from the onset frame on, cropped, grey and
-resized to the network's input size.
+resized to the network's input size.  For speech augmentation during training
+(:mod:`..train.augment`) a window also keeps the power spectrogram (dB, float16) of a stretch
+of audio around its onset, ``CONTEXT_LEAD_FRAMES`` spectrogram frames before it.
 
 Each patient's windows are stored in ``<cache>/<patient>-<key>.npz`` where the key hashes the
 content of every input file (video or frames, audio, mentions, procedure.json, labels) and
@@ -29,9 +31,10 @@ from torch.utils.data import Dataset
 from ..core.errors import ProcedureError
 from ..core.fileio import atomic_path, file_sha256
 from ..core.outputlock import is_leftover
-from ..core.paper import IMAGE_SIZE, SPECTROGRAM_SHAPE, WINDOW_FRAMES
+from ..core.paper import (FRAME_LENGTH, FRAME_STEP, IMAGE_SIZE, N_BINS, N_FRAMES,
+                          SAMPLE_RATE, SPECTROGRAM_SHAPE, WINDOW_FRAMES)
 from ..core.progress import ProgressLike, as_progress
-from .audio import SpectrogramSettings, spectrogram_batch
+from .audio import SpectrogramSettings, power_db_context, spectrogram_batch
 from .mentions import Mention
 from .outputs import OutputKind, claim_output, input_paths
 from .procedure import Procedure, find_patients, load_procedure
@@ -39,7 +42,6 @@ from .vocabulary import LabelSet, labels_file, load_labelset
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
 _ENTRY_RE = re.compile(r"^.+-[0-9a-f]{24}\.npz$")
 
 
@@ -52,6 +54,15 @@ def _earlier_cache(folder: Path) -> bool:
 #: The window cache (``--cache``; default under :func:`default_cache_root`).
 WINDOW_CACHE = OutputKind("window-cache", "an eusvoicelabel window cache", folder=True,
                           signature=_earlier_cache, shared=True)
+
+CACHE_VERSION = 2
+
+#: Spectrogram frames of a window's speech context before the onset (0.5 s).
+CONTEXT_LEAD_FRAMES = 33
+#: Spectrogram frames of a window's speech context: the lead, the window's 66, and room for
+#: the speed and shift of augmentation.
+CONTEXT_FRAMES = CONTEXT_LEAD_FRAMES + N_FRAMES + 16
+_CONTEXT_SAMPLES = (CONTEXT_FRAMES - 1) * FRAME_STEP + FRAME_LENGTH
 
 
 def resize_frames(frames: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarray:
@@ -93,6 +104,17 @@ class Windows:
     labels: list[str]
     times: np.ndarray  # float64 (N,)
     ends: np.ndarray  # float64 (N,), NaN when unknown
+    voice_context: Optional[np.ndarray] = None  # float16 (N, 1024, CONTEXT_FRAMES) dB
+
+
+def speech_context(proc: Procedure, time_s: float) -> np.ndarray:
+    """The audio around an onset that a window's speech context is computed from (48 kHz,
+    ``CONTEXT_LEAD_FRAMES`` spectrogram frames before the onset)."""
+    t0 = time_s - CONTEXT_LEAD_FRAMES * FRAME_STEP / SAMPLE_RATE
+    wave = proc.audio_segment(t0, t0 + _CONTEXT_SAMPLES / SAMPLE_RATE)
+    out = np.zeros(_CONTEXT_SAMPLES, np.float32)
+    out[:min(len(wave), _CONTEXT_SAMPLES)] = wave[:_CONTEXT_SAMPLES]
+    return out
 
 
 def extract_windows(proc: Procedure, mentions: Optional[Sequence[Mention]] = None,
@@ -112,6 +134,7 @@ def extract_windows(proc: Procedure, mentions: Optional[Sequence[Mention]] = Non
     h, w = settings.image_size or (proc.frame_size[1], proc.frame_size[0])
     images = np.empty((len(mentions), settings.frames, h, w), dtype=np.uint8)
     waves = np.empty((len(mentions), proc.sample_rate), dtype=np.float32)
+    contexts = np.empty((len(mentions), _CONTEXT_SAMPLES), dtype=np.float32)
     with as_progress(progress).task(proc.name, total=len(mentions), unit="window",
                                     transient=True) as task:
         for i, m in enumerate(mentions):
@@ -121,12 +144,16 @@ def extract_windows(proc: Procedure, mentions: Optional[Sequence[Mention]] = Non
             images[i] = resize_frames(proc.frames_window(m.time_s, settings.frames),
                                       settings.image_size)
             waves[i] = proc.voice_window(m)
+            contexts[i] = speech_context(proc, m.time_s)
             task.advance()
     voices = spectrogram_batch(waves, settings.spectrogram) if len(mentions) else \
         np.zeros((0, *SPECTROGRAM_SHAPE), np.float32)
+    context = power_db_context(contexts) if len(mentions) else \
+        np.zeros((0, N_BINS, CONTEXT_FRAMES), np.float16)
     return Windows(images, voices, [m.label for m in mentions],
                    np.array([m.time_s for m in mentions], dtype=np.float64),
-                   np.array([np.nan if m.end_s is None else m.end_s for m in mentions]))
+                   np.array([np.nan if m.end_s is None else m.end_s for m in mentions]),
+                   context)
 
 
 def _inputs_of(folder: Path) -> list[Path]:
@@ -165,7 +192,7 @@ def load_windows_cached(folder: Path, labelset: LabelSet, settings: WindowSettin
         try:
             with np.load(path, allow_pickle=False) as z:
                 return Windows(z["images"], z["voices"], [str(s) for s in z["labels"]],
-                               z["times"], z["ends"])
+                               z["times"], z["ends"], z["voice_context"])
         except (OSError, ValueError, KeyError, EOFError) as exc:
             log.warning("%s: unreadable cache entry (%s); rebuilding it", path, exc)
     windows = extract_windows(load_procedure(folder, labelset=labelset), settings=settings)
@@ -174,7 +201,7 @@ def load_windows_cached(folder: Path, labelset: LabelSet, settings: WindowSettin
             with open(tmp, "wb") as fh:
                 np.savez(fh, images=windows.images, voices=windows.voices,
                          labels=np.array(windows.labels, dtype=str), times=windows.times,
-                         ends=windows.ends)
+                         ends=windows.ends, voice_context=windows.voice_context)
         for old in cache_dir.glob(f"{folder.name}-*.npz"):
             if old != path:
                 old.unlink(missing_ok=True)  # stale entries of the same patient
@@ -197,6 +224,10 @@ class WindowSet:
     #: What the windows were read from (the cohort, its patients and their files): the
     #: inputs no output of a run on these windows may overwrite (data.outputs).
     sources: tuple[Path, ...] = ()
+    #: float16 (N, 1024, CONTEXT_FRAMES) speech contexts in dB (None: no speech augmentation)
+    voice_context: Optional[np.ndarray] = None
+    #: float64 (N,) end of the spoken name after the onset in seconds (NaN: unknown)
+    voice_ends: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -209,7 +240,9 @@ class WindowSet:
         idx = np.asarray(indices, dtype=np.int64)
         return WindowSet(self.images[idx], self.voices[idx], self.labels[idx],
                          [self.patients[i] for i in idx], self.times[idx], self.labelset,
-                         self.settings, self.sources)
+                         self.settings, self.sources,
+                         None if self.voice_context is None else self.voice_context[idx],
+                         None if self.voice_ends is None else self.voice_ends[idx])
 
     def indices_of(self, patients: Sequence[str]) -> np.ndarray:
         wanted = set(patients)
@@ -300,7 +333,9 @@ def build_window_set(cohort: os.PathLike | str, labelset: Optional[LabelSet] = N
                         dtype=np.int64),
         patients=[name for name, w in parts for _ in w.labels],
         times=np.concatenate([w.times for _, w in parts]),
-        labelset=labelset, settings=settings, sources=sources)
+        labelset=labelset, settings=settings, sources=sources,
+        voice_context=np.concatenate([w.voice_context for _, w in parts]),
+        voice_ends=np.concatenate([w.ends - w.times for _, w in parts]))
 
 
 def default_cache_root() -> Path:

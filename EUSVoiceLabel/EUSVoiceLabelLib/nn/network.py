@@ -275,7 +275,7 @@ class EUSVoiceLabelNet(nn.Module):
 
     def __init__(self, variant: str, image_branch: Optional[nn.Module],
                  voice_branch: Optional[nn.Module], num_classes: int,
-                 joint_scale: str = "sum") -> None:
+                 joint_scale: str = "sum", late_voice: bool = False) -> None:
         super().__init__()
         self.variant = variant
         self.image_branch = image_branch
@@ -296,6 +296,16 @@ class EUSVoiceLabelNet(nn.Module):
             self.head = nn.Conv1d(voice_branch.out_channels, num_classes, 3, padding=1)
         else:  # pragma: no cover
             raise ConfigError("a model needs at least one branch")
+        # Late voice path (an extension of the paper, off by default): the voice features'
+        # own class scores, as the voice-only head computes them, added to the joint logits.
+        # The joint head can only express a class through the time pattern of P (its input
+        # channels are P's time steps), so a voice branch pretrained to name the labels in
+        # its channels needs this path to pass what it knows to the joint model.
+        self.voice_head: Optional[nn.Module] = None
+        if late_voice:
+            if self.mode != "joint":
+                raise ConfigError("late_voice needs a model with both branches")
+            self.voice_head = nn.Conv1d(voice_branch.out_channels, num_classes, 3, padding=1)
 
     def cam_layer(self) -> Optional[nn.Module]:
         """Module whose output is the image feature map Q used for Grad-CAM (None if no image)."""
@@ -339,6 +349,8 @@ class EUSVoiceLabelNet(nn.Module):
             maps = self.head(out["P"])
         out["maps"] = maps
         out["logits"] = maps.flatten(2).mean(dim=2)  # global average pooling
+        if self.voice_head is not None:
+            out["logits"] = out["logits"] + self.voice_head(out["P"]).mean(dim=2)
         return out
 
     def forward(self, image: Optional[torch.Tensor], voice: Optional[torch.Tensor]
@@ -400,7 +412,7 @@ class PretrainedVoiceBranch(nn.Module):
 def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = WINDOW_FRAMES, *,
                 weights: Optional[str | Path] = None, width: float = 1.0,
                 joint_scale: str = "sum", load_pretrained: bool = True,
-                **kw: Any) -> EUSVoiceLabelNet:
+                late_voice: bool = False, **kw: Any) -> EUSVoiceLabelNet:
     """Build the network of ``variant`` (see the module docstring).
 
     Args:
@@ -416,6 +428,8 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
         joint_scale: "sum" (the paper's plain product, default) or "mean" (C / R).
         load_pretrained: False builds pretrained branches without reading ``weights`` (for
             loading a saved checkpoint, which holds them).
+        late_voice: joint variants only: add the voice features' own class scores to the
+            joint logits (see :class:`EUSVoiceLabelNet`).
         **kw: ``in_bins`` (spectrogram bins, default :data:`..core.paper.N_BINS`).
 
     Returns:
@@ -448,7 +462,8 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
         voice = VoiceBranch(in_bins, width)
     elif spec.voice == VOICE_KEYWORD:
         voice = PretrainedVoiceBranch(wpath, r, load_pretrained)
-    model = EUSVoiceLabelNet(variant, image, voice, num_classes, joint_scale)
+    model = EUSVoiceLabelNet(variant, image, voice, num_classes, joint_scale,
+                             late_voice and image is not None and voice is not None)
     model.input_frames = frames  # frames per window the caller supplies
     return model
 

@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping, Optional
 
 from ..core.errors import ConfigError
+from ..core.presets import PRESETS, preset_settings
 from ..core.paper import BATCH_SIZE, IMAGE_SIZE, WINDOW_FRAMES
-from ..core.variants import (DEFAULT_VARIANT, IMAGE_SIDE_RANGE, VariantSpec, check_image_size,
+from ..core.variants import (DEFAULT_VARIANT, IMAGE_SIDE_RANGE, VOICE_SCRATCH,
+                             VariantSpec, check_image_size,
                              variant_spec)
 from ..data.audio import SpectrogramSettings
 from ..data.dataset import WindowSettings
@@ -30,8 +32,21 @@ def _is_number(value: Any, integer: bool) -> bool:
 # (field, whole number, lowest, highest, may be None) for TrainConfig._check_types.
 _BOUNDS = (("epochs", True, 0, 1_000_000, True), ("lr", False, 0, 1e3, True),
            ("batch_size", True, 1, 65_536, False), ("frames", True, 1, 1000, False),
-           ("width", False, 0, 4, False), ("seed", True, 0, 2 ** 32 - 1, False))
+           ("width", False, 0, 4, False), ("seed", True, 0, 2 ** 32 - 1, False),
+           ("weight_decay", False, 0, 1, False), ("label_smoothing", False, 0, 1, False),
+           ("voice_lr_scale", False, 0, 10, False))
 
+
+#: ``optimizer``: the paper's Adam, or AdamW (decoupled weight decay).
+OPTIMIZERS = ("adam", "adamw")
+#: ``schedule``: constant rate (the paper), or a one-epoch linear warm-up then cosine decay.
+SCHEDULES = ("constant", "cosine")
+#: ``augment``: which inputs training augments (:mod:`.augment`).
+AUGMENT_CHOICES = ("none", "voice", "image", "all")
+#: ``voice_init``: the scratch voice branch starts from random weights, or from a voice-only
+#: network pretrained on the label vocabulary spoken by many offline voices
+#: (:mod:`.vocabulary_voice`).
+VOICE_INITS = ("none", "vocabulary")
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -52,6 +67,16 @@ class TrainConfig:
     joint_scale: str = "sum"
     weights: Optional[str] = None
     seed: int = 0
+    # Beyond the paper (its recipe is the default: Adam, constant rate, no augmentation);
+    # see docs/results.md for what each measured.
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    label_smoothing: float = 0.0
+    augment: str = "none"
+    voice_init: str = "none"
+    voice_lr_scale: float = 1.0
+    late_voice: bool = False
 
     def __post_init__(self) -> None:
         spec = variant_spec(self.variant)
@@ -73,6 +98,25 @@ class TrainConfig:
                               f"--frames {self.frames} is too few")
         if self.weights is not None:
             object.__setattr__(self, "weights", os.fspath(self.weights))
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("augment", AUGMENT_CHOICES), ("voice_init", VOICE_INITS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not "
+                                  f"{getattr(self, name)!r}")
+        if not isinstance(self.late_voice, bool):
+            raise ConfigError(f"late_voice must be true or false, not {self.late_voice!r}")
+        # A preset applies to every variant: what a variant has no branch for is dropped.
+        if spec.voice != VOICE_SCRATCH:
+            object.__setattr__(self, "voice_init", "none")
+        object.__setattr__(self, "late_voice", self.late_voice and spec.joint)
+
+    @property
+    def augments_voice(self) -> bool:
+        return self.augment in ("voice", "all") and self.spec.voice is not None
+
+    @property
+    def augments_images(self) -> bool:
+        return self.augment in ("image", "all") and self.spec.image is not None
 
     @property
     def spec(self) -> VariantSpec:
@@ -148,4 +192,5 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "PRESETS", "preset_settings", "OPTIMIZERS", "SCHEDULES",
+           "AUGMENT_CHOICES", "VOICE_INITS"]

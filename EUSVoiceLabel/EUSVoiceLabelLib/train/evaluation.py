@@ -255,16 +255,19 @@ def _write_evaluation(out_dir: Path, ws: Any, cfg: TrainConfig, results: Sequenc
 
 # --------------------------------------------------------------------------- Table III
 def table_iii_markdown(results: Mapping[str, Optional[Mapping[str, Any]]],
-                       notes: Optional[Mapping[str, str]] = None) -> str:
+                       notes: Optional[Mapping[str, str]] = None,
+                       seconds: Optional[Mapping[str, float]] = None) -> str:
     """A markdown table shaped like the paper's Table III: ours next to the paper's numbers.
 
     ``results`` maps variant -> metrics dict (or None when the variant was not run);
-    ``notes`` gives a reason per variant not run.
+    ``notes`` gives a reason per variant not run; ``seconds`` the training time of a row (the
+    sum over its folds).
     """
     notes = notes or {}
+    seconds = seconds or {}
     lines = ["| model | variant | paper acc | paper P | paper R | paper F1 | acc | P | R | F1 "
-             "| bootstrap acc (mean ± std) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| bootstrap acc (mean ± std) | time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, spec in VARIANT_SPECS.items():
         if variant not in results and variant not in notes:
             continue
@@ -275,9 +278,10 @@ def table_iii_markdown(results: Mapping[str, Optional[Mapping[str, Any]]],
             b = m["bootstrap"]
             ours = (f"{m['accuracy']:.2f} | {m['precision']:.2f} | {m['recall']:.2f} | "
                     f"{m['f1']:.2f} | {b['mean']:.2f} ± {b['std']:.2f} "
-                    f"({b['n_subsets']} x {b['subset_size']} patients)")
+                    f"({b['n_subsets']} x {b['subset_size']} patients) | "
+                    + (f"{seconds[variant] / 60:.1f} min" if variant in seconds else "–"))
         else:
-            ours = f"– | – | – | – | not run: {notes.get(variant, 'not requested')}"
+            ours = f"– | – | – | – | not run: {notes.get(variant, 'not requested')} | –"
         lines.append(f"| {pub.title} | `{variant}` | {paper} | {ours} |")
     pm, ps = BOOTSTRAP_PROPOSED
     lines.append("")
@@ -311,6 +315,7 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
     variants = list(variants or VARIANTS)
     results: dict[str, Optional[dict[str, Any]]] = {}
     notes: dict[str, str] = {}
+    seconds: dict[str, float] = {}
     for variant in variants:
         kind = variant_spec(variant).weights
         wpath = weights.get(kind) if kind else None
@@ -331,7 +336,9 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
                                         weights=str(wpath) if wpath else None)
         results[variant] = evaluate_cohort(ws, cfg, out_dir / variant, device, progress, resume,
                                            workers=workers)
-    table = table_iii_markdown(results, notes)
+        fold_times = json.loads((out_dir / variant / "timings.json").read_text())
+        seconds[variant] = sum(t or 0.0 for t in fold_times["fold_wall_time_s"].values())
+    table = table_iii_markdown(results, notes, seconds)
     atomic_write_text(out_dir / "table_iii.md", table)
     summary = {v: (None if m is None else {k: m[k] for k in ("accuracy", "precision", "recall",
                                                               "f1", "bootstrap")})

@@ -44,8 +44,10 @@ from ..nn.devices import seed_everything, select_device
 from ..nn.fastpath import autocast_for
 from ..nn.network import build_model
 from ..nn.torchfile import torch_save_atomic
+from .augment import ImageAugment, VoiceAugment, augment_images, batch_generator, voice_windows
 from .config import TrainConfig
 from .distributed import init_from_env
+from .vocabulary_voice import initialise_voice, vocabulary_voice_weights
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class DeviceData:
     images: torch.Tensor   # (N, F, H, W) uint8
     voices: torch.Tensor   # (N, 1024, 66) float32
     labels: torch.Tensor   # (N,) int64
+    voice_context: Optional[torch.Tensor] = None  # (N, 1024, T) float16 dB, for augmentation
+    voice_ends: Optional[torch.Tensor] = None     # (N,) float64 seconds after the onset
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -80,7 +84,16 @@ def to_device_data(data: Any, indices: Optional[Sequence[int]], device: torch.de
     if images.dtype != torch.uint8:
         # Accept float frames in [0, 1] too; store as uint8 like the dataset does.
         images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return DeviceData(images.to(device), voices.to(device), labels.to(device))
+    context = getattr(data, "voice_context", None)
+    ends = getattr(data, "voice_ends", None)
+    if context is not None and ends is not None:
+        # Augmentation cuts its windows on the CPU (small tensors, cheap), so the contexts
+        # stay there.
+        context = torch.as_tensor(np.ascontiguousarray(np.asarray(context)[idx]))
+        ends = torch.as_tensor(np.asarray(ends, np.float64)[idx])
+    else:
+        context = ends = None
+    return DeviceData(images.to(device), voices.to(device), labels.to(device), context, ends)
 
 
 def check_data_shape(data: Any, cfg: TrainConfig) -> None:
@@ -105,10 +118,12 @@ def class_weights_from_labels(labels: np.ndarray | torch.Tensor, num_classes: in
     return [float(top / c) if c > 0 else 0.0 for c in counts[:num_classes]]
 
 
-def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
-                  ) -> torch.Tensor:
-    """Paper eq. 2: -(1/N) sum_n w_{s_n} log softmax(f)_{s_n} (divides by N, not by sum w)."""
-    return F.cross_entropy(logits.float(), labels, weight=weights, reduction="sum") / len(labels)
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
+    """Paper eq. 2: -(1/N) sum_n w_{s_n} log softmax(f)_{s_n} (divides by N, not by sum w);
+    ``label_smoothing`` > 0 spreads that share of each target over all classes."""
+    return F.cross_entropy(logits.float(), labels, weight=weights, reduction="sum",
+                           label_smoothing=label_smoothing) / len(labels)
 
 
 def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -217,6 +232,7 @@ class _Run:
     desc: str
     signature: dict
     history: list[dict[str, float]] = field(default_factory=list)
+    spectrogram: Any = None            # the windows' SpectrogramSettings (voice augmentation)
     checkpoint_every: int = 0          # epochs between resume files (0: by time only)
     checkpoint_seconds: float = 300.0  # seconds between resume files
 
@@ -279,10 +295,10 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
         TrainingInterrupted: Ctrl-C (a KeyboardInterrupt), or the reporter was cancelled.
     """
     t0 = time.time()
-    run = _start_run(data, cfg, num_classes, indices, device, state_path, desc)
+    reporter = as_progress(progress)
+    run = _start_run(data, cfg, num_classes, indices, device, state_path, desc, reporter)
     run.checkpoint_every, run.checkpoint_seconds = checkpoint_every, checkpoint_seconds
     start, position = _resume(run)
-    reporter = as_progress(progress)
     if run.ctx is not None and not run.ctx.is_main:
         reporter = SILENT  # one bar, the first process's
     with reporter.task(desc, total=cfg.epochs, unit="epoch", done=start) as task:
@@ -294,7 +310,7 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
 
 def _start_run(data: Any, cfg: TrainConfig, num_classes: int,
                indices: Optional[Sequence[int]], device: str | torch.device,
-               state_path: Optional[Path], desc: str) -> _Run:
+               state_path: Optional[Path], desc: str, progress: ProgressLike = None) -> _Run:
     """The device, the seeded network, the training windows on the device, the optimiser and
     the generator of a run (in this order: the seed decides the initial weights)."""
     dev = select_device(device)
@@ -305,8 +321,16 @@ def _start_run(data: Any, cfg: TrainConfig, num_classes: int,
     check_data_shape(data, cfg)
     seed_everything(cfg.seed, dev)
     model = build_model(cfg.variant, num_classes, cfg.frames, weights=cfg.weights,
-                        width=cfg.width, joint_scale=cfg.joint_scale)
+                        width=cfg.width, joint_scale=cfg.joint_scale, late_voice=cfg.late_voice)
     _check_voice_settings(model, data)
+    spectrogram = getattr(getattr(data, "settings", None), "spectrogram", None)
+    if cfg.voice_init == "vocabulary":
+        labelset = getattr(data, "labelset", None)
+        if labelset is None or spectrogram is None:
+            raise ConfigError("voice_init 'vocabulary' needs windows with their label set and "
+                              "spectrogram settings (a WindowSet)")
+        initialise_voice(model, vocabulary_voice_weights(labelset, cfg.width, spectrogram,
+                                                         device=str(dev), progress=progress))
     d = to_device_data(data, indices, dev)
     if len(d) == 0:
         raise ConfigError("no training windows", hint="the cohort needs labelled mentions")
@@ -316,12 +340,41 @@ def _start_run(data: Any, cfg: TrainConfig, num_classes: int,
     else:
         model = model.to(dev)
     net = ctx.wrap(model) if ctx is not None else model  # DDP: gradients averaged
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    return _Run(cfg, model, net, opt, d, weights,
+    return _Run(cfg, model, net, _optimizer(model, cfg), d, weights,
                 torch.tensor(weights, dtype=torch.float32, device=dev),
                 torch.Generator().manual_seed(cfg.seed + 1), dev, ctx, state_path, desc,
                 {"config": cfg.signature(), "data": data_signature(d),
-                 "num_classes": num_classes})
+                 "num_classes": num_classes}, spectrogram=spectrogram)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (the paper) or AdamW; the voice branch's rate scaled by ``cfg.voice_lr_scale``
+    (a pretrained branch is fine-tuned more gently than the rest is trained)."""
+    voice = getattr(model, "voice_branch", None)
+    voice_ids = {id(p) for p in voice.parameters()} if voice is not None else set()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in voice_ids], "lr": cfg.lr,
+               "base_lr": cfg.lr}]
+    voice_params = [p for p in trainable if id(p) in voice_ids]
+    if voice_params:
+        rate = cfg.lr * cfg.voice_lr_scale
+        groups.append({"params": voice_params, "lr": rate, "base_lr": rate})
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int, batch: int, batches: int) -> float:
+    """The learning rate's multiplier at ``batch`` of ``epoch`` (0-based): 1 for the constant
+    schedule; for ``cosine`` a linear warm-up over the first epoch, then a cosine decay to 0
+    at the end of training."""
+    if cfg.schedule == "constant":
+        return 1.0
+    step = epoch * batches + batch
+    total = max(1, cfg.epochs * batches)
+    warm = min(1.0, (step + 1) / max(1, batches))
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / total)))
 
 
 def _resume(run: _Run) -> tuple[int, _Position]:
@@ -438,20 +491,30 @@ def _epoch_plan(run: _Run) -> tuple[list[torch.Tensor], torch.Tensor, Optional[t
 
 
 def _batch_inputs(run: _Run, b: torch.Tensor, image_of: torch.Tensor,
-                  frame_sel: Optional[torch.Tensor]
+                  frame_sel: Optional[torch.Tensor], epoch: int = 0, batch: int = 0
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images in [0, 1], voices, labels) of the windows ``b`` on the device."""
-    d, dev = run.data, run.device
+    """(images in [0, 1], voices, labels) of the windows ``b`` on the device, augmented as
+    the configuration says (draws seeded by the run's seed, ``epoch`` and ``batch``)."""
+    d, dev, cfg = run.data, run.device, run.cfg
     ib = image_of[b]
     img = d.images[ib.to(dev)]
     if frame_sel is not None:
         sel = frame_sel[ib].to(dev)
         img = torch.gather(img, 1, sel[:, :, None, None].expand(-1, -1, *img.shape[2:]))
     img = img.float().div_(255.0)
+    gen = batch_generator(cfg.seed, epoch, batch) \
+        if cfg.augments_images or cfg.augments_voice else None
+    if cfg.augments_images:
+        img = augment_images(img, ImageAugment(), gen)
     if dev.type == "cuda":
         img = img.contiguous(memory_format=torch.channels_last)
     bd = b.to(dev)
-    return img, d.voices[bd], d.labels[bd]
+    voice = d.voices[bd]
+    if cfg.augments_voice and d.voice_context is not None:
+        bc = b.cpu()
+        voice = voice_windows(d.voice_context[bc], d.voice_ends[bc], run.spectrogram,
+                              VoiceAugment(), gen).to(dev)
+    return img, voice, d.labels[bd]
 
 
 def _run_epoch(run: _Run, epoch: int, position: _Position,
@@ -474,10 +537,13 @@ def _run_epoch(run: _Run, epoch: int, position: _Position,
         n_batch = len(b)
         if ctx is not None:
             b = ctx.shard(b)  # this process's share of the global batch
-        img, voice, y = _batch_inputs(run, b, image_of, frame_sel)
+        img, voice, y = _batch_inputs(run, b, image_of, frame_sel, epoch, k)
+        factor = lr_factor(run.cfg, epoch, k, len(batches))
+        for group in run.opt.param_groups:
+            group["lr"] = group.get("base_lr", group["lr"]) * factor
         with autocast_for(run.device, training=True):
             logits = run.net(img, voice)
-        loss = weighted_loss(logits, y, run.weight_t)
+        loss = weighted_loss(logits, y, run.weight_t, run.cfg.label_smoothing)
         loss_value = float(loss.detach())
         _check_finite(run, loss_value, epoch, k)
         if ctx is not None:

@@ -1,0 +1,182 @@
+"""The training recipe beyond the paper: augmentation, presets, the late voice path, the
+vocabulary-pretrained voice branch, schedules, and that resume stays exact with all of them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import mediafactory as mf
+from EUSVoiceLabelLib.core.errors import ConfigError
+from EUSVoiceLabelLib.core.presets import PRESETS, preset_settings
+from EUSVoiceLabelLib.data.audio import SpectrogramSettings
+from EUSVoiceLabelLib.data.dataset import build_window_set
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.nn.network import build_model
+from EUSVoiceLabelLib.train import vocabulary_voice as vv
+from EUSVoiceLabelLib.train.augment import (ImageAugment, VoiceAugment, augment_images,
+                                            batch_generator, voice_windows)
+from EUSVoiceLabelLib.train.config import TrainConfig
+from EUSVoiceLabelLib.train.loop import TrainingInterrupted, lr_factor, train_model
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe") / "cohort"
+    for i in range(2):
+        mf.make_procedure(root / f"patient{i + 1}", seconds=3.0)
+    return build_window_set(root, image_size=(32, 48), frames=3, progress=False,
+                            cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_speech_context_reproduces_the_window_and_augmentation_changes_it(windows):
+    ctx = torch.from_numpy(windows.voice_context)
+    ends = torch.from_numpy(windows.voice_ends)
+    assert ctx.dtype == torch.float16 and ctx.shape[:2] == (len(windows), 1024)
+    plain = voice_windows(ctx, ends, windows.settings.spectrogram)
+    # The cut from the context is the cached spectrogram up to the frame straddling the end.
+    assert float((plain - torch.from_numpy(windows.voices)).abs().mean()) < 0.05
+    a = voice_windows(ctx, ends, windows.settings.spectrogram, VoiceAugment(),
+                      batch_generator(0, 1, 2))
+    b = voice_windows(ctx, ends, windows.settings.spectrogram, VoiceAugment(),
+                      batch_generator(0, 1, 2))
+    c = voice_windows(ctx, ends, windows.settings.spectrogram, VoiceAugment(),
+                      batch_generator(0, 1, 3))
+    assert torch.equal(a, b) and not torch.equal(a, c)  # seeded per batch
+    assert bool(torch.isfinite(a).all()) and float((a - plain).abs().mean()) > 0.1
+    # Magnitude scaling follows the settings too.
+    mag = voice_windows(ctx, ends, SpectrogramSettings(scale="magnitude", normalize=False))
+    assert float(mag.min()) >= 0
+
+
+def test_masks_and_image_augmentation():
+    gen = batch_generator(3, 0, 0)
+    ctx = torch.full((4, 1024, 115), 40.0, dtype=torch.float16)
+    ctx[:, :, 40:60] = 70.0
+    aug = VoiceAugment(speed=0, shift_frames=0, p_no_end=1.0, p_noise=0, vtlp=0,
+                       freq_masks=1, freq_mask_bins=200, time_masks=0)
+    out = voice_windows(ctx, torch.full((4,), float("nan")), SpectrogramSettings(), aug, gen)
+    # A frequency band of each window is masked to exactly 0 across all time frames.
+    assert all(bool((out[i] == 0).all(dim=1).any()) for i in range(4))
+    img = torch.rand(4, 3, 32, 48)
+    x = augment_images(img, ImageAugment(), batch_generator(3, 0, 0))
+    y = augment_images(img, ImageAugment(), batch_generator(3, 0, 0))
+    assert x.shape == img.shape and torch.equal(x, y)
+    assert float(x.min()) >= 0 and float(x.max()) <= 1 and not torch.allclose(x, img)
+    with pytest.raises(ConfigError):
+        VoiceAugment(speed=0.9)
+
+
+def test_presets_layer_under_explicit_options():
+    cfg = TrainConfig.from_settings(preset_settings("cpu"), variant="proposed", epochs=3)
+    assert cfg.epochs == 3 and cfg.image_size == (64, 128) and cfg.optimizer == "adamw"
+    assert cfg.augment == "all" and cfg.voice_init == "vocabulary" and cfg.late_voice
+    # What a variant has no branch for is dropped, so one preset serves every row.
+    img = TrainConfig.from_settings(preset_settings("cpu"), variant="image_only")
+    assert img.voice_init == "none" and not img.late_voice and not img.augments_voice
+    assert TrainConfig.from_settings(preset_settings("paper")) == TrainConfig()
+    assert TrainConfig().epochs == 200 and TrainConfig().image_size == (350, 690)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_settings("gpu")
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="step")
+    assert set(PRESETS) == {"cpu", "paper"}
+
+
+def test_cosine_schedule_warms_up_and_decays():
+    cfg = TrainConfig(epochs=4, schedule="cosine")
+    f = [lr_factor(cfg, e, b, 5) for e in range(4) for b in range(5)]
+    assert f[0] == pytest.approx(0.2) and max(f) <= 1.0 and f[-1] < 0.05
+    assert f.index(max(f)) == 4  # the end of the first epoch
+    assert lr_factor(TrainConfig(epochs=4), 3, 4, 5) == 1.0
+
+
+def test_late_voice_path_adds_the_voice_scores_and_round_trips(tmp_path, windows):
+    model = build_model("proposed", 3, 3, width=0.125, late_voice=True).eval()
+    img = torch.rand(2, 3, 32, 48)
+    voice = torch.from_numpy(windows.voices[:2])
+    f = model.features(img, voice)
+    joint_only = f["maps"].flatten(2).mean(2)
+    late = model.voice_head(f["P"]).mean(2)
+    assert torch.allclose(f["logits"], joint_only + late, atol=1e-5)
+    with pytest.raises(ConfigError):
+        build_model("image_only", 3, 3, width=0.125).__class__(
+            "image_only", model.image_branch, None, 3, late_voice=True)
+    # A trained late-voice model saves and loads with its extra head.
+    from EUSVoiceLabelLib.train.checkpoints import (load_checkpoint, preprocessing_settings,
+                                                    save_checkpoint)
+    cfg = TrainConfig(epochs=1, image_size=(32, 48), frames=3, width=0.125, batch_size=4,
+                      late_voice=True)
+    res = train_model(windows, cfg, len(windows.labelset), device="cpu", progress=False)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, res, windows.labelset, preprocessing_settings(windows, cfg))
+    loaded = load_checkpoint(path, device="cpu")
+    assert loaded.config.late_voice and loaded.model.voice_head is not None
+
+
+def _interrupt_at(monkeypatch, call: int) -> None:
+    from EUSVoiceLabelLib.train import loop
+
+    real, count = loop.weighted_loss, {"n": 0}
+
+    def loss(*a, **kw):
+        count["n"] += 1
+        if count["n"] == call:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "weighted_loss", loss)
+
+
+def test_resume_is_exact_with_augmentation_and_schedule(tmp_path, monkeypatch, windows):
+    cfg = TrainConfig(epochs=3, image_size=(32, 48), frames=3, width=0.125, batch_size=2,
+                      augment="all", schedule="cosine", optimizer="adamw", weight_decay=0.01,
+                      label_smoothing=0.1, late_voice=True, voice_lr_scale=0.5)
+    k = len(windows.labelset)
+    full = train_model(windows, cfg, k, device="cpu", progress=False)
+    state = tmp_path / "run.resume.pt"
+    _interrupt_at(monkeypatch, 3)  # inside an epoch
+    with pytest.raises(TrainingInterrupted):
+        train_model(windows, cfg, k, device="cpu", progress=False, state_path=state)
+    monkeypatch.undo()
+    resumed = train_model(windows, cfg, k, device="cpu", progress=False, state_path=state)
+    sa, sb = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(sa[n], sb[n]) for n in sa)
+    # Augmentation really ran: the same run without it ends elsewhere.
+    plain = train_model(windows, cfg.with_(augment="none"), k, device="cpu", progress=False)
+    assert not torch.equal(plain.model.head.weight, full.model.head.weight)
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed")
+def test_vocabulary_voice_is_pretrained_once_and_initialises_the_branch(tmp_path, monkeypatch,
+                                                                        windows):
+    labels = LabelSet.default()
+    phrases = vv.vocabulary_phrases(labels)
+    assert (0, "pancreas") in phrases and len({k for k, _ in phrases}) == len(labels)
+    voices = [s for s in vv.vocabulary_voices() if s.engine == "flite"][:2]
+    monkeypatch.setattr(vv, "vocabulary_voices", lambda seed=7: voices)
+    cache = tmp_path / "vv"
+    state = vv.vocabulary_voice_weights(labels, 0.125, SpectrogramSettings(), device="cpu",
+                                        cache_dir=cache, progress=False, epochs=1)
+    assert len(list(cache.glob("*.pt"))) == 1
+
+    def fail(*a, **k):
+        raise AssertionError("pretrained again despite the cache")
+    monkeypatch.setattr(vv, "pretrain_vocabulary_voice", fail)
+    again = vv.vocabulary_voice_weights(labels, 0.125, SpectrogramSettings(), device="cpu",
+                                        cache_dir=cache, progress=False, epochs=1)
+    assert all(torch.equal(state[n], again[n]) for n in state)
+    # The weights start the voice branch (and the late head) of the joint network.
+    model = build_model("proposed", len(labels), 3, width=0.125, late_voice=True)
+    vv.initialise_voice(model, state)
+    assert torch.equal(model.voice_branch.state_dict()[next(iter(
+        model.voice_branch.state_dict()))], state[next(k for k in state
+                                                       if k.startswith("voice_branch."))])
+    assert torch.equal(model.voice_head.weight, state["head.weight"])
