@@ -3,7 +3,11 @@
 The paper's recipe: class-weighted categorical cross-entropy with weights
 max_count / count over the training data (loss normalised by the batch size, as in its
 equation 2), Adam, batch 8, epochs and learning rate per variant from Table II
-(:data:`..core.variants.VARIANT_SPECS`).  Everything can be overridden.
+(:data:`..core.variants.VARIANT_SPECS`).  Everything can be overridden, and the configuration
+can add what generalises better to unseen patients (:mod:`..core.presets`): AdamW and weight
+decay, a warm-up + cosine schedule, label smoothing, speech and frame augmentation
+(:mod:`.augment`), a voice branch pretrained on the spoken label vocabulary
+(:mod:`.vocabulary_voice`) trained at a scaled rate, and the late voice path of the network.
 
 Design choices:
 

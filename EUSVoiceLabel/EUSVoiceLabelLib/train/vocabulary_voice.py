@@ -125,13 +125,15 @@ def make_vocabulary_clips(labelset: LabelSet, voices: Optional[Sequence[speech.S
             task.advance()
     rng = np.random.default_rng(seed)
     waves, ends, labels = [], [], []
-    for spk in voices:
-        for k, phrase in phrases:
-            clip, end = _clip(phrase, spk, rng)
-            if clip is not None:
-                waves.append(clip[_CONTEXT_START:_CONTEXT_START + _CONTEXT_SAMPLES])
-                ends.append(end)
-                labels.append(k)
+    with progress.task("vocabulary clips", total=len(voices), unit="voice") as task:
+        for spk in voices:
+            for k, phrase in phrases:
+                clip, end = _clip(phrase, spk, rng)
+                if clip is not None:
+                    waves.append(clip[_CONTEXT_START:_CONTEXT_START + _CONTEXT_SAMPLES])
+                    ends.append(end)
+                    labels.append(k)
+            task.advance()
     if not waves:
         raise ConfigError("the TTS programs produced no speech for the label vocabulary")
     contexts = [power_db_context(np.stack(waves[i:i + 256])) for i in range(0, len(waves), 256)]

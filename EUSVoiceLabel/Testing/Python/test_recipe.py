@@ -136,7 +136,7 @@ def _interrupt_at(monkeypatch, call: int) -> None:
 
 
 def test_resume_is_exact_with_augmentation_and_schedule(tmp_path, monkeypatch, windows):
-    cfg = TrainConfig(epochs=3, image_size=(32, 48), frames=3, width=0.125, batch_size=2,
+    cfg = TrainConfig(epochs=2, image_size=(32, 48), frames=3, width=0.125, batch_size=2,
                       augment="all", schedule="cosine", optimizer="adamw", weight_decay=0.01,
                       label_smoothing=0.1, late_voice=True, voice_lr_scale=0.5)
     k = len(windows.labelset)
@@ -180,3 +180,24 @@ def test_vocabulary_voice_is_pretrained_once_and_initialises_the_branch(tmp_path
         model.voice_branch.state_dict()))], state[next(k for k in state
                                                        if k.startswith("voice_branch."))])
     assert torch.equal(model.voice_head.weight, state["head.weight"])
+
+
+def test_command_line_preset_with_explicit_options_over_it(tmp_path, windows):
+    from EUSVoiceLabelLib.cli import main as cli
+    from EUSVoiceLabelLib.train.checkpoints import load_checkpoint
+
+    cohort = tmp_path / "cohort"
+    for i in range(2):
+        mf.make_procedure(cohort / f"patient{i + 1}", seconds=3.0)
+    out = tmp_path / "m.pt"
+    rc = cli(["train", str(cohort), "--out", str(out), "--preset", "cpu", "--voice-init",
+              "none", "--epochs", "1", "--width", "0.125", "--cache", str(tmp_path / "c"),
+              "--device", "cpu", "--quiet"])
+    assert rc == 0
+    cfg = load_checkpoint(out, device="cpu").config
+    # The preset's values, except where the command line said otherwise.
+    assert (cfg.epochs, cfg.width, cfg.voice_init) == (1, 0.125, "none")
+    assert cfg.image_size == (64, 128) and cfg.optimizer == "adamw" and cfg.augment == "all"
+    assert cfg.late_voice and cfg.schedule == "cosine"
+    assert cli(["train", str(cohort), "--out", str(tmp_path / "x.pt"), "--variant",
+                "proposed,voice_only"]) == 2
