@@ -1004,7 +1004,9 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
 
         Returns:
             The results table (window, time_s, end_s, spoken_label, predicted_label,
-            confidence, reviewed_label, status).  Its node references lead to the outputs,
+            confidence, reviewed_label, status, label, label_confidence, needs_review: the
+            network's label and the window's label fused with what was said; flagged windows
+            first, then the least confident).  Its node references lead to the outputs,
             all synchronised in the frames' browser: the heat-map sequence (foreground,
             Inferno, window 0-1, low values transparent), the segmentation sequence (one segment
             per landmark: the evidence region), the point-list sequence (each window's heat-map
@@ -1041,7 +1043,9 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         resultsTable.SetAttribute(ATTR_LABELSET, json.dumps(result.labelset.to_json()))
         if checkpointPath:
             resultsTable.SetAttribute(ATTR_MODEL, str(checkpointPath))
-        self.writeTable(resultsTable, RESULT_COLUMNS, review.to_rows("time"))
+        # Review order: windows flagged for review first (the network disagrees with what was
+        # said, or the fused label is uncertain), then the least confident.
+        self.writeTable(resultsTable, RESULT_COLUMNS, review.to_rows("confidence"))
         browser = self.browserForSequence(sequenceNode, show=False)
         resultsTable.SetNodeReferenceID(REF_FRAMES, sequenceNode.GetID())
         resultsTable.SetNodeReferenceID(REF_BROWSER, browser.GetID())
@@ -1147,7 +1151,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             np.zeros(shape, np.float32)
         slicer.util.updateVolumeFromArray(temps["heatMap"], cam.astype(np.float32)[None])
         for lab in labelset.labels:
-            mask = win.region if (win is not None and win.predicted == lab.id
+            mask = win.region if (win is not None and win.label == lab.id
                                   and win.region is not None) else np.zeros(shape, bool)
             slicer.util.updateSegmentBinaryLabelmapFromArray(
                 mask.astype(np.uint8)[None], temps["segmentation"], lab.id, temps["heatMap"])
@@ -1238,7 +1242,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
 
     def acceptWindow(self, resultsTable, window: int) -> None:
-        """Confirm the predicted label of a window (kept in the table)."""
+        """Confirm the label of a window (fused with what was said; kept in the table)."""
         self._setReview(resultsTable, window, lambda t, w: t.accept(w))
 
     def correctWindow(self, resultsTable, window: int, label: str) -> None:
@@ -1480,11 +1484,12 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
         browser = nodes["browser"]
         item = logic.jumpToWindow(results, 2)
         self.assertEqual(browser.GetSelectedItemNumber(), item)
-        time2 = float(results.GetCellText(2, 1))
+        row2 = logic.reviewTable(results).row(2)  # rows are in review order, not by time
+        time2 = row2.time_s
         self.assertAlmostEqual(float(frames.GetNthIndexValue(item)), time2, delta=0.04)
         text = browser.GetProxyNode(nodes["text"]).GetText()
-        predicted = logic.labelsetForResults(results).get(results.GetCellText(2, 4)).name
-        self.assertTrue(text.startswith(predicted), text)
+        label = logic.labelsetForResults(results).get(row2.final_label).name
+        self.assertTrue(text.startswith(label), text)
         browser.SetSelectedItemNumber(0)
         self.assertEqual(browser.GetProxyNode(nodes["text"]).GetText(), "")
 

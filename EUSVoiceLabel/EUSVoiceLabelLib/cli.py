@@ -559,7 +559,9 @@ def _run_label(args: argparse.Namespace) -> int:
     summary = f"labelled {len(result.windows)} windows"
     if agree:
         n_ok = sum(w.spoken_label == w.predicted for w in agree)
-        summary += f" ({n_ok}/{len(agree)} agree with the spoken label)"
+        n_review = sum(w.needs_review for w in result.windows)
+        summary += (f" (the network agrees with the spoken label in {n_ok}/{len(agree)}; "
+                    f"{n_review} flagged for review)")
     print(f"{summary} -> {args.out} ({', '.join(sorted(files))})")
     return 0
 

@@ -38,6 +38,7 @@ from .data.export import export_dataset
 from .data.mentions import read_mentions_csv
 from .data.outputs import OutputKind, claim_output, json_with_keys
 from .data.vocabulary import LabelSet
+from .labelling.endtoend import score_result, summarise
 from .labelling.folder import label_to_folder
 from .synth import synth_cohort
 from .train.checkpoints import preprocessing_settings, save_checkpoint
@@ -133,6 +134,7 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     t = mark("label", t)
     truth = read_mentions_csv(heldout / "mentions.csv", labelset)
     detection = _detection_agreement(truth, [w.mention for w in label_result.windows])
+    endtoend = summarise([score_result(label_result, truth)])
 
     export_dataset(out / "labels", out / "export")
     mark("export", t)
@@ -141,11 +143,13 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     _plot_strip(strip, label_result)
     timings["total"] = round(time.perf_counter() - t0, 1)
     report = out / "report.md"
-    _write_report(report, s, metrics, label_result, detection, timings, heldout, files)
+    _write_report(report, s, metrics, label_result, detection, timings, heldout, files,
+                  endtoend)
     atomic_write_text(out / "demo.json", json.dumps({
         "settings": asdict(s), "timings_s": timings,
         "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1")},
-        "detection": detection}, indent=2) + "\n")
+        "detection": detection,
+        "end_to_end": {k: v for k, v in endtoend.items() if k != "rows"}}, indent=2) + "\n")
     return report
 
 
@@ -162,6 +166,19 @@ def _detection_agreement(truth, found, tolerance_s: float = 0.5) -> dict:
     return {"true_mentions": len(truth), "detected": len(found), "matched": hits,
             "recall": hits / len(truth) if truth else 0.0,
             "precision": hits / len(found) if found else 0.0}
+
+
+def _endtoend_line(e: dict) -> str:
+    """The end-to-end figure of the held-out procedure in words (labelling.endtoend)."""
+    right = e["true_mentions_right"]
+    return (f"End to end: of the {e['true_mentions']} true mentions, "
+            f"{e['right_fused']} got a window with the right label "
+            f"(fraction {right['fused']:.2f}; the network's own label: {e['right_network']}, "
+            f"{right['network']:.2f}; the label heard: {e['right_spoken']}, "
+            f"{right['spoken']:.2f}); {e['windows'] - e['paired']} of the {e['windows']} "
+            f"written windows are not a true mention; {e['flagged']} windows flagged for "
+            "review (the network disagrees with what was heard, or the label is uncertain). "
+            "The label every output writes is the fused one (docs/fusion.md).")
 
 
 def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
@@ -181,11 +198,11 @@ def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
             ax.imshow(np.ma.masked_less(w.cam, 0.2), cmap="inferno", alpha=0.5, vmin=0, vmax=1)
         if w.peak is not None:
             ax.plot(*w.peak, "c+", markersize=12, mew=2)
-        name = result.labelset.get(w.predicted).name
+        name = result.labelset.get(w.label).name
         said = result.labelset.get(w.spoken_label).name if w.spoken_label in result.labelset \
             else "?"
-        ax.set_title(f"t={w.time_s:.1f}s  {name} ({w.confidence:.2f})\nsaid: {said}",
-                     fontsize=8)
+        ax.set_title(f"t={w.time_s:.1f}s  {name} ({w.label_confidence:.2f})\nsaid: {said}, "
+                     f"network: {result.labelset.get(w.predicted).name}", fontsize=8)
         ax.axis("off")
     fig.suptitle("Held-out procedure: labelled windows, frame + Grad-CAM heat map",
                  fontsize=9)
@@ -196,7 +213,7 @@ def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
 
 
 def _write_report(path: Path, s: DemoSettings, metrics: dict, result, detection: dict,
-                  timings: dict, heldout: Path, files: dict) -> None:
+                  timings: dict, heldout: Path, files: dict, endtoend: dict) -> None:
     b = metrics["bootstrap"]
     lines = [
         "# EUSVoiceLabel demo report", "",
@@ -221,11 +238,15 @@ def _write_report(path: Path, s: DemoSettings, metrics: dict, result, detection:
         f"Procedure `{heldout.name}` (never seen in training). Mentions detected in its audio: "
         f"{detection['detected']} (true: {detection['true_mentions']}, matched within 0.5 s "
         f"with the right label: {detection['matched']}).", "",
-        "| time (s) | said (detected) | predicted | confidence |", "|---|---|---|---|",
+        _endtoend_line(endtoend), "",
+        "| time (s) | said (detected, confidence) | network (confidence) | label (fused) | "
+        "review |", "|---|---|---|---|---|",
     ]
     for w in result.windows:
-        lines.append(f"| {w.time_s:.2f} | {w.spoken_label or ''} | {w.predicted} | "
-                     f"{w.confidence:.2f} |")
+        heard = "" if w.mention.confidence is None else f" ({w.mention.confidence:.2f})"
+        lines.append(f"| {w.time_s:.2f} | {w.spoken_label or ''}{heard} | {w.predicted} "
+                     f"({w.confidence:.2f}) | {w.label} ({w.label_confidence:.2f}) | "
+                     f"{w.review_reason} |")
     lines += ["", "![labelled frames](labelled_frames.png)", "",
               "Files for 3D Slicer in `labels/`: " + ", ".join(
                   f"`{n}`" for n in sorted(files)) + " (drag `scene.mrml` into Slicer).",

@@ -156,7 +156,8 @@ def _run_info(label_dir: Path) -> dict:
 
 def export_label_dir(label_dir: os.PathLike | str, out_dir: os.PathLike | str,
                      every: int = 1) -> Path:
-    """Export the frames of a ``label`` output folder with their reviewed or predicted label.
+    """Export the frames of a ``label`` output folder with their reviewed label, else the
+    window's label (``labels.csv`` column ``label``, fused with what was said).
 
     Raises:
         ProcedureError: a missing, malformed or inconsistent file of the label folder (a
@@ -181,8 +182,9 @@ def export_label_dir(label_dir: os.PathLike | str, out_dir: os.PathLike | str,
                              "the folder is incomplete: label the procedure again")
     by_window: dict[int, tuple[str, str, float]] = {}
     for n, w in enumerate(windows, start=2):
-        reviewed = w.get("reviewed_label", "").strip()
-        label = reviewed or w["predicted_label"].strip()
+        reviewed = (w.get("reviewed_label") or "").strip()
+        # The window's label (fused with what was said); files from before fusion have none.
+        label = reviewed or (w.get("label") or "").strip() or w["predicted_label"].strip()
         if label not in labelset:
             raise ProcedureError(f"row {n}: unknown label {label!r}", labels_path,
                                  "known labels: " + ", ".join(labelset.ids))

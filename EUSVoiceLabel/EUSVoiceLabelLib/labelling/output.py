@@ -29,12 +29,15 @@ from .run import DEFAULT_CAM_THRESHOLD, LabelResult, WindowResult, frame_owners
 
 
 def labels_csv(result: LabelResult) -> str:
-    """One row per window: times, spoken and predicted labels, the network's confidence, the
-    mention's source, phrase and detector confidence (automatic mentions), the heat-map peak and
-    the class probabilities."""
+    """One row per window: times, the spoken label, the network's predicted label, confidence
+    and class probabilities (``p_<label>``), whether they agree, the mention's source, phrase
+    and detector confidence (automatic mentions), the heat-map peak, then the window's
+    ``label`` (fused with what was said, :mod:`.fusion`), its ``label_confidence`` and the
+    review flag (``needs_review`` 1/0, ``review_reason``)."""
     ids = result.labelset.ids
     header = ["window", "time_s", "end_s", "spoken_label", "predicted_label", "confidence",
               "agrees", "source", "text", "mention_confidence", "peak_col", "peak_row",
+              "label", "label_confidence", "needs_review", "review_reason",
               *[f"p_{i}" for i in ids]]
     rows = []
     for w in result.windows:
@@ -46,15 +49,23 @@ def labels_csv(result: LabelResult) -> str:
                      "" if w.mention.confidence is None else f"{w.mention.confidence:.4f}",
                      "" if w.peak is None else w.peak[0],
                      "" if w.peak is None else w.peak[1],
+                     w.label, f"{w.label_confidence:.4f}", int(w.needs_review), w.review_reason,
                      *[f"{p:.4f}" for p in w.probabilities]])
     return csv_text(header, rows)
 
 
+FRAME_COLUMNS = ("frame_index", "time_s", "label", "confidence", "window", "spoken_label",
+                 "predicted_label", "predicted_confidence", "needs_review")
+
+
 def frame_labels_csv(result: LabelResult) -> str:
+    """One row per labelled frame (:data:`FRAME_COLUMNS`; ``label`` and ``confidence`` are the
+    fused label's, ``predicted_*`` the network's)."""
     rows = [[r["frame_index"], f"{r['time_s']:.3f}", r["label"], f"{r['confidence']:.4f}",
-             r["window"], r["spoken_label"]] for r in result.frame_labels()]
-    return csv_text(["frame_index", "time_s", "label", "confidence", "window", "spoken_label"],
-                     rows)
+             r["window"], r["spoken_label"], r["predicted_label"],
+             f"{r['predicted_confidence']:.4f}", int(r["needs_review"])]
+            for r in result.frame_labels()]
+    return csv_text(FRAME_COLUMNS, rows)
 
 
 #: ``label --out`` (and the Slicer module's export): a folder of the files below.  Folders
@@ -136,7 +147,7 @@ class LabelOutputWriter:
         cam = window.cam if window.cam is not None else np.zeros(frames.shape[1:], np.float32)
         region = np.zeros(frames.shape[1:], self._labelmap)
         if window.region is not None:
-            region[window.region] = self.labelset.index(window.predicted) + 1
+            region[window.region] = self.labelset.index(window.label) + 1
         frames_w, cam_w, land_w = self._writers
         with self._stage.writing():
             for f in self._owned.get(window.index, []):

@@ -1,5 +1,7 @@
-"""Labelling a procedure: every mention window gets a predicted landmark, its confidence, class
-probabilities and a Grad-CAM heat map.
+"""Labelling a procedure: every mention window gets the network's predicted landmark, its
+confidence, class probabilities and a Grad-CAM heat map, and the window's label: the
+network's posterior fused with what was said (:mod:`.fusion`), flagged for review where they
+disagree.
 
 Windows are processed one at a time (decoded by time range), so a 20-minute procedure never
 sits in memory; their outputs are streamed to disk by :mod:`.output`.  Each frame of the
@@ -34,6 +36,7 @@ from ..nn.evidence import REGION_THRESHOLD, display_map, evidence_region, peak_o
 from ..nn.explain import grad_cam, upsample_map
 from ..nn.fastpath import optimise_for_inference
 from ..train.checkpoints import load_checkpoint
+from .fusion import FusedLabel, fuse_window, training_prior
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class LabelModel:
         self.model = optimise_for_inference(loaded.model, device, inplace=True)
         self.labelset: LabelSet = loaded.labelset
         self.variant: str = loaded.config.variant
+        #: The label distribution the network was trained towards (:func:`.fusion.training_prior`).
+        self.prior: np.ndarray = training_prior(loaded.meta, len(self.labelset))
         self.device = device
         pre = loaded.preprocessing or {}
         size = pre.get("image_size") or list(loaded.config.image_size)
@@ -77,7 +82,12 @@ class LabelModel:
 
 @dataclass
 class WindowResult:
-    """The labelling of one mention window."""
+    """The labelling of one mention window.
+
+    ``predicted``, ``confidence`` and ``probabilities`` are the network's own; ``label`` and
+    ``label_confidence`` the window's label after fusion with the spoken label (what the
+    outputs write), ``needs_review`` / ``review_reason`` its review flag (:mod:`.fusion`).
+    """
 
     index: int
     mention: Mention
@@ -89,6 +99,25 @@ class WindowResult:
     region: Optional[np.ndarray] = None  # bool (H, W): the evidence region around the peak
     joint: Optional[np.ndarray] = None  # float32 (H, W) joint image-voice map, 0-1
     peak: Optional[tuple[int, int]] = None  # (column, row) of the heat-map maximum
+    fused: Optional[FusedLabel] = None  # None: the network's label stands
+
+    @property
+    def label(self) -> str:
+        """The window's label: fused with what was said, else the network's."""
+        return self.fused.label if self.fused is not None else self.predicted
+
+    @property
+    def label_confidence(self) -> float:
+        """The probability of :attr:`label`."""
+        return self.fused.confidence if self.fused is not None else self.confidence
+
+    @property
+    def needs_review(self) -> bool:
+        return self.fused is not None and self.fused.needs_review
+
+    @property
+    def review_reason(self) -> str:
+        return self.fused.review_reason if self.fused is not None else ""
 
     @property
     def time_s(self) -> float:
@@ -119,14 +148,16 @@ class LabelResult:
         return frame_owners([w.frame_indices for w in self.windows], self.procedure.n_frames)
 
     def frame_labels(self) -> list[dict]:
-        """One row per labelled frame: frame_index, time_s, label, confidence, window,
-        spoken_label."""
+        """One row per labelled frame: frame_index, time_s, label and confidence (fused),
+        window, spoken_label, the network's predicted_label and predicted_confidence, and
+        needs_review."""
         rows = []
         for f, k in self.frame_owners().items():
             w = self.windows[k]
             rows.append({"frame_index": f, "time_s": f / self.procedure.fps,
-                         "label": w.predicted, "confidence": w.confidence, "window": w.index,
-                         "spoken_label": w.spoken_label or ""})
+                         "label": w.label, "confidence": w.label_confidence, "window": w.index,
+                         "spoken_label": w.spoken_label or "", "predicted_label": w.predicted,
+                         "predicted_confidence": w.confidence, "needs_review": w.needs_review})
         return rows
 
 
@@ -196,8 +227,13 @@ def _label_window(model: LabelModel, proc: Procedure, k: int, m: Mention, with_c
     img_t = torch.from_numpy(image)[None].to(model.device)
     voice_t = torch.from_numpy(voice)[None].to(model.device)
     cam = joint = None
+    ids = model.labelset.ids
+
+    def fused_class(p: np.ndarray) -> int:  # the heat map explains the window's label
+        return ids.index(fuse_window(p, m, ids, model.prior).label)
+
     if with_cam and model.has_image:
-        exp = grad_cam(net, img_t, voice_t, joint=joint_map)
+        exp = grad_cam(net, img_t, voice_t, target=fused_class, joint=joint_map)
         probs = exp.probabilities
         if exp.cam is not None:
             cam = display_map(upsample_map(exp.cam, crop_hw))
@@ -208,9 +244,10 @@ def _label_window(model: LabelModel, proc: Procedure, k: int, m: Mention, with_c
             probs = torch.softmax(net(img_t, voice_t).float(), dim=1)[0].cpu().numpy()
     cls = int(np.argmax(probs))
     peak = peak_of(cam) if cam is not None else None
-    w = WindowResult(index=k, mention=m, predicted=model.labelset.ids[cls],
+    w = WindowResult(index=k, mention=m, predicted=ids[cls],
                      confidence=float(probs[cls]), probabilities=probs.astype(np.float32),
                      frame_indices=window_frame_indices(m.time_s, settings.frames, proc.fps),
                      cam=cam, joint=joint, peak=peak,
-                     region=None if cam is None else evidence_region(cam, cam_threshold, peak))
+                     region=None if cam is None else evidence_region(cam, cam_threshold, peak),
+                     fused=fuse_window(probs, m, ids, model.prior))
     return w, frames

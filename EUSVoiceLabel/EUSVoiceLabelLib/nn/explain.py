@@ -16,7 +16,7 @@ voice time steps: where the image features agree with what was said.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -42,9 +42,10 @@ def _normalise(m: torch.Tensor) -> np.ndarray:
 
 
 def grad_cam(model: nn.Module, image: torch.Tensor, voice: torch.Tensor,
-             target: Optional[int] = None, layer: Optional[nn.Module] = None,
-             joint: bool = False) -> Explanation:
-    """Grad-CAM of one sample (batch of 1) for ``target`` (default: the predicted class).
+             target: Union[int, Callable[[np.ndarray], int], None] = None,
+             layer: Optional[nn.Module] = None, joint: bool = False) -> Explanation:
+    """Grad-CAM of one sample (batch of 1) for ``target`` (default: the predicted class; a
+    function of the class probabilities chooses it, e.g. the label fused with speech).
 
     Args:
         model: an :class:`~EUSVoiceLabelLib.nn.network.EUSVoiceLabelNet` (or any module with
@@ -75,7 +76,10 @@ def grad_cam(model: nn.Module, image: torch.Tensor, voice: torch.Tensor,
             else:
                 feats, logits = {}, model(image, voice)
             probs = torch.softmax(logits.detach().float(), dim=1)[0]
-            cls = int(probs.argmax()) if target is None else int(target)
+            if callable(target):
+                cls = int(target(probs.cpu().numpy()))
+            else:
+                cls = int(probs.argmax()) if target is None else int(target)
             cam = None
             if "A" in store:
                 model.zero_grad(set_to_none=True)

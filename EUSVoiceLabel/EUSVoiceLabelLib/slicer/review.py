@@ -6,10 +6,12 @@ Two editable tables live in the Slicer scene, and both are plain rows of strings
   landmark names the labelling runs on.  :func:`mentions_to_rows` fills it,
   :func:`mentions_from_rows` reads it back after the user edited it, with the same checks as a
   ``mentions.csv`` file and errors that name the row.
-- the **results table** (:data:`RESULT_COLUMNS`): one row per labelled window with the spoken,
-  predicted and reviewed labels.  :class:`ReviewTable` keeps the clinician's decisions
-  (accept / correct), sorts rows by confidence, and hands the reviewed labels to exports and
-  the reviewed mentions to training.
+- the **results table** (:data:`RESULT_COLUMNS`): one row per labelled window with the spoken
+  label, the network's predicted label, the window's label (fused with what was said,
+  :mod:`..labelling.fusion`), its review flag and the reviewed label.  :class:`ReviewTable`
+  keeps the clinician's decisions (accept / correct), sorts rows for review (flagged windows
+  first, then the least confident), and hands the reviewed labels to exports and the reviewed
+  mentions to training.
 
 The label that a window carries is decided in one place, :meth:`ReviewRow.final_label` (for
 exports) and :meth:`ReviewRow.training_label` (for training), so the GUI, the batch logic and
@@ -32,9 +34,14 @@ from ..data.vocabulary import LabelSet
 MENTION_COLUMNS: tuple[str, ...] = CSV_FIELDS
 
 #: Columns of the results table.  ``window`` is the window's index in the labelling result; it
-#: survives sorting, so a selected row always finds its window.
+#: survives sorting, so a selected row always finds its window.  ``predicted_label`` and
+#: ``confidence`` are the network's, ``label`` / ``label_confidence`` the window's fused label;
+#: tables from before fusion lack the last three columns and read as the network's label.
 RESULT_COLUMNS: tuple[str, ...] = ("window", "time_s", "end_s", "spoken_label",
-                                   "predicted_label", "confidence", "reviewed_label", "status")
+                                   "predicted_label", "confidence", "reviewed_label", "status",
+                                   "label", "label_confidence", "needs_review")
+#: Columns a results table must have (the others are optional).
+REQUIRED_RESULT_COLUMNS: tuple[str, ...] = RESULT_COLUMNS[:7]
 
 PENDING, ACCEPTED, CORRECTED = "pending", "accepted", "corrected"
 
@@ -122,9 +129,14 @@ class ReviewRow:
         window: index of the window in the labelling result.
         time_s, end_s: the window on the video clock (s).
         spoken: label id the clinician said (None when unknown).
-        predicted: label id the model predicted.
-        confidence: the model's probability of ``predicted``.
-        reviewed: label id set by review (the predicted one when accepted), None while pending.
+        predicted: label id the network predicted.
+        confidence: the network's probability of ``predicted``.
+        reviewed: label id set by review (the window's label when accepted), None while
+            pending.
+        label: the window's label fused with what was said (None: the network's stands).
+        label_confidence: the fused probability of ``label``.
+        needs_review: the network disagrees with what was said, or the fused label is
+            uncertain (:func:`..labelling.fusion.fuse_window`).
     """
 
     window: int
@@ -134,27 +146,43 @@ class ReviewRow:
     predicted: str
     confidence: float
     reviewed: Optional[str] = None
+    label: Optional[str] = None
+    label_confidence: Optional[float] = None
+    needs_review: bool = False
+
+    @property
+    def window_label(self) -> str:
+        """The label the labelling run gave the window: fused, else the network's."""
+        return self.label or self.predicted
+
+    @property
+    def window_confidence(self) -> float:
+        """The probability of :attr:`window_label`."""
+        return self.confidence if self.label_confidence is None else self.label_confidence
 
     @property
     def status(self) -> str:
         if self.reviewed is None:
             return PENDING
-        return ACCEPTED if self.reviewed == self.predicted else CORRECTED
+        return ACCEPTED if self.reviewed == self.window_label else CORRECTED
 
     @property
     def final_label(self) -> str:
-        """The label exports use: the reviewed label, else the prediction."""
-        return self.reviewed or self.predicted
+        """The label exports use: the reviewed label, else the window's label."""
+        return self.reviewed or self.window_label
 
     @property
     def training_label(self) -> Optional[str]:
-        """The label training uses: the reviewed label, else what was said (the paper's
-        supervision); None when neither is known."""
-        return self.reviewed or self.spoken
+        """The label training uses: the reviewed label, else the window's fused label (what
+        was said, weighed against the network where the mention was detected), else what was
+        said; None when none is known."""
+        return self.reviewed or self.label or self.spoken
 
     def to_strings(self) -> list[str]:
         return [str(self.window), _fmt(self.time_s), _fmt(self.end_s), self.spoken or "",
-                self.predicted, _fmt(self.confidence, 4), self.reviewed or "", self.status]
+                self.predicted, _fmt(self.confidence, 4), self.reviewed or "", self.status,
+                self.label or "", _fmt(self.label_confidence, 4),
+                "1" if self.needs_review else "0"]
 
 
 @dataclass
@@ -168,10 +196,17 @@ class ReviewTable:
     @classmethod
     def from_windows(cls, windows: Iterable, labelset: LabelSet) -> "ReviewTable":
         """From labelling results: objects with ``index, time_s, end_s, spoken_label,
-        predicted, confidence`` (``WindowResult``)."""
-        rows = [ReviewRow(int(w.index), float(w.time_s), float(w.end_s),
-                          getattr(w, "spoken_label", None) or None, str(w.predicted),
-                          float(w.confidence)) for w in windows]
+        predicted, confidence`` and optionally the fused ``label, label_confidence,
+        needs_review`` (``WindowResult``)."""
+        rows = []
+        for w in windows:
+            fused = getattr(w, "label", None)
+            rows.append(ReviewRow(
+                int(w.index), float(w.time_s), float(w.end_s),
+                getattr(w, "spoken_label", None) or None, str(w.predicted), float(w.confidence),
+                label=str(fused) if fused else None,
+                label_confidence=float(w.label_confidence) if fused else None,
+                needs_review=bool(getattr(w, "needs_review", False))))
         return cls(rows, labelset)
 
     @classmethod
@@ -185,7 +220,7 @@ class ReviewTable:
         """
         labelset = labelset or LabelSet.default()
         names = [c.strip().lower() for c in columns]
-        missing = [c for c in RESULT_COLUMNS if c != "status" and c not in names]
+        missing = [c for c in REQUIRED_RESULT_COLUMNS if c not in names]
         if missing:
             raise MentionsError("is not an EUSVoiceLabel results table (missing columns: "
                                 + ", ".join(missing) + ")", where)
@@ -214,7 +249,11 @@ class ReviewTable:
                                  _number(rec["end_s"], "end_s", n, where) or 0.0,
                                  label("spoken_label", False), label("predicted_label", True)
                                  or "", _number(rec["confidence"], "confidence", n, where)
-                                 or 0.0, label("reviewed_label", False)))
+                                 or 0.0, label("reviewed_label", False),
+                                 label("label", False),
+                                 _number(rec.get("label_confidence", ""), "label_confidence", n,
+                                         where, required=False),
+                                 rec.get("needs_review", "") in ("1", "true", "True")))
         return cls(out, labelset)
 
     # ---- access
@@ -229,9 +268,9 @@ class ReviewTable:
 
     # ---- review
     def accept(self, window: int) -> ReviewRow:
-        """Confirm the model's label for ``window``."""
+        """Confirm the window's label (fused with what was said) for ``window``."""
         r = self.row(window)
-        r.reviewed = r.predicted
+        r.reviewed = r.window_label
         return r
 
     def correct(self, window: int, label: str) -> ReviewRow:
@@ -256,15 +295,20 @@ class ReviewTable:
 
     # ---- views
     def sorted_rows(self, key: str = "confidence", ascending: bool = True) -> list[ReviewRow]:
-        """Rows sorted by ``confidence`` (least confident first by default, so review starts
-        with the doubtful windows), ``time`` or ``window``; ties keep time order."""
+        """Rows sorted for review by ``confidence`` (windows flagged for review first, then
+        the least confident label, then the least confident network, by default; descending
+        reverses only the confidence order, flagged windows stay first), by ``time`` or by
+        ``window``; ties keep time order."""
         if key not in SORT_KEYS:
             raise ValueError(f"sort key must be one of {SORT_KEYS}, not {key!r}")
         by_time = sorted(self.rows, key=lambda r: (r.time_s, r.window))
         if key == "time":
             return by_time if ascending else by_time[::-1]
-        attr = "confidence" if key == "confidence" else "window"
-        return sorted(by_time, key=lambda r: getattr(r, attr), reverse=not ascending)
+        if key == "window":
+            return sorted(by_time, key=lambda r: r.window, reverse=not ascending)
+        sign = 1.0 if ascending else -1.0
+        return sorted(by_time, key=lambda r: (not r.needs_review, sign * r.window_confidence,
+                                              sign * r.confidence))
 
     def to_rows(self, key: str = "time", ascending: bool = True) -> list[list[str]]:
         """Rows of strings in :data:`RESULT_COLUMNS` order."""
@@ -282,7 +326,7 @@ class ReviewTable:
         return {r.window: r.reviewed for r in self.rows if r.reviewed is not None}
 
     def final_labels(self) -> dict[int, str]:
-        """``{window: label}`` for every window: reviewed, else predicted."""
+        """``{window: label}`` for every window: reviewed, else the window's label."""
         return {r.window: r.final_label for r in self.rows}
 
     def window_mentions(self) -> list[Optional[Mention]]:

@@ -37,10 +37,17 @@ CHECKPOINT = OutputKind("checkpoint", "a model checkpoint written by 'eusvoicela
 def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
     """The input settings a model depends on: the configuration's window settings (image size,
     frames) with the windows' spectrogram scaling (``data.settings``, a
-    :class:`..data.dataset.WindowSettings`, when it has one), and the voice input's shape."""
+    :class:`..data.dataset.WindowSettings`, when it has one), the voice input's shape, and
+    the training windows per class (``label_counts``, which label fusion's prior is made of:
+    :func:`..labelling.fusion.training_prior`)."""
     spectrogram = getattr(getattr(data, "settings", None), "spectrogram", None)
     out = cfg.window_settings(spectrogram).to_json()
     out["voice_shape"] = [int(v) for v in np.asarray(data.voices).shape[1:]]
+    labelset = getattr(data, "labelset", None)
+    labels = getattr(data, "labels", None)
+    if labelset is not None and labels is not None:
+        out["label_counts"] = np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1),
+                                          minlength=len(labelset)).tolist()
     return out
 
 

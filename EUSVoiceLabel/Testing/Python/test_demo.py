@@ -32,3 +32,11 @@ def test_demo_end_to_end_at_tiny_size(tmp_path):
     assert all((out / "export" / r["path"]).is_file() for r in exported)
     summary = json.loads((out / "demo.json").read_text())
     assert summary["timings_s"]["total"] > 0
+    # the report gives the end-to-end figure, the network's own label beside the fused one,
+    # and the export carries the fused label
+    e2e = summary["end_to_end"]
+    assert e2e["windows"] == len(labels) and e2e["true_mentions"] == 3
+    assert e2e["right_fused"] <= e2e["paired"] <= 3
+    assert "End to end: of the 3 true mentions" in text and "label (fused)" in text
+    fused = {int(r["window"]): r["label"] for r in labels}
+    assert all(r["label"] == fused[int(r["window"])] for r in exported)

@@ -299,3 +299,44 @@ def test_heat_map_peaks_on_the_evidence_after_training():
         hits += (r <= row < r + side) and (c <= col < c + side)
     chance = side * side / (h * w)
     assert hits / n >= 5 * chance, (hits, n)
+
+
+def test_outputs_carry_the_fused_label_beside_the_networks(tiny_model, procedure, tmp_path):
+    """Every output writes the window's fused label; the network's label and confidence keep
+    their columns; a window where the network disagrees with what was said is flagged."""
+    from EUSVoiceLabelLib.data.mentions import Mention
+
+    model = LabelModel.load(tiny_model, device="cpu")
+    proc = load_procedure(procedure)
+    plain = label_procedure(proc, model, with_cam=False)
+    ids = model.labelset.ids
+    # Name, in each window, a landmark the network did not choose (certain: from a file),
+    # and in the last one detect it at confidence 0.2 (the network's label then stands).
+    said = [ids[(ids.index(w.predicted) + 1) % len(ids)] for w in plain.windows]
+    mentions = [Mention(w.time_s, lab, source="file") for w, lab in zip(plain.windows, said)]
+    mentions[-1] = Mention(mentions[-1].time_s, said[-1], confidence=0.2, source="auto")
+    result = label_procedure(proc, model, mentions)
+    out = tmp_path / "out"
+    write_label_outputs(result, out)
+
+    windows = list(csv.DictReader(open(out / "labels.csv")))
+    expected = said[:-1] + [plain.windows[-1].predicted]
+    assert [w["label"] for w in windows] == expected
+    assert [w["predicted_label"] for w in windows] == [w.predicted for w in plain.windows]
+    assert all(w["needs_review"] == "1" and w["agrees"] == "0" for w in windows)
+    assert [float(w["label_confidence"]) for w in windows[:-1]] == [1.0, 1.0]
+    frames = list(csv.DictReader(open(out / "frame_labels.csv")))
+    by_window = {int(w["window"]): w for w in windows}
+    for r in frames:
+        w = by_window[int(r["window"])]
+        assert (r["label"], r["predicted_label"], r["needs_review"]) == \
+            (w["label"], w["predicted_label"], "1")
+        assert float(r["predicted_confidence"]) == pytest.approx(float(w["confidence"]))
+    land, _ = nrrd.read(str(out / "landmarks.seq.nrrd"))
+    for k, r in enumerate(frames):
+        values = set(np.unique(land[..., 0, k])) - {0}
+        assert values <= {ids.index(r["label"]) + 1}
+    names = [lab.name for lab in model.labelset.labels]
+    points = json.loads((out / "landmarks.mrk.json").read_text())["markups"][0]["controlPoints"]
+    assert [p["label"] for p in points] == [names[ids.index(lab)] for lab in expected]
+    assert all("network: " in p["description"] for p in points[:-1])

@@ -159,7 +159,7 @@ def test_every_output_file_is_read_by_slicers_storage_nodes(clean, cli_out):
             assert item.GetImageData().GetDimensions() == (*proc.frame_size, 1), name
             np.testing.assert_allclose(matrix(item), expected, atol=1e-6)
     cam_seq, land_seq = sequences["cam.seq.nrrd"], sequences["landmarks.seq.nrrd"]
-    # Each labelled frame's region: one blob around its window's peak, of the predicted value.
+    # Each labelled frame's region: one blob around its window's peak, of its (fused) label.
     labels = {int(lab["LabelValue"]) for lab in csv.DictReader(open(cli_out / "landmarks.csv"))}
     by_window = {int(r["window"]): i for i, r in reversed(list(enumerate(frame_rows)))}
     for w in windows:
@@ -171,7 +171,7 @@ def test_every_output_file_is_read_by_slicers_storage_nodes(clean, cli_out):
         assert peak_of(cam) == (int(w["peak_col"]), int(w["peak_row"]))
         np.testing.assert_array_equal(land > 0, evidence_region(cam))
         values = set(np.unique(land)) - {0}
-        assert values == {LabelSet.default().index(w["predicted_label"]) + 1} and values <= labels
+        assert values == {LabelSet.default().index(w["label"]) + 1} and values <= labels
 
     # The colour table names every landmark.
     table = read(app, "vtkMRMLColorTableStorageNode", "vtkMRMLColorTableNode",
@@ -187,8 +187,8 @@ def test_every_output_file_is_read_by_slicers_storage_nodes(clean, cli_out):
     assert len(listed) == len(windows)
     for (label, ras), w in zip(listed, windows):
         assert ras_to_ijk(frame, ras) == (int(w["peak_col"]), int(w["peak_row"]))
-        name = LabelSet.default().get(w["predicted_label"]).name
-        assert label == f"{name} {float(w['confidence']):.2f}"
+        name = LabelSet.default().get(w["label"]).name
+        assert label == f"{name} {float(w['label_confidence']):.2f}"
     point_seq = read(app, "vtkMRMLSequenceStorageNode", "vtkMRMLSequenceNode",
                      cli_out / "landmark_points.seq.mrb")
     assert point_seq.GetDataNodeClassName() == "vtkMRMLMarkupsFiducialNode"
@@ -271,7 +271,7 @@ def test_scene_mrml_opens_as_one_synchronised_procedure(clean, cli_out):
             browser.SetSelectedItemNumber(item)
             w = windows[int(row["window"])]
             (label, ras), = points_of(points)  # exactly one point: its window's
-            assert label.split()[0] == LabelSet.default().get(w["predicted_label"]).name.split()[0]
+            assert label.split()[0] == LabelSet.default().get(w["label"]).name.split()[0]
             assert ras_to_ijk(frames, ras) == (int(w["peak_col"]), int(w["peak_row"]))
             assert bounds(heat) == bounds(land) == bounds(frames)
             if row["window"] in seen:
@@ -342,6 +342,7 @@ def blob(shape, col, row, sigma=6.0) -> np.ndarray:
 def test_module_overlays_follow_a_cropped_procedure(clean, cohort):
     """Known heat maps through the module's resultsToNodes on a procedure cropped off-centre:
     each lies on its frame and its point on its peak (the crop was applied twice before)."""
+    from EUSVoiceLabelLib.labelling.fusion import FusedLabel
     from EUSVoiceLabelLib.labelling.run import LabelResult, WindowResult
 
     logic = clean.module.EUSVoiceLabelLogic()
@@ -353,15 +354,24 @@ def test_module_overlays_follow_a_cropped_procedure(clean, cohort):
     labels = LabelSet.default()
     result = LabelResult(proc, labels)
     peaks = [(10, 8), (80, 50), (50, 30)]
+    # Window 2's spoken label outweighed the network's: flagged for review, shown with the
+    # fused label.
+    fused = FusedLabel(labels.ids[3], 0.97, np.full(len(labels), 0.2), True, "network disagrees")
     for k, ((col, row), m) in enumerate(zip(peaks, proc.mentions)):
         cam = blob((h, w), col, row)
         result.windows.append(WindowResult(
             index=k, mention=m, predicted=labels.ids[k], confidence=0.9,
             probabilities=np.full(len(labels), 0.2, np.float32),
             frame_indices=window_frame_indices(m.time_s, 25, proc.fps), cam=cam, peak=peak_of(cam),
-            region=evidence_region(cam)))
+            region=evidence_region(cam), fused=fused if k == 2 else None))
     results = logic.resultsToNodes(result, frames)
     assert assert_overlays_on_frames(logic, results) == len(peaks)
+    # The review table starts with the flagged window, its fused label beside the network's.
+    columns = [results.GetColumnName(c) for c in range(results.GetNumberOfColumns())]
+    first = {c: results.GetCellText(0, i) for i, c in enumerate(columns)}
+    assert (first["window"], first["label"], first["predicted_label"], first["needs_review"]) \
+        == ("2", labels.ids[3], labels.ids[2], "1")
+    assert logic.reviewTable(results).final_labels()[2] == labels.ids[3]
     # The module shows what it computed: heat map in front, frames behind.
     nodes = logic.outputNodes(results)
     composite = clean.slice_composite("Red")

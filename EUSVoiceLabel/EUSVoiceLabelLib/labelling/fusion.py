@@ -1,0 +1,167 @@
+"""The one rule that turns what was said and what the network saw into the label of a window.
+
+Two pieces of evidence speak about each window's landmark:
+
+- **speech** ``q``: the label the clinician said.  A mention read from a mentions file, a
+  transcript, the procedure's ``mentions.csv`` or a review is taken as certain (one-hot).  A
+  mention found by the detector (``--mentions auto``) carries the detector's confidence ``c`` in
+  the heard label: ``q = c`` on it and ``(1 - c) / (K - 1)`` on each of the other ``K - 1``
+  labels.  (The scores of the phrases that competed with the heard one on the same speech
+  were tried as per-label evidence and made the labels worse: a nested phrase such as
+  "pancreas" inside "pancreatic duct" scores nearly as high as the phrase said, so the
+  network decided between them and was wrong more often than the detector's choice;
+  docs/results.md.)
+  Without a spoken label ``q`` is uniform (it says nothing).
+- **the network** ``p_net``: its softmax posterior over the same ``K`` labels.
+
+Both are posteriors over the labels; if the two pieces of evidence are independent given the
+landmark, Bayes' rule combines them as
+
+    p(k | speech, window) ∝ q(k) · p_net(k) / prior(k)
+
+where ``prior`` is the label distribution the network was trained towards: the training label
+counts times the loss's class weights (``prior(k) ∝ n_k · w_k``, stored in the checkpoint; the
+paper's class-weighted loss makes it uniform, so the division then changes nothing).  A
+checkpoint without label counts gets a uniform prior; a label without training windows is
+not divided (its network probability stands as it is).  The division keeps the training
+cohort's label frequencies from tilting the label of a new procedure; the speech evidence is
+taken as carrying no class prior of its own (the spotter scores every phrase against the same
+phone loop).
+
+Consequences, which the tests check: a certain mention decides the label whatever the network
+says (``q`` is zero elsewhere); a detected mention at confidence 0.96 over 5 labels outweighs
+the network unless the network gives the heard label less than about 1/96 of its top label;
+a detected mention at confidence 0.4 loses to a network that is sure of another label.
+
+The arithmetic is done in the log domain with every probability floored at :data:`FLOOR`
+(``log 0`` never happens), except that an exact zero of ``q`` (a certain mention) stays a hard
+zero, so a certain mention cannot be outvoted by any network output, and renormalised.
+
+A window **needs review** when the network's own top label differs from the spoken label, or
+when the fused label's probability is below :data:`REVIEW_BELOW`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..data.mentions import Mention
+
+#: Smallest probability used in the log domain (a network output of exactly 0, a detector
+#: confidence of exactly 1).
+FLOOR = 1e-9
+
+#: Windows whose fused label has a probability below this are flagged for review (1 in 5
+#: of them would be wrong if the fused probability is calibrated).
+REVIEW_BELOW = 0.8
+
+#: Mention sources taken as certain: written by a person or a transcript, or confirmed in review.
+CERTAIN_SOURCES = ("file", "transcript", "review")
+
+#: Review reasons (``review_reason`` column).
+DISAGREES = "network disagrees"
+LOW_CONFIDENCE = "low confidence"
+
+
+@dataclass(frozen=True)
+class FusedLabel:
+    """The label of one window after fusion.
+
+    Attributes:
+        label: the fused label id (what every output writes).
+        confidence: its fused probability.
+        probabilities: the fused posterior over the labels (float64, sums to 1).
+        needs_review: the network's top label differs from the spoken one, or ``confidence``
+            is below the review threshold.
+        review_reason: why (``"network disagrees"``, ``"low confidence"``, both joined by
+            ``"; "``), empty when not flagged.
+    """
+
+    label: str
+    confidence: float
+    probabilities: np.ndarray
+    needs_review: bool
+    review_reason: str = ""
+
+
+def speech_evidence(mention: Optional[Mention], ids: Sequence[str]) -> np.ndarray:
+    """``q``: the speech evidence over the labels ``ids`` (see the module doc)."""
+    k = len(ids)
+    if mention is None or not mention.label or mention.label not in ids:
+        return np.full(k, 1.0 / k)
+    heard = list(ids).index(mention.label)
+    q = np.zeros(k)
+    if mention.source in CERTAIN_SOURCES or mention.confidence is None or k == 1:
+        q[heard] = 1.0
+        return q
+    c = min(max(float(mention.confidence), FLOOR), 1.0 - FLOOR)
+    q[:] = (1.0 - c) / (k - 1)
+    q[heard] = c
+    return q
+
+
+def training_prior(meta: Optional[Mapping], k: int) -> np.ndarray:
+    """The label distribution a checkpoint's network was trained towards: the training label
+    counts (``preprocessing.label_counts``) times the loss's class weights
+    (``class_weights``), normalised; uniform when the checkpoint does not say."""
+    meta = meta or {}
+    counts = (meta.get("preprocessing") or {}).get("label_counts")
+    if not counts or len(counts) != k:
+        return np.full(k, 1.0 / k)
+    weights = meta.get("class_weights") or [1.0] * k
+    if len(weights) != k:
+        weights = [1.0] * k
+    prior = np.array(counts, dtype=np.float64) * np.array(weights, dtype=np.float64)
+    if not np.all(np.isfinite(prior)) or prior.sum() <= 0:
+        return np.full(k, 1.0 / k)
+    return prior / prior.sum()
+
+
+def fuse_posteriors(q: np.ndarray, p_net: np.ndarray,
+                    prior: Optional[np.ndarray] = None) -> np.ndarray:
+    """``q · p_net / prior``, normalised, in the log domain (see the module doc): zeros of
+    ``q`` stay zero, every other probability is floored at :data:`FLOOR`."""
+    q = np.asarray(q, dtype=np.float64)
+    p = np.asarray(p_net, dtype=np.float64)
+    k = len(p)
+    prior = np.full(k, 1.0 / k) if prior is None else np.asarray(prior, dtype=np.float64)
+    if q.shape != (k,) or prior.shape != (k,):
+        raise ValueError(f"speech evidence {q.shape}, network {p.shape} and prior "
+                         f"{prior.shape} must have one value per label")
+    # A label the network was never trained on (prior 0) gets no correction: its network
+    # probability is taken as it is, not divided by (almost) nothing.
+    known = prior > 0
+    prior = np.where(known, prior, prior[known].mean() if known.any() else 1.0)
+    allowed = q > 0
+    if not allowed.any():
+        allowed[:] = True
+    logp = np.log(np.maximum(q, FLOOR)) + np.log(np.maximum(p, FLOOR)) - np.log(prior)
+    logp[~allowed] = -math.inf
+    logp -= logp[allowed].max()
+    out = np.exp(logp)
+    return out / out.sum()
+
+
+def fuse_window(p_net: np.ndarray, mention: Optional[Mention], ids: Sequence[str],
+                prior: Optional[np.ndarray] = None,
+                review_below: float = REVIEW_BELOW) -> FusedLabel:
+    """The fused label of one window: its network posterior ``p_net`` with the speech
+    evidence of its ``mention`` over the labels ``ids``."""
+    fused = fuse_posteriors(speech_evidence(mention, ids), p_net, prior)
+    top = int(np.argmax(fused))
+    confidence = float(fused[top])
+    reasons = []
+    spoken = mention.label if mention is not None and mention.label in ids else None
+    if spoken is not None and ids[int(np.argmax(p_net))] != spoken:
+        reasons.append(DISAGREES)
+    if confidence < review_below:
+        reasons.append(LOW_CONFIDENCE)
+    return FusedLabel(ids[top], confidence, fused, bool(reasons), "; ".join(reasons))
+
+
+__all__ = ["FusedLabel", "speech_evidence", "training_prior", "fuse_posteriors", "fuse_window",
+           "FLOOR", "REVIEW_BELOW", "CERTAIN_SOURCES", "DISAGREES", "LOW_CONFIDENCE"]

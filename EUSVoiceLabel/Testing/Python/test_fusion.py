@@ -1,0 +1,170 @@
+"""Label fusion (EUSVoiceLabelLib.labelling.fusion): the rule q · p_net / prior, its review
+flag, the training prior read from a checkpoint, and the end-to-end scoring that measures it."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from EUSVoiceLabelLib.data.mentions import Mention
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.labelling.endtoend import main as end_to_end_main
+from EUSVoiceLabelLib.labelling.endtoend import pair_windows, score_result, summarise
+from EUSVoiceLabelLib.labelling.fusion import (DISAGREES, LOW_CONFIDENCE, fuse_posteriors,
+                                               fuse_window, speech_evidence, training_prior)
+from EUSVoiceLabelLib.slicer.review import RESULT_COLUMNS, ReviewTable
+
+IDS = LabelSet.default().ids  # pancreas, portal_vein, pancreatic_duct, pvc, bile_duct
+
+
+def _net(top: str, p: float) -> np.ndarray:
+    """A network posterior with ``p`` on ``top`` and the rest spread evenly."""
+    out = np.full(len(IDS), (1 - p) / (len(IDS) - 1))
+    out[IDS.index(top)] = p
+    return out
+
+
+def test_a_certain_mention_decides_whatever_the_network_says():
+    for source in ("file", "transcript", "review"):
+        fused = fuse_window(_net("portal_vein", 0.999999), Mention(1.0, "bile_duct",
+                                                                  source=source), IDS)
+        assert fused.label == "bile_duct" and fused.confidence == 1.0
+        assert fused.needs_review and fused.review_reason == DISAGREES
+    agree = fuse_window(_net("bile_duct", 0.6), Mention(1.0, "bile_duct"), IDS)
+    assert agree.label == "bile_duct" and not agree.needs_review
+
+
+def test_detector_confidence_weighs_against_the_network():
+    # q = c on the heard label, (1 - c) / 4 on the others; fused = q * p / uniform prior.
+    sure = Mention(1.0, "bile_duct", confidence=0.96, source="auto")
+    q = speech_evidence(sure, IDS)
+    np.testing.assert_allclose(q, [0.01, 0.01, 0.01, 0.01, 0.96])
+    p = _net("portal_vein", 0.9)
+    fused = fuse_window(p, sure, IDS)
+    expected = q * p / (q * p).sum()
+    np.testing.assert_allclose(fused.probabilities, expected)
+    assert fused.label == "bile_duct" and fused.needs_review   # the network disagrees
+    # The heard label wins while the network gives it more than 1/96 of its top label ...
+    assert fuse_window(_net("portal_vein", 0.95), sure, IDS).label == "bile_duct"  # .0125
+    assert fuse_window(_net("portal_vein", 0.99), sure, IDS).label == "portal_vein"  # .0025
+    # ... and a hesitant detection loses to a confident network.
+    weak = Mention(1.0, "bile_duct", confidence=0.4, source="auto")
+    fused = fuse_window(_net("portal_vein", 0.95), weak, IDS)
+    assert fused.label == "portal_vein" and DISAGREES in fused.review_reason
+    # A confident detection the network agrees with is not flagged; an unsure one is.
+    assert not fuse_window(_net("bile_duct", 0.7), sure, IDS).needs_review
+    unsure = fuse_window(np.full(5, 0.2), Mention(1.0, "bile_duct", confidence=0.5,
+                                                  source="auto"), IDS)
+    assert unsure.label == "bile_duct" and unsure.review_reason.endswith(LOW_CONFIDENCE)
+
+
+def test_prior_division_and_the_training_prior_of_a_checkpoint():
+    flat = np.array([0.5, 0.5])
+    np.testing.assert_allclose(fuse_posteriors(np.array([0.5, 0.5]), flat, np.array([0.8, 0.2])),
+                               [0.2, 0.8])
+    # prior ∝ training counts x class weights: the paper's max/count weights make it uniform.
+    k = len(IDS)
+    counts = [16, 24, 38, 24, 41]
+    weighted = {"preprocessing": {"label_counts": counts},
+                "class_weights": [41 / c for c in counts]}
+    np.testing.assert_allclose(training_prior(weighted, k), np.full(k, 0.2))
+    plain = {"preprocessing": {"label_counts": counts}, "class_weights": [1.0] * k}
+    np.testing.assert_allclose(training_prior(plain, k), np.array(counts) / sum(counts))
+    np.testing.assert_allclose(training_prior({}, k), np.full(k, 0.2))  # older checkpoints
+    # A label never trained on (no windows, weight 0) is not boosted by a zero prior.
+    unseen = {"preprocessing": {"label_counts": [0, 10, 10, 10, 10]},
+              "class_weights": [0.0, 1.0, 1.0, 1.0, 1.0]}
+    p_unseen = np.array([0.1, 0.6, 0.1, 0.1, 0.1])
+    np.testing.assert_allclose(fuse_window(p_unseen, None, IDS,
+                                           training_prior(unseen, k)).probabilities, p_unseen)
+    # With an unweighted network that leans to a frequent class, the division undoes it.
+    p = np.array([0.1, 0.1, 0.1, 0.1, 0.6])
+    prior = training_prior(plain, k)
+    assert fuse_window(p, None, IDS).label == "bile_duct"
+    lean = np.array([0.2, 0.15, 0.15, 0.15, 0.35])
+    assert fuse_window(lean, None, IDS, prior).label == "pancreas"
+
+
+def test_zero_safe_arithmetic():
+    zeros = np.array([0.0, 1.0, 0.0, 0.0, 0.0])
+    for m in (Mention(1.0, "bile_duct", confidence=1.0, source="auto"),
+              Mention(1.0, "bile_duct", confidence=0.0, source="auto"),
+              Mention(1.0, "bile_duct"), None):
+        fused = fuse_window(zeros, m, IDS, np.array([0.0, 0.25, 0.25, 0.25, 0.25]))
+        assert np.all(np.isfinite(fused.probabilities))
+        assert fused.probabilities.sum() == pytest.approx(1.0)
+    assert fuse_window(zeros, Mention(1.0, "bile_duct"), IDS).label == "bile_duct"
+    assert fuse_window(zeros, None, IDS).label == "portal_vein"
+
+
+def _window(i, t, spoken, predicted, label, flagged, conf=0.9, label_conf=0.99):
+    return SimpleNamespace(index=i, time_s=t, end_s=t + 0.5, spoken_label=spoken,
+                           predicted=predicted, confidence=conf, label=label,
+                           label_confidence=label_conf, needs_review=flagged,
+                           mention=Mention(t, spoken or "", source="auto", confidence=0.9),
+                           frame_indices=np.arange(25))
+
+
+def test_review_table_puts_flagged_windows_first_and_keeps_the_fused_label():
+    windows = [_window(0, 1.0, "pancreas", "pancreas", "pancreas", False, 0.5, 0.6),
+               _window(1, 3.0, "bile_duct", "portal_vein", "bile_duct", True, 0.95, 0.99),
+               _window(2, 5.0, "portal_vein", "portal_vein", "portal_vein", False, 0.99, 0.999),
+               _window(3, 7.0, "pancreas", "bile_duct", "pancreas", True, 0.8, 0.7)]
+    table = ReviewTable.from_windows(windows, LabelSet.default())
+    assert [r.window for r in table.sorted_rows("confidence")] == [3, 1, 0, 2]
+    assert [r.window for r in table.sorted_rows("confidence", ascending=False)] == [1, 3, 2, 0]
+    assert [r.window for r in table.sorted_rows("time")] == [0, 1, 2, 3]
+    # Exports and training take the fused label; accepting confirms it.
+    assert table.final_labels()[1] == "bile_duct"
+    table.accept(1)
+    assert table.row(1).reviewed == "bile_duct" and table.row(1).status == "accepted"
+    mentions = [w.mention for w in windows]
+    assert table.training_mentions(mentions)[1].label == "bile_duct"
+    # The table round-trips with its flags; a table from before fusion still reads.
+    cols = list(RESULT_COLUMNS)
+    back = ReviewTable.from_rows(cols, table.to_rows("confidence"), LabelSet.default())
+    assert [r.window for r in back.sorted_rows("confidence")] == [3, 1, 0, 2]
+    assert back.row(3).label == "pancreas" and back.row(3).predicted == "bile_duct"
+    old = ReviewTable.from_rows(cols[:8], [r[:8] for r in table.to_rows("time")])
+    assert old.row(3).final_label == "bile_duct" and not old.row(3).needs_review
+
+
+def test_end_to_end_scoring_pairs_windows_with_true_mentions():
+    truth = [Mention(1.0, "pancreas", 1.4), Mention(3.0, "bile_duct", 3.3),
+             Mention(6.0, "portal_vein", 6.5)]
+    # one window per true mention (the last one missed), a second window on the first name,
+    # and a window where nothing was said.
+    windows = [_window(0, 1.05, "pancreas", "bile_duct", "pancreas", True),
+               _window(1, 1.3, "pancreas", "pancreas", "pancreas", False),
+               _window(2, 3.02, "bile_duct", "bile_duct", "bile_duct", False),
+               _window(3, 9.0, "bile_duct", "bile_duct", "bile_duct", False)]
+    pairing = pair_windows([(w.time_s, w.time_s + 1.0) for w in windows], truth)
+    assert pairing.pairs == {0: 0, 2: 1}
+    result = SimpleNamespace(procedure=SimpleNamespace(fps=25.0), windows=windows)
+    s = summarise([score_result(result, truth)])
+    assert s["true_mentions_right"] == {"network": round(1 / 3, 4), "spoken": round(2 / 3, 4),
+                                        "fused": round(2 / 3, 4)}
+    assert s["false_windows"] == 0.5
+    assert s["wrong_windows"] == {"network": 0.75, "fused": 0.5}
+    assert s["flagged"] == 1 and s["flagged_fraction"] == 0.25
+    assert s["wrong_fused_flagged"] == 0 and s["wrong_flagged_fraction"] == 0.0
+
+
+def test_end_to_end_out_follows_the_output_rule(tmp_path, capsys):
+    """--out is claimed before the model is read: a file inside the cohort or someone else's
+    file is refused with one line and left as it was."""
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    (cohort / "notes.txt").write_text("the cohort's notes\n")
+    theirs = tmp_path / "theirs.json"
+    theirs.write_text('{"not": "ours"}\n')
+    model = tmp_path / "missing.pt"
+    for out, reason in [(cohort / "report.json", "lies inside the input"),
+                        (theirs, "is not an end-to-end report")]:
+        assert end_to_end_main([str(cohort), "--model", str(model), "--out", str(out),
+                                "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert reason in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert theirs.read_text() == '{"not": "ours"}\n'
+    assert not (cohort / "report.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort", "theirs.json"]
