@@ -62,7 +62,8 @@ CONTEXT_LEAD_FRAMES = 33
 #: Spectrogram frames of a window's speech context: the lead, the window's 66, and room for
 #: the speed and shift of augmentation.
 CONTEXT_FRAMES = CONTEXT_LEAD_FRAMES + N_FRAMES + 16
-_CONTEXT_SAMPLES = (CONTEXT_FRAMES - 1) * FRAME_STEP + FRAME_LENGTH
+#: Audio samples (48 kHz) a speech context is computed from.
+CONTEXT_SAMPLES = (CONTEXT_FRAMES - 1) * FRAME_STEP + FRAME_LENGTH
 
 
 def resize_frames(frames: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarray:
@@ -111,9 +112,9 @@ def speech_context(proc: Procedure, time_s: float) -> np.ndarray:
     """The audio around an onset that a window's speech context is computed from (48 kHz,
     ``CONTEXT_LEAD_FRAMES`` spectrogram frames before the onset)."""
     t0 = time_s - CONTEXT_LEAD_FRAMES * FRAME_STEP / SAMPLE_RATE
-    wave = proc.audio_segment(t0, t0 + _CONTEXT_SAMPLES / SAMPLE_RATE)
-    out = np.zeros(_CONTEXT_SAMPLES, np.float32)
-    out[:min(len(wave), _CONTEXT_SAMPLES)] = wave[:_CONTEXT_SAMPLES]
+    wave = proc.audio_segment(t0, t0 + CONTEXT_SAMPLES / SAMPLE_RATE)
+    out = np.zeros(CONTEXT_SAMPLES, np.float32)
+    out[:min(len(wave), CONTEXT_SAMPLES)] = wave[:CONTEXT_SAMPLES]
     return out
 
 
@@ -134,7 +135,7 @@ def extract_windows(proc: Procedure, mentions: Optional[Sequence[Mention]] = Non
     h, w = settings.image_size or (proc.frame_size[1], proc.frame_size[0])
     images = np.empty((len(mentions), settings.frames, h, w), dtype=np.uint8)
     waves = np.empty((len(mentions), proc.sample_rate), dtype=np.float32)
-    contexts = np.empty((len(mentions), _CONTEXT_SAMPLES), dtype=np.float32)
+    contexts = np.empty((len(mentions), CONTEXT_SAMPLES), dtype=np.float32)
     with as_progress(progress).task(proc.name, total=len(mentions), unit="window",
                                     transient=True) as task:
         for i, m in enumerate(mentions):

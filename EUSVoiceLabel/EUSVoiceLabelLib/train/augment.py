@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from ..core.errors import ConfigError
 from ..core.paper import FRAME_STEP, N_FRAMES, SAMPLE_RATE
-from ..data.audio import SpectrogramSettings
+from ..data.audio import SpectrogramSettings, scale_spectrogram_torch
 from ..data.dataset import CONTEXT_FRAMES, CONTEXT_LEAD_FRAMES
 
 
@@ -149,7 +149,7 @@ def voice_windows(context_db: torch.Tensor, ends_s: torch.Tensor,
         win = _add_noise(win, aug, gen)
         if aug.vtlp > 0:
             win = _warp_frequency(win, _uniform(1 - aug.vtlp, 1 + aug.vtlp, b, gen))
-    out = _scale(win, settings)
+    out = scale_spectrogram_torch(win.sqrt(), settings)  # the windows' own scaling
     if aug is not None:
         out = _mask(out, 1, aug.freq_masks, aug.freq_mask_bins, gen)
         out = _mask(out, 2, aug.time_masks, aug.time_mask_frames, gen)
@@ -193,20 +193,6 @@ def _warp_frequency(win: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     frac = (src - i0)[:, :, None]
     return torch.gather(win, 1, i0[:, :, None].expand(-1, -1, n_t)) * (1 - frac) + \
         torch.gather(win, 1, i1[:, :, None].expand(-1, -1, n_t)) * frac
-
-
-def _scale(power: torch.Tensor, settings: SpectrogramSettings) -> torch.Tensor:
-    """The settings' scaling of power (the same as :func:`..data.audio.scale_spectrogram_torch`
-    of its magnitude)."""
-    if settings.scale == "log":
-        db = 10.0 * torch.log10(power.clamp_min(1e-20))
-        out = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - settings.top_db)
-    else:
-        out = power.sqrt()
-    if settings.normalize:
-        out = (out - out.mean(dim=(1, 2), keepdim=True)) / \
-            out.std(dim=(1, 2), keepdim=True).clamp_min(1e-6)
-    return out
 
 
 def _mask(x: torch.Tensor, dim: int, count: int, width: int, gen: torch.Generator

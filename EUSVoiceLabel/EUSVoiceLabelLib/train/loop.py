@@ -79,7 +79,7 @@ class DeviceData:
 
 
 def to_device_data(data: Any, indices: Optional[Sequence[int]], device: torch.device,
-                   need_labels: bool = True) -> DeviceData:
+                   need_labels: bool = True, speech_context: bool = False) -> DeviceData:
     """Copy ``data.images/voices/labels`` (numpy or torch; e.g. a WindowSet) to the device."""
     idx = np.arange(len(data.labels)) if indices is None else np.asarray(indices, dtype=np.int64)
     images = torch.as_tensor(np.ascontiguousarray(np.asarray(data.images)[idx]))
@@ -90,7 +90,7 @@ def to_device_data(data: Any, indices: Optional[Sequence[int]], device: torch.de
         images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
     context = getattr(data, "voice_context", None)
     ends = getattr(data, "voice_ends", None)
-    if context is not None and ends is not None:
+    if speech_context and context is not None and ends is not None:
         # Augmentation cuts its windows on the CPU (small tensors, cheap), so the contexts
         # stay there.
         context = torch.as_tensor(np.ascontiguousarray(np.asarray(context)[idx]))
@@ -335,7 +335,7 @@ def _start_run(data: Any, cfg: TrainConfig, num_classes: int,
                               "spectrogram settings (a WindowSet)")
         initialise_voice(model, vocabulary_voice_weights(labelset, cfg.width, spectrogram,
                                                          device=str(dev), progress=progress))
-    d = to_device_data(data, indices, dev)
+    d = to_device_data(data, indices, dev, speech_context=cfg.augments_voice)
     if len(d) == 0:
         raise ConfigError("no training windows", hint="the cohort needs labelled mentions")
     weights = class_weights_from_labels(d.labels.cpu().numpy(), num_classes)

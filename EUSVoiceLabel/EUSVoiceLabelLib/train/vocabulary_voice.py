@@ -31,10 +31,10 @@ import torch
 from torch.nn import functional as F
 
 from ..core.errors import CheckpointError, ConfigError
-from ..core.paper import FRAME_LENGTH, FRAME_STEP, SAMPLE_RATE
+from ..core.paper import FRAME_STEP, SAMPLE_RATE
 from ..core.progress import ProgressLike, as_progress
 from ..data.audio import SpectrogramSettings, power_db_context
-from ..data.dataset import CONTEXT_FRAMES, CONTEXT_LEAD_FRAMES, default_cache_root
+from ..data.dataset import CONTEXT_LEAD_FRAMES, CONTEXT_SAMPLES, default_cache_root
 from ..data.vocabulary import LabelSet
 from ..nn.devices import seed_everything, select_device
 from ..nn.network import build_model
@@ -55,7 +55,6 @@ _PROGRAMS = {"flite": "flite", "festival": "festival", "espeak": "espeak-ng"}
 _LEAD_S = 0.5                      # audio before the onset in a clip
 _CLIP_S = 2.0                      # clip length
 _CONTEXT_START = int(_LEAD_S * SAMPLE_RATE) - CONTEXT_LEAD_FRAMES * FRAME_STEP
-_CONTEXT_SAMPLES = (CONTEXT_FRAMES - 1) * FRAME_STEP + FRAME_LENGTH
 
 
 def vocabulary_voices(seed: int = 7) -> list[speech.Speaker]:
@@ -130,7 +129,7 @@ def make_vocabulary_clips(labelset: LabelSet, voices: Optional[Sequence[speech.S
             for k, phrase in phrases:
                 clip, end = _clip(phrase, spk, rng)
                 if clip is not None:
-                    waves.append(clip[_CONTEXT_START:_CONTEXT_START + _CONTEXT_SAMPLES])
+                    waves.append(clip[_CONTEXT_START:_CONTEXT_START + CONTEXT_SAMPLES])
                     ends.append(end)
                     labels.append(k)
             task.advance()
