@@ -261,6 +261,7 @@ def _window_set(args: argparse.Namespace, labelset, cfg):
 def _run_train(args: argparse.Namespace) -> int:
     from .train.checkpoints import CHECKPOINT  # deferred: torch
     from .train.distributed import init_from_env, shutdown
+    from .train.evaluation import read_calibration
     from .train.loop import TRAIN_STATE, train_model
 
     if args.variant == "all" or "," in args.variant:
@@ -272,6 +273,9 @@ def _run_train(args: argparse.Namespace) -> int:
     inputs = _run_inputs(args)
     claim_output(args.out, CHECKPOINT, inputs)
     claim_output(state, TRAIN_STATE, inputs)
+    # Read before the long work, so that a wrong calibration file fails in a second.
+    calibration = None if args.temperature_from is None else \
+        read_calibration(args.temperature_from, cfg.variant)
     labelset = load_labelset(args.labels, args.cohort)
     # torchrun --nproc_per_node=K -m EUSVoiceLabelLib train ...: data-parallel training.  The
     # first process builds the window cache, the others then read it.
@@ -290,13 +294,14 @@ def _run_train(args: argparse.Namespace) -> int:
     if ctx is not None:
         ctx.barrier()
     if ctx is None or ctx.is_main:  # the replicas are identical: the first process saves
-        _save_trained(args, ws, cfg, result, state, world)
+        _save_trained(args, ws, cfg, result, state, world, calibration)
     if ctx is not None:
         shutdown()
     return 0
 
 
-def _save_trained(args: argparse.Namespace, ws, cfg, result, state: Path, world: int) -> None:
+def _save_trained(args: argparse.Namespace, ws, cfg, result, state: Path, world: int,
+                  calibration: Optional[dict] = None) -> None:
     """Write the checkpoint of ``train`` (then drop its resume file) and say what was
     trained."""
     from .train.checkpoints import preprocessing_settings, save_checkpoint  # deferred: torch
@@ -306,7 +311,7 @@ def _save_trained(args: argparse.Namespace, ws, cfg, result, state: Path, world:
              "device": result.device, "data_parallel_processes": world}
     try:
         save_checkpoint(args.out, result, ws.labelset, preprocessing_settings(ws, cfg), extra,
-                        _run_inputs(args))
+                        _run_inputs(args), calibration=calibration)
     except OutputError as exc:
         kept = f"the trained weights are kept in {state}; " if state.is_file() else ""
         raise OutputError(exc.message, exc.path,
@@ -507,6 +512,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train the two-branch network on every patient of a cohort.")
     p.add_argument("cohort", type=Path, help="cohort folder")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.add_argument("--temperature-from", type=Path, default=None, metavar="EVAL_DIR",
+                   help="store the calibration temperature that 'evaluate' fitted on its "
+                        "held-out folds (EVAL_DIR/calibration.json, same variant) in the "
+                        "checkpoint; label fusion then weighs the network as often right as "
+                        "it was on unseen patients (default: none, temperature 1)")
     _training_options(p)
     _common(p)
 

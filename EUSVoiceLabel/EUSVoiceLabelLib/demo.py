@@ -3,7 +3,8 @@
 1. ``synth``: a small cohort (training patients) and one extra, held-out procedure;
 2. ``evaluate``: leave-one-patient-out cross-validation of the proposed network at a reduced
    image size and width;
-3. ``train``: one model on every training patient;
+3. ``train``: one model on every training patient, calibrated by the temperature fitted on
+   the held-out folds of step 2;
 4. ``label``: the held-out procedure, with mentions found automatically in its audio
    (``--mentions auto``), then ``detect --evaluate``-style agreement with its true mentions;
 5. ``export``: the labelled frames as an image dataset;
@@ -44,7 +45,7 @@ from .synth import synth_cohort
 from .train.checkpoints import preprocessing_settings, save_checkpoint
 from .core.presets import preset_settings
 from .train.config import TrainConfig
-from .train.evaluation import evaluate_cohort
+from .train.evaluation import evaluate_cohort, read_calibration
 from .train.loop import train_model
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,10 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
 
     result = train_model(ws, cfg, len(labelset), device=device, progress=progress)
     model_path = out / "model.pt"
+    # The held-out folds' temperature calibrates the network for label fusion (docs/fusion.md).
+    calibration = read_calibration(out / "evaluate", cfg.variant)
     save_checkpoint(model_path, result, labelset, preprocessing_settings(ws, cfg),
-                    {"cohort": str(cohort), "demo": asdict(s)})
+                    {"cohort": str(cohort), "demo": asdict(s)}, calibration=calibration)
     t = mark("train", t)
 
     label_result, files = label_to_folder(heldout, model_path, out / "labels", mentions="auto",
@@ -144,11 +147,11 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     timings["total"] = round(time.perf_counter() - t0, 1)
     report = out / "report.md"
     _write_report(report, s, metrics, label_result, detection, timings, heldout, files,
-                  endtoend)
+                  endtoend, calibration)
     atomic_write_text(out / "demo.json", json.dumps({
         "settings": asdict(s), "timings_s": timings,
         "metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1")},
-        "detection": detection,
+        "detection": detection, "calibration": calibration,
         "end_to_end": {k: v for k, v in endtoend.items() if k != "rows"}}, indent=2) + "\n")
     return report
 
@@ -212,8 +215,18 @@ def _plot_strip(path: Path, result, max_windows: int = 6) -> None:
     plt.close(fig)
 
 
+def _calibration_line(c: dict) -> str:
+    """The network's calibration on the held-out folds in words (train.metrics.fit_temperature)."""
+    return (f"Calibration on the held-out folds: temperature {c['temperature']:.2f} "
+            f"(negative log-likelihood {c['nll_raw']:.2f} -> {c['nll_calibrated']:.2f}, "
+            f"expected calibration error {c['ece_raw']:.2f} -> {c['ece_calibrated']:.2f}); the "
+            "model labels with it, so label fusion weighs the network as often right as it was "
+            "on unseen patients.")
+
+
 def _write_report(path: Path, s: DemoSettings, metrics: dict, result, detection: dict,
-                  timings: dict, heldout: Path, files: dict, endtoend: dict) -> None:
+                  timings: dict, heldout: Path, files: dict, endtoend: dict,
+                  calibration: dict) -> None:
     b = metrics["bootstrap"]
     lines = [
         "# EUSVoiceLabel demo report", "",
@@ -234,6 +247,7 @@ def _write_report(path: Path, s: DemoSettings, metrics: dict, result, detection:
         "Per held-out patient: " + ", ".join(f"{k} {v:.2f}"
                                              for k, v in metrics["per_patient"].items()), "",
         "![confusion matrix](evaluate/confusion_matrix.png)", "",
+        _calibration_line(calibration), "",
         "## Labelling a held-out procedure with automatic mention detection", "",
         f"Procedure `{heldout.name}` (never seen in training). Mentions detected in its audio: "
         f"{detection['detected']} (true: {detection['true_mentions']}, matched within 0.5 s "

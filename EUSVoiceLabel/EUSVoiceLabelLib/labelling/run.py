@@ -36,7 +36,7 @@ from ..nn.evidence import REGION_THRESHOLD, display_map, evidence_region, peak_o
 from ..nn.explain import grad_cam, upsample_map
 from ..nn.fastpath import optimise_for_inference
 from ..train.checkpoints import load_checkpoint
-from .fusion import FusedLabel, fuse_window, training_prior
+from .fusion import FusedLabel, checkpoint_temperature, fuse_window, training_prior
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class LabelModel:
         self.variant: str = loaded.config.variant
         #: The label distribution the network was trained towards (:func:`.fusion.training_prior`).
         self.prior: np.ndarray = training_prior(loaded.meta, len(self.labelset))
+        #: The network's calibration temperature for fusion (:func:`.fusion.checkpoint_temperature`).
+        self.temperature: float = checkpoint_temperature(loaded.meta)
         self.device = device
         pre = loaded.preprocessing or {}
         size = pre.get("image_size") or list(loaded.config.image_size)
@@ -230,7 +232,8 @@ def _label_window(model: LabelModel, proc: Procedure, k: int, m: Mention, with_c
     ids = model.labelset.ids
 
     def fused_class(p: np.ndarray) -> int:  # the heat map explains the window's label
-        return ids.index(fuse_window(p, m, ids, model.prior).label)
+        return ids.index(fuse_window(p, m, ids, model.prior,
+                                     temperature=model.temperature).label)
 
     if with_cam and model.has_image:
         exp = grad_cam(net, img_t, voice_t, target=fused_class, joint=joint_map)
@@ -249,5 +252,6 @@ def _label_window(model: LabelModel, proc: Procedure, k: int, m: Mention, with_c
                      frame_indices=window_frame_indices(m.time_s, settings.frames, proc.fps),
                      cam=cam, joint=joint, peak=peak,
                      region=None if cam is None else evidence_region(cam, cam_threshold, peak),
-                     fused=fuse_window(probs, m, ids, model.prior))
+                     fused=fuse_window(probs, m, ids, model.prior,
+                                       temperature=model.temperature))
     return w, frames

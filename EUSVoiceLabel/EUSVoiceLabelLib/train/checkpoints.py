@@ -53,8 +53,11 @@ def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
 
 def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
                     preprocessing: dict[str, Any], extra: Optional[dict[str, Any]] = None,
-                    inputs: Sequence[os.PathLike | str] = ()) -> None:
-    """Write a model checkpoint atomically: weights, config, label set, preprocessing, version.
+                    inputs: Sequence[os.PathLike | str] = (),
+                    calibration: Optional[dict[str, Any]] = None) -> None:
+    """Write a model checkpoint atomically: weights, config, label set, preprocessing, version,
+    and the network's calibration for label fusion when given (``{"temperature": T, ...}``:
+    :func:`.evaluation.read_calibration`).
 
     ``path`` is claimed first (:func:`..data.outputs.claim_output`: not one of ``inputs``, and
     an existing file only when it is a checkpoint of ours).
@@ -71,6 +74,7 @@ def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
         "class_weights": list(result.class_weights),
         "history": result.history,
         "extra": extra or {},
+        "calibration": calibration or {},
         "model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
     }
     json.dumps({k: v for k, v in data.items() if k != "model"})  # fail early if not JSON-able

@@ -23,6 +23,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .. import __version__
+from ..core.errors import ConfigError
 from ..core.paper import BOOTSTRAP_PROPOSED, PATIENTS, WINDOWS
 from ..core.progress import ProgressLike, as_progress
 from ..core.variants import VARIANT_SPECS, VARIANTS, variant_spec
@@ -34,7 +35,8 @@ from .checkpoints import preprocessing_settings
 from .config import TrainConfig
 from .folds import Fold, FoldResult, lopo_folds, run_fold
 from .loop import data_signature, to_device_data
-from .metrics import classification_metrics, compute_metrics
+from .metrics import (TEMPERATURE_RANGE, classification_metrics, compute_metrics,
+                      fit_temperature)
 from .parallel import run_folds
 from .voice_pretrain import pretrain_keyword_model
 
@@ -47,8 +49,12 @@ def _earlier_evaluation(folder: Path) -> bool:
         ((folder / "summary.json").is_file() and (folder / "table_iii.md").is_file())
 
 
-#: ``evaluate --out``: metrics.json, predictions.csv, confusion_matrix.png, timings.json and
-#: the fold cache ``folds/`` (``--variant all``: one such folder per variant, table_iii.md,
+#: The network's calibration on the held-out folds (docs/contracts.md), which ``train
+#: --temperature-from`` stores in a checkpoint for label fusion.
+CALIBRATION_FILE = "calibration.json"
+
+#: ``evaluate --out``: metrics.json, predictions.csv, confusion_matrix.png, timings.json,
+#: calibration.json and the fold cache ``folds/`` (``--variant all``: one such folder per variant, table_iii.md,
 #: summary.json).
 EVALUATION = OutputKind("evaluate", "an 'evaluate' output folder", folder=True,
                         signature=_earlier_evaluation, sweep=("folds",))
@@ -219,6 +225,7 @@ class _FoldCache:
 def _write_evaluation(out_dir: Path, ws: Any, cfg: TrainConfig, results: Sequence[FoldResult],
                       config: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
     """Pool the folds' held-out predictions; write metrics.json, timings.json,
+    calibration.json (the temperature of the held-out probabilities: :func:`.metrics.fit_temperature`),
     predictions.csv and confusion_matrix.png, moved into ``out_dir`` together; return the
     metrics."""
     idx = np.concatenate([r.indices for r in results])
@@ -238,6 +245,9 @@ def _write_evaluation(out_dir: Path, ws: Any, cfg: TrainConfig, results: Sequenc
                        "fold_wall_time_s": {r.patient: r.train_info.get("wall_time_s")
                                             for r in results}}
             atomic_write_text(d / "timings.json", json.dumps(timings, indent=2) + "\n")
+            calibration = {"variant": cfg.variant, "config": dict(config),
+                           **fit_temperature(probs, y_true)}
+            atomic_write_text(d / CALIBRATION_FILE, json.dumps(calibration, indent=2) + "\n")
             order = np.argsort(idx, kind="stable")
             write_predictions_csv(d / "predictions.csv", ws, idx[order], probs[order])
             counts = classification_metrics(y_true, probs.argmax(1),
@@ -251,6 +261,32 @@ def _write_evaluation(out_dir: Path, ws: Any, cfg: TrainConfig, results: Sequenc
         stage.abort()
         raise
     return metrics
+
+
+def read_calibration(path: Path, variant: str) -> dict[str, Any]:
+    """The calibration ``evaluate`` wrote (``path``: its output folder or the
+    calibration.json in it) for a model of ``variant``; ConfigError when there is none, it is
+    unreadable, or it was fitted on another variant."""
+    path = Path(path)
+    file = path / CALIBRATION_FILE if path.is_dir() else path
+    hint = ("give the folder 'eusvoicelabel evaluate' wrote for the same cohort and "
+            "training options")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no {CALIBRATION_FILE} here", file, hint) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"unreadable calibration ({exc})", file, hint) from None
+    lo, hi = TEMPERATURE_RANGE
+    t = data.get("temperature") if isinstance(data, dict) else None
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not lo <= t <= hi:
+        raise ConfigError(f"calibration holds no temperature in [{lo}, {hi}]", file, hint)
+    if data.get("variant") != variant:
+        raise ConfigError(f"calibration was fitted on variant {data.get('variant')!r}, the "
+                          f"model is {variant!r}", file, hint)
+    return {"temperature": float(t), "source": str(file),
+            **{k: data[k] for k in ("n_samples", "nll_raw", "nll_calibrated", "ece_raw",
+                                    "ece_calibrated") if k in data}}
 
 
 # --------------------------------------------------------------------------- Table III
@@ -348,4 +384,4 @@ def evaluate_all(ws: Any, settings: Mapping[str, Any], out_dir: Path,
 
 
 __all__ = ["evaluate_all", "evaluate_cohort", "write_predictions_csv", "plot_confusion_matrix",
-           "table_iii_markdown"]
+           "table_iii_markdown", "read_calibration", "CALIBRATION_FILE"]

@@ -207,6 +207,21 @@ def test_cli_evaluate_and_train_on_a_synthetic_cohort(tiny_cohort, tmp_path, mon
     assert m["variant"] == "image_only" and m["n_patients"] == 3 and m["n_samples"] == 6
     assert m["config"]["preprocessing"]["image_size"] == [32, 64]
     assert (out / "predictions.csv").is_file() and (out / "confusion_matrix.png").is_file()
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["variant"] == "image_only" and cal["n_samples"] == 6
+    assert 0.05 <= cal["temperature"] <= 100 and cal["nll_calibrated"] <= cal["nll_raw"] + 1e-4
+
+    # The held-out temperature goes into the checkpoint of the same variant, and labelling
+    # fuses with it; for another variant it is refused before any training.
+    calibrated = tmp_path / "calibrated.pt"
+    assert main(["train", str(tiny_cohort), "--out", str(calibrated), "--variant",
+                 "image_only", "--temperature-from", str(out), *small]) == 0
+    from EUSVoiceLabelLib.labelling.run import LabelModel
+    assert LabelModel.load(calibrated, device="cpu").temperature == \
+        pytest.approx(cal["temperature"])
+    assert main(["train", str(tiny_cohort), "--out", str(tmp_path / "m3.pt"),
+                 "--temperature-from", str(out), *small]) == 2
+    assert not (tmp_path / "m3.pt").exists()
 
     model = tmp_path / "model.pt"
     assert main(["train", str(tiny_cohort), "--out", str(model), *small]) == 0
@@ -214,6 +229,7 @@ def test_cli_evaluate_and_train_on_a_synthetic_cohort(tiny_cohort, tmp_path, mon
     assert loaded.preprocessing["frames"] == 5 and loaded.meta["extra"]["n_windows"] == 6
     assert loaded.preprocessing["spectrogram"]["scale"] in ("log", "magnitude")
     assert not (tmp_path / "model.pt.resume.pt").exists()
+    assert loaded.meta["calibration"] == {}  # no --temperature-from: temperature 1
     # a pretrained variant without weights is a one-line error, exit code 2
     assert main(["evaluate", str(tiny_cohort), "--out", str(tmp_path / "e2"), "--variant",
                  "vgg16_pretrained", *small]) == 2

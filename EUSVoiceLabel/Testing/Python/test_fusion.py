@@ -10,8 +10,11 @@ from EUSVoiceLabelLib.data.mentions import Mention
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.labelling.endtoend import main as end_to_end_main
 from EUSVoiceLabelLib.labelling.endtoend import pair_windows, score_result, summarise
-from EUSVoiceLabelLib.labelling.fusion import (DISAGREES, LOW_CONFIDENCE, fuse_posteriors,
-                                               fuse_window, speech_evidence, training_prior)
+from EUSVoiceLabelLib.labelling.fusion import (DISAGREES, LOW_CONFIDENCE, checkpoint_temperature,
+                                               fuse_posteriors, fuse_window, speech_evidence,
+                                               training_prior)
+from EUSVoiceLabelLib.train.metrics import (expected_calibration_error, fit_temperature,
+                                            scale_probabilities)
 from EUSVoiceLabelLib.slicer.review import RESULT_COLUMNS, ReviewTable
 
 IDS = LabelSet.default().ids  # pancreas, portal_vein, pancreatic_duct, pvc, bile_duct
@@ -56,6 +59,39 @@ def test_detector_confidence_weighs_against_the_network():
     unsure = fuse_window(np.full(5, 0.2), Mention(1.0, "bile_duct", confidence=0.5,
                                                   source="auto"), IDS)
     assert unsure.label == "bile_duct" and unsure.review_reason.endswith(LOW_CONFIDENCE)
+
+
+def test_temperature_fitted_on_held_out_predictions_undoes_overconfidence():
+    # Labels drawn from softmax(z): calibrated at T = 1.  The network reports softmax(3 z),
+    # three times too sure; the fit must find T = 3 and lower the calibration error.
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1.5, (4000, 5))
+    true_p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = np.array([rng.choice(5, p=p) for p in true_p])
+    reported = scale_probabilities(true_p, 1 / 3)
+    fit = fit_temperature(reported, y)
+    assert fit["temperature"] == pytest.approx(3.0, rel=0.1)
+    assert fit["nll_calibrated"] < fit["nll_raw"] - 0.1
+    assert fit["ece_calibrated"] < 0.03 < fit["ece_raw"]
+    np.testing.assert_allclose(expected_calibration_error(true_p, y), fit["ece_calibrated"],
+                               atol=0.02)
+    # Scaling keeps the ranking, so the network's own label never changes.
+    assert (scale_probabilities(reported, 3.0).argmax(1) == reported.argmax(1)).all()
+
+
+def test_a_calibrated_network_no_longer_outvotes_a_confident_detection():
+    heard = Mention(1.0, "bile_duct", confidence=0.9, source="auto")
+    wrong_and_sure = _net("portal_vein", 0.99)
+    assert fuse_window(wrong_and_sure, heard, IDS).label == "portal_vein"
+    calibrated = fuse_window(wrong_and_sure, heard, IDS, temperature=4.0)
+    assert calibrated.label == "bile_duct" and calibrated.needs_review
+    # A network right as often as it claims (T = 1) is left alone, and the temperature a
+    # checkpoint carries is read only when it is a usable number.
+    np.testing.assert_allclose(scale_probabilities(wrong_and_sure, 1.0), wrong_and_sure)
+    assert checkpoint_temperature({"calibration": {"temperature": 2.5}}) == 2.5
+    for meta in (None, {}, {"calibration": {}}, {"calibration": {"temperature": "x"}},
+                 {"calibration": {"temperature": -1.0}}, {"calibration": [1]}):
+        assert checkpoint_temperature(meta) == 1.0
 
 
 def test_prior_division_and_the_training_prior_of_a_checkpoint():
