@@ -554,7 +554,39 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cam-threshold", type=_finite, default=REGION_THRESHOLD,
                    help="heat-map level (0-1 of the window's range) that bounds the evidence "
                         f"region around the peak (default: {REGION_THRESHOLD})")
+    w = p.add_argument_group("whole-procedure labelling (docs/whole.md)")
+    w.add_argument("--whole", action="store_true",
+                   help="also label every frame of the procedure (or every --stride-th): "
+                        "frame_labels.csv for the whole procedure with a source column, "
+                        "whole_labels.seq.mrb, whole_frames.seq.nrrd, whole.mrml, timeline.png")
+    w.add_argument("--frame-model", type=Path, default=None,
+                   help="frame classifier from 'train-frames' (default: MODEL with "
+                        ".frames.pt in place of its suffix)")
+    w.add_argument("--stride", type=_positive, default=1,
+                   help="label every N-th frame of the 25 fps grid (default: 1 = every frame)")
+    w.add_argument("--reject-below", type=_finite, default=None,
+                   help="frames whose label's posterior is below this are 'none' (default: "
+                        "the frame model's calibrated threshold)")
+    w.add_argument("--dwell-s", type=_finite, default=None,
+                   help="mean time a landmark stays in view, the temporal model's prior "
+                        "(default: 5)")
+    w.add_argument("--no-match", action="store_true",
+                   help="do not match frames to the procedure's spoken windows by appearance "
+                        "(the frame classifier and the temporal model alone)")
+    w.add_argument("--preview-s", type=_finite, default=1.0,
+                   help="interval of the half-resolution preview frames in "
+                        "whole_frames.seq.nrrd (default: 1 s; 0: none)")
     _common(p)
+
+
+def _whole_settings(args: argparse.Namespace):
+    from .labelling.whole import WholeSettings
+
+    options = {"stride": args.stride, "reject_below": args.reject_below,
+               "match": not args.no_match}
+    if args.dwell_s is not None:
+        options["dwell_s"] = args.dwell_s
+    return WholeSettings(**options)
 
 
 def _run_label(args: argparse.Namespace) -> int:
@@ -562,9 +594,15 @@ def _run_label(args: argparse.Namespace) -> int:
     from .nn.devices import seed_everything
 
     seed_everything(args.seed)
+    whole = _whole_settings(args) if args.whole else None
+    if not args.whole and (args.frame_model is not None or args.stride != 1
+                           or args.reject_below is not None):
+        raise ConfigError("--frame-model, --stride and --reject-below need --whole")
     result, files = label_to_folder(args.procedure, args.model, args.out, args.mentions,
                                     device=args.device, with_cam=not args.no_cam,
-                                    cam_threshold=args.cam_threshold, progress=_progress(args))
+                                    cam_threshold=args.cam_threshold, progress=_progress(args),
+                                    whole=whole, frame_model=args.frame_model,
+                                    preview_s=args.preview_s)
     agree = [w for w in result.windows if w.spoken_label]
     summary = f"labelled {len(result.windows)} windows"
     if agree:
@@ -572,7 +610,51 @@ def _run_label(args: argparse.Namespace) -> int:
         n_review = sum(w.needs_review for w in result.windows)
         summary += (f" (the network agrees with the spoken label in {n_ok}/{len(agree)}; "
                     f"{n_review} flagged for review)")
+    if result.whole is not None:
+        labels = result.whole.labels()
+        n_none = sum(lab == "none" for lab in labels)
+        summary += (f"; whole procedure: {len(labels)} frames labelled "
+                    f"({len(labels) - n_none} with a landmark, {n_none} none)")
     print(f"{summary} -> {args.out} ({', '.join(sorted(files))})")
+    return 0
+
+
+def _add_train_frames(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-frames", help="train the frame classifier of 'label --whole'",
+                       description="Train the per-frame landmark classifier of whole-procedure "
+                                   "labelling on a cohort's voice-labelled windows and "
+                                   "calibrate its rejection threshold on held-out patients "
+                                   "(docs/whole.md).")
+    p.add_argument("cohort", type=Path, help="cohort folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="frame-model file to write (put it beside MODEL as MODEL.frames.pt "
+                        "for 'label --whole' to find it)")
+    p.add_argument("--epochs", type=_positive, default=None, help="epochs (default: 12)")
+    p.add_argument("--labels", type=Path, default=None, help="label vocabulary JSON")
+    p.add_argument("--cache", type=Path, default=None, help="window cache folder")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip the held-out calibration (rejection threshold 0.5)")
+    p.add_argument("--min-precision", type=_finite, default=0.5,
+                   help="calibration: keep a label where held-out frames of its confidence "
+                        "are right at least this often (default: 0.5)")
+    _common(p)
+
+
+def _run_train_frames(args: argparse.Namespace) -> int:
+    from .labelling.framemodel import FrameTrainConfig  # deferred: torch
+    from .labelling.frametrain import train_frames
+    from .nn.devices import seed_everything
+
+    seed_everything(args.seed)
+    cfg = FrameTrainConfig(seed=args.seed)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    model = train_frames(args.cohort, args.out, cfg, labels=args.labels, cache_dir=args.cache,
+                         calibrate=not args.no_calibrate, min_precision=args.min_precision,
+                         progress=_progress(args))
+    cal = model.calibration
+    print(f"frame model ({model.extra.get('n_windows')} windows) -> {args.out}; rejection "
+          f"threshold {model.reject_below:.3f} ({cal.get('method')})")
     return 0
 
 
@@ -720,6 +802,7 @@ _COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "evaluate": (_add_evaluate, _run_evaluate),
     "pretrain-voice": (_add_pretrain_voice, _run_pretrain_voice),
     "label": (_add_label, _run_label),
+    "train-frames": (_add_train_frames, _run_train_frames),
     "export": (_add_export, _run_export),
     "demo": (_add_demo, _run_demo),
     "bench": (_add_bench, _run_bench),

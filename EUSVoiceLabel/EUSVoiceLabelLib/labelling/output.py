@@ -159,16 +159,89 @@ class LabelOutputWriter:
         """Drop everything written so far (the output folder keeps its previous content)."""
         for w in self._writers:
             w.abort()
+        if getattr(self, "_whole_preview", None) is not None:
+            self._whole_preview.abort()
         self._stage.abort()
 
-    def finish(self, result: LabelResult) -> dict[str, Path]:
-        """Close the sequences and write the CSV, colour table, markups and scene files, then
+    #: The files of a whole-procedure run (``--whole``), besides its ``frame_labels.csv``.
+    WHOLE_FILES = ("whole_labels.seq.mrb", "whole_frames.seq.nrrd", "whole.mrml",
+                   "timeline.png")
+
+    def start_whole(self, steps: np.ndarray, preview_every: int = 0):
+        """Open the preview frames sequence of a whole run (every ``preview_every``-th
+        labelled frame, half resolution; 0: none) and return the ``on_chunk`` callback of
+        :func:`.whole.label_whole` that streams them."""
+        self._whole_preview = None
+        if preview_every <= 0 or not len(steps):
+            return None
+        picked = steps[::preview_every]
+        w, h = self.proc.frame_size
+        sx, sy = self.proc.pixel_spacing_mm or (1.0, 1.0)
+        with self._stage.writing() as stage:
+            self._whole_preview = SequenceStreamWriter(
+                stage / "whole_frames.seq.nrrd", (w + 1) // 2, (h + 1) // 2,
+                [f / self.proc.fps for f in picked], "uint8", (2 * sx, 2 * sy))
+        wanted = set(int(f) for f in picked)
+        writer = self._whole_preview
+
+        def on_chunk(chunk_steps: np.ndarray, frames: np.ndarray) -> None:
+            with self._stage.writing():
+                for f, frame in zip(chunk_steps, frames):
+                    if int(f) in wanted:
+                        writer.add(frame[::2, ::2])
+        return on_chunk
+
+    def _write_whole(self, stage: Path, whole) -> dict[str, Path]:
+        """The files of a whole-procedure run into the staging folder."""
+        from .timeline import write_timeline_png
+        from .whole import runs_of, write_frame_labels
+        from ..slicer.files import write_text_sequence
+        from ..slicer.scene import write_whole_scene_mrml
+
+        out = {"frame_labels.csv": write_frame_labels(stage / "frame_labels.csv", whole)}
+        names = {lab.id: lab.name for lab in self.labelset.labels}
+
+        def texts():
+            for r in whole.rows():
+                name = names.get(r["label"], r["label"])
+                yield r["time_s"], f"{name} {r['confidence']:.2f} ({r['source']})"
+
+        out["whole_labels.seq.mrb"] = write_text_sequence(
+            stage / "whole_labels.seq.mrb", texts(), f"{self.proc.name} frame labels")
+        preview = getattr(self, "_whole_preview", None)
+        frames_seq = None
+        if preview is not None:
+            if preview.count == len(preview.times):
+                out["whole_frames.seq.nrrd"] = frames_seq = preview.close()
+            else:
+                preview.abort()
+        if len(whole):
+            out["whole.mrml"] = write_whole_scene_mrml(
+                stage / "whole.mrml", frames_seq="whole_frames.seq.nrrd" if frames_seq
+                else None, fps=self.proc.fps / whole.settings.stride, name=self.proc.name)
+        stride = whole.settings.stride
+        every = max(1, len(whole) // 4000)
+        rows = list(whole.rows())
+        conf = (np.array([r["time_s"] for r in rows[::every]]),
+                np.array([r["confidence"] for r in rows[::every]]))
+        mentions = [(a.frame_indices[0] / self.proc.fps, a.label) for a in whole.anchors]
+        out["timeline.png"] = write_timeline_png(
+            stage / "timeline.png", runs_of(rows), self.labelset, self.proc.fps, stride,
+            mentions, conf, title=f"{self.proc.name}: landmark per frame (opacity: confidence; "
+            "outlined: spoken window; triangles: mentions)")
+        return out
+
+    def finish(self, result: LabelResult, whole=None) -> dict[str, Path]:
+        """Close the sequences and write the CSV, colour table, markups and scene files (and
+        with ``whole``, a :class:`.whole.WholeResult`, the whole-procedure files), then
         move them into the output folder at once; returns every file written by name."""
+        self._whole = whole
         try:
             with self._stage.writing():
                 staged = self._write_all(result)
             # A cancelled run writes no sequences: an earlier run's would not match its tables.
-            self._stage.commit(drop=(*self.SEQUENCES, self.POINTS_SEQUENCE, "scene.mrml"))
+            self._stage.commit(drop=(*self.SEQUENCES, self.POINTS_SEQUENCE, "scene.mrml",
+                                     *self.WHOLE_FILES))
         except BaseException:
             self.abort()
             raise
@@ -196,6 +269,8 @@ class LabelOutputWriter:
             out[name] = stage / name
         if self._writers:
             out[self.POINTS_SEQUENCE] = self._point_sequence(stage, result, points)
+        if getattr(self, "_whole", None) is not None:
+            out.update(self._write_whole(stage, self._whole))
         if "frames.seq.nrrd" in out:
             out["scene.mrml"] = write_scene_mrml(stage / "scene.mrml", fps=self.proc.fps,
                                                  name=self.proc.name)
@@ -231,7 +306,15 @@ class LabelOutputWriter:
                 "labels": self.labelset.to_json(), "cam_threshold": self.cam_threshold,
                 "windows": len(result.windows), "cancelled": result.cancelled,
                 "frames": len(self.frame_indices), "eusvoicelabel_version": __version__,
-                **self.provenance}
+                **self.provenance, **self._whole_info()}
+
+    def _whole_info(self) -> dict:
+        whole = getattr(self, "_whole", None)
+        if whole is None:
+            return {}
+        return {"whole": {"settings": whole.settings.to_json(),
+                          "reject_below": whole.reject_below, "labelled_frames": len(whole),
+                          "cancelled": whole.cancelled, **whole.info}}
 
 
 def write_label_outputs(result: LabelResult, out_dir: os.PathLike | str,

@@ -143,6 +143,8 @@ class LabelResult:
     labelset: LabelSet
     windows: list[WindowResult] = field(default_factory=list)
     cancelled: bool = False
+    #: The whole-procedure labelling (:class:`.whole.WholeResult`) of ``label --whole``.
+    whole: Optional[object] = None
     cam_threshold: float = DEFAULT_CAM_THRESHOLD
 
     def frame_owners(self) -> dict[int, int]:

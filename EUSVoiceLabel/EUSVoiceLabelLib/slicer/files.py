@@ -12,10 +12,13 @@ docs/contracts.md, "Outputs").
 - Markups point lists (``.mrk.json``, schema v1.0.3).
 - Point-list sequences (``.seq.mrb``, :func:`write_point_sequence`): one point list per index
   value, so that a sequence browser shows each window's point only while its window plays.
+- Text sequences (``.seq.mrb``, :func:`write_text_sequence`): one text node per index value,
+  the label of each frame of a whole-procedure run.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,7 +27,8 @@ import xml.etree.ElementTree as ET
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
@@ -254,4 +258,41 @@ def write_point_sequence(path: os.PathLike | str, items: Sequence[tuple[float, S
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for member, text in files.items():
                 zf.writestr(member, text)
+    return path
+
+
+def write_text_sequence(path: os.PathLike | str, items: Iterable[tuple[float, str]],
+                        name: str = "EUS frame labels") -> Path:
+    """Write a sequence of text nodes as a ``.seq.mrb`` (atomically), streamed item by item.
+
+    ``items`` are (time in s, text) in increasing time.  Same layout as
+    :func:`write_point_sequence`; a text node keeps its text in the scene file itself
+    (``vtkMRMLTextNode`` writes ``text`` and ``encoding`` attributes and needs no storage node
+    for short texts), so the bundle holds one ``.mrml`` file.
+    """
+    path = Path(path)
+    stem = path.name[:-len(".seq.mrb")] if path.name.endswith(".seq.mrb") else path.stem
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            with zf.open(f"{stem}.seq/{stem}.mrml", "w") as raw:
+                out = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+                out.write('<?xml version="1.0" encoding="UTF-8"?>\n'
+                          '<MRML version="Slicer 5.10.0 0">\n')
+                index_values = []
+                previous = None
+                for k, (time_s, text) in enumerate(items):
+                    if previous is not None and time_s <= previous:
+                        raise ValueError("text sequence times must increase")
+                    previous = time_s
+                    node_id = f"vtkMRMLTextNode{k + 1}"
+                    out.write(f' <Text id="{node_id}" name={quoteattr(name)} '
+                              f'attributes={quoteattr("Sequences.BaseName:" + name)} '
+                              f'text={quoteattr(text)} encoding="1" />\n')
+                    index_values.append(f"{node_id}:{float(time_s):.6g}")
+                out.write(' <Sequence id="vtkMRMLSequenceNodeSequenceIndex" name="Sequence" '
+                          'singletonTag="SequenceIndex" indexName="time" indexUnit="s" '
+                          f'indexType="numeric" indexValues="{";".join(index_values)}" />\n'
+                          '</MRML>\n')
+                out.flush()
+                out.detach()
     return path

@@ -352,3 +352,63 @@ def write_scene_mrml(path: os.PathLike | str, *, frames_seq: os.PathLike | str =
                             cam_threshold=cam_threshold)
     atomic_write_text(path, text)
     return path
+
+
+def write_whole_scene_mrml(path: os.PathLike | str, *,
+                           text_seq: os.PathLike | str = "whole_labels.seq.mrb",
+                           frames_seq: Optional[os.PathLike | str] = None, fps: float = FPS,
+                           name: str = "EUS procedure") -> Path:
+    """Write ``whole.mrml`` (atomically): the whole-procedure label text sequence as the master
+    of one sequence browser (so every item of the browser has its label), with a text proxy
+    node, and optionally a frames sequence played along (an item per frame or fewer: a
+    synchronised sequence shows its previous item, ``missingItemMode createFromPrevious``).
+    Same element rules as :func:`build_scene_mrml`."""
+    path = Path(path)
+    scene_dir = path.parent
+    if not (math.isfinite(fps) and fps > 0):
+        raise ConfigError(f"playback rate must be a positive number, not {fps}", scene_dir)
+    scene = _Scene()
+    text_name = f"{name} frame labels"
+    text_proxy = scene.add("Text", scene.new_id("vtkMRMLTextNode"), text_name,
+                           {"text": "", "encoding": "1"})
+    sequences = [(text_name, _relative_name(text_seq, scene_dir), text_proxy,
+                  ("SequenceStorage", "vtkMRMLSequenceStorageNode"))]
+    frames_proxy = None
+    if frames_seq is not None:
+        frames_name = f"{name} frames"
+        display_id = scene.add("VolumeDisplay", scene.new_id("vtkMRMLScalarVolumeDisplayNode"),
+                               None, {"colorNodeID": GREY_COLOR_ID, "autoWindowLevel": "0",
+                                      "window": "255", "level": "127.5",
+                                      "applyThreshold": "0", "autoThreshold": "0"})
+        frames_proxy = scene.add("Volume", scene.new_id("vtkMRMLScalarVolumeNode"),
+                                 frames_name, {}, {"display": [display_id]})
+        sequences.append((frames_name, _relative_name(frames_seq, scene_dir), frames_proxy,
+                          ("VolumeSequenceStorage", "vtkMRMLVolumeSequenceStorageNode")))
+    sequence_ids = [scene.new_id("vtkMRMLSequenceNode") for _ in sequences]
+    postfixes = [str(i) for i in range(len(sequences))]
+    references: dict[str, list[str]] = {}
+    attrs = {"playbackActive": "false", "playbackRateFps": _format_number(fps),
+             "playbackItemSkippingEnabled": "true", "playbackLooped": "true",
+             "selectedItemNumber": "-1", "recordingActive": "false",
+             "recordOnMasterModifiedOnly": "false", "indexDisplayFormat": "%.2f",
+             "virtualNodePostfixes": " ".join(postfixes)}
+    for postfix, seq_id, (_, _, proxy_id, _) in zip(postfixes, sequence_ids, sequences):
+        references[f"sequenceNodeRef{postfix}"] = [seq_id]
+        references[f"dataNodeRef{postfix}"] = [proxy_id]
+        attrs[f"SynchronizationPropertiesMap{postfix}"] = _SYNC_PROPERTIES
+    scene.add("SequenceBrowser", scene.new_id("vtkMRMLSequenceBrowserNode"), f"{name} whole",
+              attrs, references)
+    for i in list(range(1, len(sequences))) + [0]:   # master last (see the module doc)
+        seq_name, file_name, _, (tag, cls) = sequences[i]
+        storage_id = scene.add(tag, scene.new_id(cls), None,
+                               {"fileName": _url_encode(file_name)})
+        scene.add("Sequence", sequence_ids[i], seq_name,
+                  {"indexName": "time", "indexUnit": "s", "indexType": "numeric"},
+                  {"storage": [storage_id]})
+    if frames_proxy is not None:
+        for view in SLICE_VIEWS:
+            scene.add("SliceComposite", f"vtkMRMLSliceCompositeNode{view}", None,
+                      {"singletonTag": view, "layoutName": view},
+                      {"backgroundVolume": [frames_proxy]})
+    atomic_write_text(path, scene.text())
+    return path

@@ -1,0 +1,127 @@
+"""``eusvoicelabel train-frames COHORT --out FILE``: train the frame classifier of
+whole-procedure labelling on a cohort's voice-labelled windows and calibrate its rejection
+threshold on held-out patients (docs/whole.md).
+
+Calibration, with nothing but the cohort's own mentions (no ground truth of what is in view):
+
+1. every 4th patient (by name; at least one when there are two or more) is held out and a
+   frame classifier is trained on the others;
+2. each held-out procedure is labelled whole with every other of its mentions given as spoken
+   windows and the rest **hidden**; the frames of the hidden windows are labelled like any
+   frame no one spoke over, and their spoken label says whether that label is right;
+3. P(right | confidence) is fitted as a non-decreasing function of the frames' confidence
+   (isotonic regression) and the threshold is the lowest confidence at which it reaches
+   ``min_precision`` (0.5: a landmark is kept where it is more likely right than wrong,
+   else the frame is ``none``);
+4. the classifier written is then trained on every patient; it carries the threshold and the
+   calibration's figures (``calibration`` in the file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..core.errors import ProcedureError
+from ..core.progress import ProgressLike, as_progress
+from ..data.dataset import WindowSettings, build_window_set
+from ..data.outputs import claim_output, input_paths
+from ..data.procedure import load_procedure
+from ..data.vocabulary import labels_file, load_labelset
+from .framemodel import (FRAME_MODEL, FRAME_SIZE, FrameModel, FrameTrainConfig,
+                         _resized_window_frames, fit_frame_net, save_frame_model)
+from .whole import Anchor, WholeSettings, calibrate_rejection, label_whole
+
+log = logging.getLogger(__name__)
+
+
+def calibration_patients(patients: Sequence[str]) -> list[str]:
+    """The held-out patients of the calibration: every 4th by name (the 4th, 8th, ...), at
+    least one when there are two or more patients."""
+    names = sorted(patients)
+    if len(names) < 2:
+        return []
+    held = names[3::4]
+    return held or [names[-1]]
+
+
+def hidden_mention_frames(proc, model: FrameModel, settings: WholeSettings,
+                          frames_per_window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label ``proc`` whole with its even mentions spoken and its odd ones hidden; the
+    confidence and rightness of the hidden windows' frames (not overlapped by a spoken one)."""
+    ids = model.ids
+    mentions = sorted((m for m in proc.mentions if m.label in ids), key=lambda m: m.time_s)
+    anchors = [Anchor.from_mention(k, m.time_s, m.label, ids, frames_per_window, proc.fps)
+               for k, m in enumerate(mentions) if k % 2 == 0]
+    hidden = [m for k, m in enumerate(mentions) if k % 2 == 1]
+    result = label_whole(proc, model, anchors, settings)
+    k = len(ids)
+    pos = {int(f): i for i, f in enumerate(result.steps)}
+    conf, right = [], []
+    for m in hidden:
+        for f in np.arange(frames_per_window) + round(m.time_s * proc.fps):
+            i = pos.get(int(f))
+            if i is None or result.owner[i] >= 0:
+                continue
+            post = result.posterior[i]
+            top = int(np.argmax(post))
+            conf.append(float(post[top]))
+            right.append(top < k and ids[top] == m.label)
+    return np.array(conf), np.array(right, bool)
+
+
+def train_frames(cohort: os.PathLike | str, out: os.PathLike | str,
+                 cfg: Optional[FrameTrainConfig] = None, labels: Optional[os.PathLike] = None,
+                 cache_dir: Optional[os.PathLike | str] = None, calibrate: bool = True,
+                 min_precision: float = 0.5, settings: Optional[WholeSettings] = None,
+                 progress: ProgressLike = True) -> FrameModel:
+    """Train, calibrate and write a frame model (see the module doc)."""
+    import torch
+
+    cohort, out = Path(cohort), Path(out)
+    inputs = input_paths(cohort, labels_file(cohort), labels)
+    claim_output(out, FRAME_MODEL, inputs)
+    cfg = cfg or FrameTrainConfig()
+    settings = settings or WholeSettings(stride=2)
+    reporter = as_progress(progress)
+    t0 = time.perf_counter()
+    labelset = load_labelset(labels, cohort)
+    ws = build_window_set(cohort, labelset, settings=WindowSettings(image_size=FRAME_SIZE),
+                          cache_dir=cache_dir, progress=reporter)
+    images = _resized_window_frames(ws.images)
+    patients = np.array(ws.patients)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    calibration: dict = {"method": "none (fewer than 2 patients)", "reject_below": 0.5}
+    if calibrate:
+        held = calibration_patients(set(ws.patients))
+        if held:
+            train_idx = np.flatnonzero(~np.isin(patients, held))
+            net = fit_frame_net(images[train_idx], ws.labels[train_idx], len(labelset), cfg,
+                                progress=reporter)
+            probe = FrameModel(net, labelset, cfg)
+            confs, rights = [], []
+            with reporter.task("calibration", total=len(held), unit="patient") as task:
+                for name in held:
+                    proc = load_procedure(cohort / name, labelset=labelset)
+                    c, r = hidden_mention_frames(proc, probe, settings, ws.settings.frames)
+                    confs.append(c)
+                    rights.append(r)
+                    task.advance()
+            calibration = calibrate_rejection(np.concatenate(confs), np.concatenate(rights),
+                                              min_precision)
+            calibration.update({"held_out": held, "stride": settings.stride})
+    net = fit_frame_net(images, ws.labels, len(labelset), cfg, progress=reporter)
+    model = FrameModel(net, labelset, cfg, float(calibration["reject_below"]), calibration,
+                       {"cohort": str(cohort), "patients": ws.patient_ids,
+                        "n_windows": len(ws), "label_counts": ws.label_counts(),
+                        "wall_time_s": round(time.perf_counter() - t0, 1)})
+    save_frame_model(out, model, inputs)
+    return model
+
+
+__all__ = ["train_frames", "calibration_patients", "hidden_mention_frames"]
