@@ -80,6 +80,8 @@ REF_HEATMAP = "EUSVoiceLabelHeatMap"
 REF_SEGMENTATION = "EUSVoiceLabelSegmentation"
 REF_POINTS = "EUSVoiceLabelPoints"
 REF_TEXT = "EUSVoiceLabelText"
+REF_RESULTS = "EUSVoiceLabelResults"
+REF_WHOLE_TEXT = "EUSVoiceLabelWholeText"
 
 INFERNO_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
 TORCH_REQUIREMENT = ">=2.1"
@@ -136,6 +138,8 @@ class EUSVoiceLabelParameterNode:
     trainEpochs, trainImageSize - settings of "Train from cohort folder...".
     withHeatMaps, heatThreshold, heatOpacity - Grad-CAM outputs and their display.
     resultsTable - the results of the last labelling run.
+    frameModelPath, wholeStride - the frame classifier and stride of "Label the whole
+        procedure"; timelineTable - its timeline.
     exportFolder, cohortFolder - where exports and reviewed training data go.
     """
 
@@ -154,6 +158,9 @@ class EUSVoiceLabelParameterNode:
     heatThreshold: Annotated[float, WithinRange(0.0, 1.0)] = DISPLAY_THRESHOLD
     heatOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     resultsTable: vtkMRMLTableNode
+    frameModelPath: pathlib.Path
+    wholeStride: Annotated[int, WithinRange(1, 250)] = 1
+    timelineTable: vtkMRMLTableNode
     exportFolder: pathlib.Path
     cohortFolder: pathlib.Path
 
@@ -208,6 +215,10 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.addToCohortButton.connect("clicked(bool)", self.onAddToCohort)
         self.ui.resultsTableView.connect("selectionChanged()", self.onResultSelectionChanged)
+        self.ui.labelWholeButton.connect("clicked(bool)", self.onLabelWhole)
+        self.ui.timelineTableView.connect("selectionChanged()", self.onTimelineSelectionChanged)
+        self.ui.acceptRunsButton.connect("clicked(bool)", self.onAcceptRuns)
+        self.ui.correctRunsButton.connect("clicked(bool)", self.onCorrectRuns)
         self.ui.mentionsTableSelector.connect("currentNodeChanged(vtkMRMLNode*)",
                                               self.ui.mentionsTableView.setMRMLTableNode)
         self.ui.resultsTableSelector.connect("currentNodeChanged(vtkMRMLNode*)",
@@ -276,8 +287,11 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasResults = p.resultsTable is not None
         for w in (self.ui.sortByConfidenceButton, self.ui.sortByTimeButton, self.ui.acceptButton,
                   self.ui.correctButton, self.ui.clearReviewButton, self.ui.exportButton,
-                  self.ui.addToCohortButton):
+                  self.ui.addToCohortButton, self.ui.labelWholeButton):
             w.enabled = hasResults
+        hasTimeline = p.timelineTable is not None
+        self.ui.acceptRunsButton.enabled = hasTimeline
+        self.ui.correctRunsButton.enabled = hasTimeline
         if hasResults and self.ui.reviewLabelComboBox.count == 0:
             self._fillLabelCombo()
         if hasResults:
@@ -512,6 +526,66 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSortByTime(self) -> None:
         self.logic.sortResults(self._parameterNode.resultsTable, "time")
 
+    # ------------------------------------------------------------------ whole procedure
+    def onLabelWhole(self) -> None:
+        p = self._parameterNode
+        if not self.logic.setupPythonRequirements(needTorch=True):
+            return
+        progress = slicer.util.createProgressDialog(windowTitle=_("Labelling the whole procedure"),
+                                                    labelText=_("Scoring the frames..."),
+                                                    maximum=100)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Failed to label the whole procedure."),
+                                                 waitCursor=True):
+                timeline = self.logic.labelWhole(
+                    p.resultsTable, path_or_none(p.frameModelPath), stride=p.wholeStride,
+                    progressCallback=self._progressReporter(progress),
+                    shouldStop=lambda: progress.wasCanceled, timelineTable=p.timelineTable)
+                p.timelineTable = timeline
+                self.ui.timelineTableView.setMRMLTableNode(timeline)
+                if timeline.GetAttribute(ATTR_PREFIX + "Cancelled") == "true":
+                    slicer.util.showStatusMessage(_("Cancelled: the frames scored so far are "
+                                                    "labelled."), 5000)
+        finally:
+            progress.close()
+
+    def _selectedRuns(self) -> list:
+        table = self._parameterNode.timelineTable if self._parameterNode else None
+        if table is None:
+            return []
+        col = self.logic.columnIndex(table, "run")
+        rows = sorted({i.row() for i in self.ui.timelineTableView.selectionModel().selectedIndexes()})
+        runs = []
+        for r in rows:
+            index = self.ui.timelineTableView.model().index(r, col)
+            try:
+                runs.append(int(str(index.data())))
+            except ValueError:
+                pass
+        return runs
+
+    def onTimelineSelectionChanged(self) -> None:
+        runs = self._selectedRuns()
+        if runs:
+            self.logic.jumpToRun(self._parameterNode.timelineTable, runs[0])
+
+    def onAcceptRuns(self) -> None:
+        runs = self._selectedRuns()
+        if not runs:
+            slicer.util.warningDisplay(_("Select runs in the timeline first."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to review the runs.")):
+            self.logic.reviewRuns(self._parameterNode.timelineTable, runs)
+
+    def onCorrectRuns(self) -> None:
+        runs = self._selectedRuns()
+        if not runs:
+            slicer.util.warningDisplay(_("Select runs in the timeline first."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to review the runs.")):
+            self.logic.reviewRuns(self._parameterNode.timelineTable, runs,
+                                  self.ui.reviewLabelComboBox.currentData)
+
     # ------------------------------------------------------------------ export
     def onExport(self) -> None:
         p = self._parameterNode
@@ -625,6 +699,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._procedures = {}   # sequence node ID -> Procedure
         self._results = {}      # results table node ID -> LabelResult
+        self._whole = {}        # timeline table node ID -> (WholeResult, runs)
         self._model = None      # (path, device, mtime, LabelModel)
         self._training = None
         self._requirementsChecked = False
@@ -1268,6 +1343,178 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         item = master_item_at(self._masterTimes(frames), row.time_s)
         browser.SetSelectedItemNumber(item)
         return item
+
+    # ------------------------------------------------------------------ whole procedure
+    def labelWhole(self, resultsTable, frameModelPath=None, stride: int = 1,
+                   rejectBelow: Optional[float] = None, progressCallback=None,
+                   shouldStop=None, timelineTable=None) -> vtkMRMLTableNode:
+        """Label every ``stride``-th frame of the procedure of a results table (from
+        :meth:`label`; its spoken windows keep their labels and anchor the rest), as
+        ``eusvoicelabel label --whole`` does (docs/whole.md).
+
+        Args:
+            resultsTable: the results of :meth:`label`.
+            frameModelPath: the frame classifier of ``eusvoicelabel train-frames`` (default:
+                the model's path with ``.frames.pt`` in place of its suffix).
+            stride, rejectBelow: as ``--stride`` and ``--reject-below``.
+            progressCallback: ``f(done, total)`` as frames are scored.
+            shouldStop: checked between chunks of frames; the frames done so far are kept.
+            timelineTable: table to fill (default: a new one).
+
+        Returns:
+            The timeline table: one row per run of frames with one label and source (``run,
+            start_s, end_s, label, confidence, source, frames, reviewed_label, status``).  A
+            text-node sequence with each run's label (from its first frame) follows the
+            frames' browser, so every frame shows its label.
+        """
+        from EUSVoiceLabelLib.labelling.framemodel import (check_labelset,  # deferred: torch
+                                                           default_frame_model_path,
+                                                           load_frame_model)
+        from EUSVoiceLabelLib.labelling.whole import (Anchor, WholeSettings, label_whole,
+                                                      runs_of)
+
+        result = self._results.get(resultsTable.GetID())
+        if result is None:
+            raise ValueError("label the mention windows first (the results are not in memory)")
+        if frameModelPath is None:
+            model = resultsTable.GetAttribute(ATTR_MODEL)
+            if not model:
+                raise ValueError("give the frame model (from 'eusvoicelabel train-frames')")
+            frameModelPath = default_frame_model_path(model)
+        frameModel = load_frame_model(frameModelPath)
+        check_labelset(frameModel, result.labelset, frameModelPath)
+        settings = WholeSettings(stride=stride, reject_below=rejectBelow)
+        final = self.reviewTable(resultsTable).final_labels()
+        anchors = []
+        for w in result.windows:
+            anchor = Anchor.from_window(w)
+            reviewedLabel = final.get(w.index)
+            if reviewedLabel and reviewedLabel != anchor.label:  # a correction is certain
+                anchor.label, anchor.confidence = reviewedLabel, 1.0
+                anchor.probabilities = np.array([float(i == reviewedLabel)
+                                                 for i in result.labelset.ids])
+            anchors.append(anchor)
+        whole = label_whole(result.procedure, frameModel, anchors, settings,
+                            progress=CallbackProgress(progressCallback, shouldStop))
+        runs = runs_of(whole.rows())
+        frames = resultsTable.GetNodeReference(REF_FRAMES)
+        if timelineTable is None:
+            timelineTable = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLTableNode",
+                slicer.mrmlScene.GenerateUniqueName(frames.GetName() + " timeline"))
+        timelineTable.SetAttribute(ATTR_ROLE, "timeline")
+        timelineTable.SetAttribute(ATTR_PREFIX + "Cancelled",
+                                   "true" if whole.cancelled else "false")
+        timelineTable.SetAttribute(ATTR_PREFIX + "Stride", str(stride))
+        timelineTable.SetNodeReferenceID(REF_RESULTS, resultsTable.GetID())
+        timelineTable.SetNodeReferenceID(REF_FRAMES, frames.GetID())
+        self._whole[timelineTable.GetID()] = (whole, runs)
+        self._writeTimeline(timelineTable, {})
+        self._writeWholeText(timelineTable)
+        return timelineTable
+
+    def _runReviews(self, timelineTable) -> dict:
+        columns, rows = self.readTable(timelineTable)
+        if "reviewed_label" not in columns:
+            return {}
+        i, r = columns.index("reviewed_label"), columns.index("run")
+        return {int(row[r]): row[i] for row in rows if row[i]}
+
+    def _writeTimeline(self, timelineTable, reviewed: dict) -> None:
+        from EUSVoiceLabelLib.labelling.whole import TIMELINE_COLUMNS, timeline_rows
+
+        whole, runs = self._whole[timelineTable.GetID()]
+        self.writeTable(timelineTable, TIMELINE_COLUMNS,
+                        timeline_rows(runs, whole.fps, whole.settings.stride, reviewed))
+
+    def _writeWholeText(self, timelineTable) -> None:
+        """The text sequence of the runs' labels, synchronised with the frames' browser."""
+        whole, runs = self._whole[timelineTable.GetID()]
+        reviewed = self._runReviews(timelineTable)
+        frames = timelineTable.GetNodeReference(REF_FRAMES)
+        browser = self.browserForSequence(frames, show=False)
+        old = timelineTable.GetNodeReference(REF_WHOLE_TEXT)
+        if old is not None:
+            proxy = browser.GetProxyNode(old)
+            browser.RemoveSynchronizedSequenceNode(old.GetID())
+            if proxy is not None:
+                slicer.mrmlScene.RemoveNode(proxy)
+            slicer.mrmlScene.RemoveNode(old)
+        labelset = self.labelsetForResults(timelineTable.GetNodeReference(REF_RESULTS))
+        names = {lab.id: lab.name for lab in labelset.labels}
+        seq = self._newOutputSequence(frames, frames.GetName() + " whole-procedure label")
+        temp = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTextNode")
+        times = self._masterTimes(frames)
+        try:
+            used = set()
+            for k, run in enumerate(runs):
+                item = master_item_at(times, run.start_s(whole.fps))
+                if item in used:
+                    continue
+                used.add(item)
+                label = reviewed.get(k, run.label)
+                source = "reviewed" if k in reviewed else run.source
+                temp.SetText(f"{names.get(label, label)} {run.confidence:.2f} ({source})")
+                seq.SetDataNodeAtValue(temp, frames.GetNthIndexValue(item))
+        finally:
+            slicer.mrmlScene.RemoveNode(temp)
+        browser.AddSynchronizedSequenceNode(seq)
+        timelineTable.SetNodeReferenceID(REF_WHOLE_TEXT, seq.GetID())
+        slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
+
+    def wholeFrameLabels(self, timelineTable) -> list:
+        """Every labelled frame of a whole-procedure run (dicts with the columns of its
+        ``frame_labels.csv``), the reviewed runs' frames with their reviewed label."""
+        from EUSVoiceLabelLib.labelling.whole import reviewed_rows
+
+        whole, runs = self._whole[timelineTable.GetID()]
+        return reviewed_rows(list(whole.rows()), runs, self._runReviews(timelineTable))
+
+    def jumpToTime(self, timelineTable, timeS: float) -> int:
+        """Move the frames' browser to the frame shown at ``timeS``; returns the item."""
+        frames = timelineTable.GetNodeReference(REF_FRAMES)
+        browser = self.browserForSequence(frames, show=False)
+        item = master_item_at(self._masterTimes(frames), float(timeS))
+        browser.SetSelectedItemNumber(item)
+        return item
+
+    def jumpToRun(self, timelineTable, run: int) -> int:
+        """Move the browser to the first frame of a run of the timeline; returns the item."""
+        whole, runs = self._whole[timelineTable.GetID()]
+        return self.jumpToTime(timelineTable, runs[int(run)].start_s(whole.fps))
+
+    def reviewRuns(self, timelineTable, runs, label: Optional[str] = None) -> None:
+        """Accept (``label`` None: keep each run's label) or correct (to ``label``) several
+        runs of frames at once; the timeline table and the label text follow."""
+        whole, allRuns = self._whole[timelineTable.GetID()]
+        ids = list(whole.ids) + ["none"]
+        if label is not None and label not in ids:
+            raise ValueError(f"unknown label {label!r} (known: {', '.join(ids)})")
+        reviewed = self._runReviews(timelineTable)
+        for k in runs:
+            reviewed[int(k)] = label or allRuns[int(k)].label
+        self._writeTimeline(timelineTable, reviewed)
+        self._writeWholeText(timelineTable)
+
+    def acceptRun(self, timelineTable, run: int) -> None:
+        """Accept the label of one run of frames."""
+        self.reviewRuns(timelineTable, [run])
+
+    def correctRun(self, timelineTable, run: int, label: str) -> None:
+        """Correct the label of one run of frames (every frame of it)."""
+        self.reviewRuns(timelineTable, [run], label)
+
+    def exportWhole(self, timelineTable, path) -> pathlib.Path:
+        """Write the whole-procedure ``frame_labels.csv`` with the reviewed runs (source
+        ``reviewed``) to ``path`` (atomically; refused over an input or a file not ours)."""
+        from EUSVoiceLabelLib.data.outputs import claim_output, procedure_inputs
+        from EUSVoiceLabelLib.labelling.whole import FRAME_LABELS, write_frame_labels
+
+        whole, _ = self._whole[timelineTable.GetID()]
+        result = self._results[timelineTable.GetNodeReference(REF_RESULTS).GetID()]
+        path = pathlib.Path(path)
+        claim_output(path, FRAME_LABELS, procedure_inputs(result.procedure))
+        return write_frame_labels(path, whole, iter(self.wholeFrameLabels(timelineTable)))
 
     # ------------------------------------------------------------------ export
     def exportResults(self, resultsTable, outputFolder, datasetFolder=None) -> dict:

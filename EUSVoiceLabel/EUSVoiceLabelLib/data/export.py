@@ -17,7 +17,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -25,7 +25,7 @@ from PIL import Image
 from ..core.csvtext import csv_text, unescape_cell
 from ..core.errors import ProcedureError, VocabularyError
 from ..core.fileio import StagedFolder, atomic_path, atomic_write_text
-from ..core.paper import WINDOW_FRAMES
+from ..core.paper import FPS, WINDOW_FRAMES
 from ..core.progress import ProgressLike, as_progress
 from .media import NrrdSequenceSource
 from .outputs import (OutputKind, claim_output, csv_rows, csv_with_header, input_paths,
@@ -37,10 +37,21 @@ log = logging.getLogger(__name__)
 
 RUN_INFO = "run.json"
 HEADER = ["path", "label", "patient", "time_s", "frame_index", "k", "window", "source"]
+#: The header of a dataset exported from a whole-procedure label folder: ``confidence`` added.
+WHOLE_HEADER = [*HEADER, "confidence"]
+#: Rows of a whole run's frame_labels.csv that belong to a spoken window.
+SPOKEN_SOURCE = "spoken window"
+
+
+def _export_signature(path: Path) -> bool:
+    return csv_with_header(HEADER, name="labels.csv")(path) or \
+        csv_with_header(WHOLE_HEADER, name="labels.csv")(path)
+
+
 #: ``export --out`` (and the Slicer module's dataset): ``images/`` and ``labels.csv``; folders
 #: written before the output marker existed are recognised by the header of their labels.csv.
 EXPORT_DATASET = OutputKind("export", "an exported image dataset", folder=True,
-                            signature=csv_with_header(HEADER, name="labels.csv"))
+                            signature=_export_signature)
 
 
 def _safe(text: str) -> str:
@@ -56,32 +67,48 @@ def _save_png(path: Path, frame: np.ndarray) -> None:
 class _Exporter:
     """Writes the dataset into a staging folder; :meth:`finish` moves it into ``out_dir``."""
 
-    def __init__(self, out_dir: Path, every: int):
+    def __init__(self, out_dir: Path, every: int, header: Sequence[str] = HEADER):
         self.out_dir = out_dir
         self.every = max(1, int(every))
         self.rows: list[list] = []
+        self.header = list(header)
         self.stage = StagedFolder(out_dir)
 
     def add_window(self, patient: str, label: str, time_s: float, window: int,
-                   frame_indices: Iterable[int], frames: np.ndarray, source: str) -> None:
+                   frame_indices: Iterable[int], frames: np.ndarray, source: str,
+                   confidence: Optional[float] = None) -> None:
         for k, (f, frame) in enumerate(zip(frame_indices, frames)):
             if k % self.every:
                 continue
             rel = Path("images") / _safe(label) / f"{_safe(patient)}_{time_s:08.3f}_{k:02d}.png"
             _save_png(self.stage.path / rel, frame)
-            self.rows.append([rel.as_posix(), label, patient, f"{time_s:.3f}", int(f), k, window,
-                              source])
+            self._row([rel.as_posix(), label, patient, f"{time_s:.3f}", int(f), k, window,
+                       source], confidence)
+
+    def add_frame(self, patient: str, label: str, frame_index: int, time_s: float,
+                  frame: np.ndarray, source: str, confidence: float) -> None:
+        """One inferred frame of a whole-procedure run (named by its own time, k = 00)."""
+        rel = Path("images") / _safe(label) / f"{_safe(patient)}_{time_s:08.3f}_00.png"
+        _save_png(self.stage.path / rel, frame)
+        self._row([rel.as_posix(), label, patient, f"{time_s:.3f}", int(frame_index), 0, "",
+                   source], confidence)
+
+    def _row(self, row: list, confidence: Optional[float]) -> None:
+        if len(self.header) > len(HEADER):
+            row.append("" if confidence is None else f"{confidence:.4f}")
+        self.rows.append(row)
 
     def finish(self) -> Path:
-        atomic_write_text(self.stage.path / "labels.csv", csv_text(HEADER, self.rows))
+        atomic_write_text(self.stage.path / "labels.csv", csv_text(self.header, self.rows))
         self.stage.commit(drop=("images",))
         return self.out_dir / "labels.csv"
 
 
-def _exporting(out_dir: Path, every: int, fill: Callable[[_Exporter], None]) -> Path:
+def _exporting(out_dir: Path, every: int, fill: Callable[[_Exporter], None],
+               header: Sequence[str] = HEADER) -> Path:
     """Let ``fill`` add the windows, then move the dataset into ``out_dir`` at once: any
     failure (a bad input, a full disk, Ctrl-C) leaves the previous dataset as it was."""
-    exporter = _Exporter(out_dir, every)
+    exporter = _Exporter(out_dir, every, header)
     try:
         with exporter.stage.writing():
             fill(exporter)
@@ -175,8 +202,28 @@ def export_label_dir(label_dir: os.PathLike | str, out_dir: os.PathLike | str,
     labels_path, frames_path = label_dir / "labels.csv", label_dir / "frame_labels.csv"
     windows = _table(labels_path, ("window", "time_s", "predicted_label"))
     frame_rows = _table(frames_path, ("window", "frame_index"))
+    whole = bool(frame_rows) and "source" in frame_rows[0]
+    inferred: list[dict[str, str]] = []
+    if whole:  # a whole-procedure run: the spoken windows' rows, and the inferred frames
+        inferred = [r for r in frame_rows if r["source"] != SPOKEN_SOURCE]
+        frame_rows = [r for r in frame_rows if r["source"] == SPOKEN_SOURCE]
     seq = NrrdSequenceSource(label_dir / "frames.seq.nrrd")
-    if len(seq.frames) != len(frame_rows):
+    positions = None
+    if whole:  # the rows may be every stride-th frame: find each in the window frames
+        fps = float(info.get("fps") or FPS)
+        n_win = int(info.get("window_frames") or WINDOW_FRAMES)
+        owned: set[int] = set()
+        for n, w in enumerate(windows, start=2):
+            owned.update(int(f) for f in window_frame_indices(
+                _number(w, "time_s", labels_path, n, float), n_win, fps))
+        order = {f: i for i, f in enumerate(sorted(owned))}
+        positions = [order.get(_number(r, "frame_index", frames_path, n), -1)
+                     for n, r in enumerate(frame_rows, start=2)]
+        if len(seq.frames) < len(order) or min(positions, default=0) < 0:
+            raise ProcedureError("frames.seq.nrrd does not hold the spoken windows' frames of "
+                                 "frame_labels.csv", label_dir,
+                                 "the folder is incomplete: label the procedure again")
+    elif len(seq.frames) != len(frame_rows):
         raise ProcedureError(f"frames.seq.nrrd has {len(seq.frames)} frames but "
                              f"frame_labels.csv lists {len(frame_rows)}", label_dir,
                              "the folder is incomplete: label the procedure again")
@@ -201,13 +248,51 @@ def export_label_dir(label_dir: os.PathLike | str, out_dir: os.PathLike | str,
         groups.setdefault(win, []).append(n - 2)
         indices.append(_number(row, "frame_index", frames_path, n))
 
+    confidences = {}
+    for n, w in enumerate(windows, start=2):
+        c = (w.get("label_confidence") or "").strip()
+        confidences[_number(w, "window", labels_path, n)] = float(c) if c else None
+
     def fill(exporter: _Exporter) -> None:
         for win, rows in sorted(groups.items()):
             label, source, time_s = by_window[win]
+            picked = rows if positions is None else [positions[i] for i in rows]
             exporter.add_window(patient, label, time_s, win, [indices[i] for i in rows],
-                                seq.frames[rows], source)
+                                seq.frames[picked], source,
+                                None if by_window[win][1] == "reviewed" else confidences[win])
+        if inferred:
+            _export_inferred(exporter, label_dir, info, patient, labelset, inferred, every,
+                             frames_path)
 
-    return _exporting(out_dir, every, fill)
+    return _exporting(out_dir, every, fill, WHOLE_HEADER if whole else HEADER)
+
+
+def _export_inferred(exporter: _Exporter, label_dir: Path, info: dict, patient: str,
+                     labelset: LabelSet, rows: list[dict[str, str]], every: int,
+                     frames_path: Path, chunk: int = 200) -> None:
+    """Every ``every``-th inferred frame of a whole-procedure run with a landmark (``none``
+    frames are not exported), read from the procedure in chunks."""
+    picked = [r for r in rows[::max(1, every)] if r["label"].strip() != "none"]
+    if not picked:
+        return
+    proc_path = info.get("procedure")
+    if not proc_path or not Path(proc_path).is_dir():
+        raise ProcedureError("the procedure of this whole-procedure run is not found "
+                             f"({proc_path})", label_dir / RUN_INFO,
+                             "the inferred frames are read from the procedure: keep it where "
+                             "it was labelled")
+    proc = load_procedure(proc_path, labelset=labelset, mentions=[])
+    for n, r in enumerate(picked, start=2):
+        if r["label"] not in labelset:
+            raise ProcedureError(f"unknown label {r['label']!r}", frames_path,
+                                 "known labels: " + ", ".join(labelset.ids))
+    for i in range(0, len(picked), chunk):
+        part = picked[i:i + chunk]
+        idx = [int(r["frame_index"]) for r in part]
+        frames = proc.frames_at(np.array(idx) / proc.fps)
+        for r, f, frame in zip(part, idx, frames):
+            exporter.add_frame(patient, r["label"], f, f / proc.fps, frame, r["source"],
+                               float(r["confidence"]))
 
 
 def export_dataset(source: os.PathLike | str, out_dir: os.PathLike | str, every: int = 1,

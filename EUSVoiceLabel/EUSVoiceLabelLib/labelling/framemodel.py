@@ -11,9 +11,9 @@ on 2 cores), and on unseen patients the image branch alone is right only about h
 - **input**: one cropped grey frame resized to 64 x 128 (the ``cpu`` preset's size),
   standardised per frame (zero mean, unit variance: gain and depth changes between patients
   and within a procedure do not move it);
-- **network**: four 3 x 3 convolution blocks (16, 32, 64, 96 channels, BatchNorm, ReLU, 2 x 2
-  max-pool), global average pooling to a 96-d embedding, dropout, one linear layer to the K
-  landmarks: about 0.1 M weights, a few thousand frames a second on one core;
+- **network**: four 3 x 3 convolutions of stride 2 (16, 32, 64, 96 channels, BatchNorm,
+  ReLU), global average pooling to a 96-d embedding, dropout, one linear layer to the K
+  landmarks: 0.08 M weights, 7 M multiply-adds a frame;
 - **training data**: the cohort's voice-labelled windows, every frame of each window with the
   spoken label (the window cache of ``train``), class-weighted cross-entropy, AdamW, cosine
   schedule, the frame augmentation of ``--augment image`` (rotation, scale, shift, gain,
@@ -74,8 +74,8 @@ class FrameNet(nn.Module):
         layers: list[nn.Module] = []
         c_in = 1
         for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             c_in = c
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
@@ -136,6 +136,7 @@ class FrameModel:
         """Cropped uint8 frames (N, H, W) -> network input (N, 1, h, w) in [0, 1]."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).float()[:, None] / 255.0
         if tuple(x.shape[-2:]) != tuple(self.image_size):
+            # as the window cache resizes the training frames (data.dataset.resize_frames)
             x = F.interpolate(x, size=tuple(self.image_size), mode="bilinear", antialias=True,
                               align_corners=False)
         return x

@@ -6,9 +6,12 @@ Calibration, with nothing but the cohort's own mentions (no ground truth of what
 
 1. every 4th patient (by name; at least one when there are two or more) is held out and a
    frame classifier is trained on the others;
-2. each held-out procedure is labelled whole with every other of its mentions given as spoken
-   windows and the rest **hidden**; the frames of the hidden windows are labelled like any
-   frame no one spoke over, and their spoken label says whether that label is right;
+2. each held-out procedure is labelled whole as if only part of what was said were known:
+   of every other mention (the 1st, 3rd, ...) only the first half of its window is given as a
+   spoken window, and the other mentions are **hidden**.  Checked are the frames of the second
+   halves (a scene that was spoken about: the window shows one landmark for its second) and
+   of the hidden windows (scenes no one spoke about), each labelled like any frame no one
+   spoke over, against the label that was said;
 3. P(right | confidence) is fitted as a non-decreasing function of the frames' confidence
    (isotonic regression) and the threshold is the lowest confidence at which it reaches
    ``min_precision`` (0.5: a landmark is kept where it is more likely right than wrong,
@@ -52,26 +55,36 @@ def calibration_patients(patients: Sequence[str]) -> list[str]:
 
 def hidden_mention_frames(proc, model: FrameModel, settings: WholeSettings,
                           frames_per_window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label ``proc`` whole with its even mentions spoken and its odd ones hidden; the
-    confidence and rightness of the hidden windows' frames (not overlapped by a spoken one)."""
+    """Label ``proc`` whole with the first halves of its even mentions' windows spoken and its
+    odd mentions hidden (see the module doc); the confidence and rightness of the frames of
+    the second halves and of the hidden windows (those no spoken half overlaps)."""
     ids = model.ids
     mentions = sorted((m for m in proc.mentions if m.label in ids), key=lambda m: m.time_s)
-    anchors = [Anchor.from_mention(k, m.time_s, m.label, ids, frames_per_window, proc.fps)
-               for k, m in enumerate(mentions) if k % 2 == 0]
-    hidden = [m for k, m in enumerate(mentions) if k % 2 == 1]
+    half = max(1, frames_per_window // 2)
+    anchors = []
+    checked = []  # (frame indices, label)
+    for k, m in enumerate(mentions):
+        first = round(m.time_s * proc.fps)
+        if k % 2 == 0:
+            anchor = Anchor.from_mention(k, m.time_s, m.label, ids, frames_per_window, proc.fps)
+            anchor.frame_indices = anchor.frame_indices[:half]
+            anchors.append(anchor)
+            checked.append((np.arange(half + 1, frames_per_window) + first, m.label))
+        else:
+            checked.append((np.arange(frames_per_window) + first, m.label))
     result = label_whole(proc, model, anchors, settings)
     k = len(ids)
     pos = {int(f): i for i, f in enumerate(result.steps)}
     conf, right = [], []
-    for m in hidden:
-        for f in np.arange(frames_per_window) + round(m.time_s * proc.fps):
+    for frames, label in checked:
+        for f in frames:
             i = pos.get(int(f))
             if i is None or result.owner[i] >= 0:
                 continue
             post = result.posterior[i]
             top = int(np.argmax(post))
             conf.append(float(post[top]))
-            right.append(top < k and ids[top] == m.label)
+            right.append(top < k and ids[top] == label)
     return np.array(conf), np.array(right, bool)
 
 

@@ -109,6 +109,7 @@ class LabelOutputWriter:
         self.proc = proc
         self.labelset = labelset
         self.cam_threshold = cam_threshold
+        self.frames_per_window = int(frames_per_window)
         mentions = sorted(mentions, key=lambda m: m.time_s)
         # Which frames each window writes.
         owner = frame_owners([window_frame_indices(m.time_s, frames_per_window, proc.fps)
@@ -312,7 +313,8 @@ class LabelOutputWriter:
         whole = getattr(self, "_whole", None)
         if whole is None:
             return {}
-        return {"whole": {"settings": whole.settings.to_json(),
+        return {"window_frames": self.frames_per_window,
+                "whole": {"settings": whole.settings.to_json(),
                           "reject_below": whole.reject_below, "labelled_frames": len(whole),
                           "cancelled": whole.cancelled, **whole.info}}
 

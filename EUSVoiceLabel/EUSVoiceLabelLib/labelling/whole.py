@@ -65,6 +65,7 @@ from ..core.csvtext import escape_cell
 from ..core.errors import ConfigError
 from ..core.fileio import atomic_path
 from ..core.progress import ProgressLike, as_progress
+from ..data.outputs import OutputKind, csv_with_header
 from ..data.procedure import Procedure, window_frame_indices
 from .framemodel import FrameModel
 
@@ -77,6 +78,10 @@ INFERRED = "inferred"
 #: ``frame_labels.csv`` of a whole-procedure run: today's columns, then ``source``.
 WHOLE_COLUMNS = ("frame_index", "time_s", "label", "confidence", "window", "spoken_label",
                  "predicted_label", "predicted_confidence", "needs_review", "source")
+
+#: A whole-procedure ``frame_labels.csv`` written on its own (the Slicer module's export).
+FRAME_LABELS = OutputKind("whole-frame-labels", "a whole-procedure frame_labels.csv",
+                          folder=False, signature=csv_with_header(WHOLE_COLUMNS))
 
 #: Frames whose confidence is below this are flagged ``needs_review`` (as windows are).
 REVIEW_BELOW = 0.8
@@ -477,13 +482,14 @@ def calibrate_rejection(confidence: np.ndarray, correct: np.ndarray,
 
 
 # --------------------------------------------------------------------------- files
-def write_frame_labels(path: Path, result: WholeResult) -> Path:
-    """``frame_labels.csv`` of a whole run, written row by row (atomically)."""
+def write_frame_labels(path: Path, result, rows: Optional[Iterator[dict]] = None) -> Path:
+    """``frame_labels.csv`` of a whole run (a :class:`WholeResult`, or ``rows`` as it gives
+    them), written row by row (atomically)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(WHOLE_COLUMNS)
-            for r in result.rows():
+            for r in (result.rows() if rows is None else rows):
                 pc = r["predicted_confidence"]
                 writer.writerow([r["frame_index"], f"{r['time_s']:.3f}",
                                  escape_cell(r["label"]), f"{r['confidence']:.4f}",
@@ -550,4 +556,40 @@ def read_frame_labels(path: Path) -> list[dict]:
 __all__ = ["WholeSettings", "WholeResult", "Anchor", "label_whole", "forward_backward",
            "transition_matrix", "calibrate_rejection", "write_frame_labels", "runs_of", "Run",
            "NONE", "SPOKEN", "INFERRED", "WHOLE_COLUMNS", "read_frame_labels", "descriptors",
-           "fit_match", "frame_posterior", "MatchModel"]
+           "fit_match", "frame_posterior", "MatchModel", "TIMELINE_COLUMNS", "timeline_rows",
+           "reviewed_rows", "REVIEWED", "FRAME_LABELS"]
+
+
+# --------------------------------------------------------------------------- review of runs
+#: Columns of the timeline table (the Slicer module's whole-procedure review).
+TIMELINE_COLUMNS = ("run", "start_s", "end_s", "label", "confidence", "source", "frames",
+                    "reviewed_label", "status")
+REVIEWED = "reviewed"
+
+
+def timeline_rows(runs: Sequence[Run], fps: float, stride: int,
+                  reviewed: Optional[dict] = None) -> list[list[str]]:
+    """One row of :data:`TIMELINE_COLUMNS` per run (``reviewed``: run -> label)."""
+    reviewed = reviewed or {}
+    rows = []
+    for k, r in enumerate(runs):
+        rev = reviewed.get(k, "")
+        status = "" if not rev else "accepted" if rev == r.label else "corrected"
+        rows.append([str(k), f"{r.start_s(fps):.3f}", f"{r.end_s(fps, stride):.3f}", r.label,
+                     f"{r.confidence:.3f}", r.source, str(r.frames), rev, status])
+    return rows
+
+
+def reviewed_rows(rows: Sequence[dict], runs: Sequence[Run], reviewed: dict) -> list[dict]:
+    """``rows`` (of :meth:`WholeResult.rows`) with each reviewed run's frames set to its
+    reviewed label (confidence 1, source ``reviewed``)."""
+    out = [dict(r) for r in rows]
+    starts = [r.start_frame for r in runs]
+    import bisect
+
+    for r in out:
+        k = bisect.bisect_right(starts, r["frame_index"]) - 1
+        if k >= 0 and k in reviewed and r["frame_index"] <= runs[k].end_frame:
+            r["label"], r["confidence"], r["source"] = reviewed[k], 1.0, REVIEWED
+            r["needs_review"] = False
+    return out
