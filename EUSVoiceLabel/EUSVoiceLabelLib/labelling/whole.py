@@ -26,9 +26,12 @@ How a frame is labelled:
 
 3. **Temporal model.**  A hidden Markov model over the K + 1 states:
 
-   - *transitions*: the state is kept from one labelled frame to the next with probability
-     ``exp(-dt / dwell_s)`` (a geometric dwell time of mean :attr:`WholeSettings.dwell_s`), and
-     otherwise moves to any of the other K states alike;
+   - *transitions*: from one labelled frame to the next the state is kept with probability
+     ``g = exp(-dt / dwell_s) · P(same scene | similarity of the two frames)`` and otherwise
+     redrawn uniformly over the K + 1 states: a geometric dwell time of mean
+     :attr:`WholeSettings.dwell_s` while the picture stays the same scene (the same fitted
+     curve as the match says how likely that is), and a fresh start where the picture
+     changes, so that a label does not flow from a spoken scene into the next one;
    - *emissions* of an inferred frame: its posterior of step 2 divided by the state prior
      (uniform), raised to the power ``dt / evidence_s`` (capped at 1), because neighbouring
      frames are nearly the same picture: frames within :attr:`WholeSettings.evidence_s` count
@@ -208,40 +211,49 @@ class WholeResult:
 
 
 # --------------------------------------------------------------------------- the HMM
-def transition_matrix(n_states: int, dt: float, dwell_s: float) -> np.ndarray:
-    """Sticky transitions: stay with probability ``exp(-dt / dwell_s)``, else move to any other
-    state alike."""
-    stay = math.exp(-dt / dwell_s)
-    if n_states == 1:
-        return np.ones((1, 1))
-    a = np.full((n_states, n_states), (1.0 - stay) / (n_states - 1))
-    np.fill_diagonal(a, stay)
-    return a
+def transition_matrix(n_states: int, stay: float) -> np.ndarray:
+    """The transition matrix of one step: the state is kept with probability ``stay``, else
+    redrawn uniformly over all ``n_states`` (the same one included)."""
+    return stay * np.eye(n_states) + (1.0 - stay) / n_states
 
 
-def forward_backward(log_emit: np.ndarray, trans: np.ndarray) -> np.ndarray:
+def forward_backward(log_emit: np.ndarray, stay) -> np.ndarray:
     """Posterior state probabilities (N, S) of an HMM with uniform initial state, log
-    emissions ``log_emit`` (N, S) and transition matrix ``trans`` (S, S); scaled forward and
-    backward passes (no underflow over any length)."""
+    emissions ``log_emit`` (N, S) and the transitions of :func:`transition_matrix` with
+    ``stay`` (a number, or one per step: ``stay[t]`` for step t - 1 -> t); scaled forward
+    and backward passes (no underflow over any length), O(N S)."""
     n, s = log_emit.shape
     if n == 0:
         return np.zeros((0, s))
+    g = np.broadcast_to(np.asarray(stay, dtype=np.float64), (n,))
     emit = np.exp(log_emit - log_emit.max(axis=1, keepdims=True))
     alpha = np.empty((n, s))
-    a = np.full(s, 1.0 / s) * emit[0]
+    a = emit[0] / s
     alpha[0] = a / a.sum()
     for t in range(1, n):
-        a = (alpha[t - 1] @ trans) * emit[t]
+        a = (g[t] * alpha[t - 1] + (1.0 - g[t]) / s) * emit[t]  # alpha[t - 1] sums to 1
         alpha[t] = a / a.sum()
     post = np.empty((n, s))
-    b = np.ones(s)
     post[-1] = alpha[-1]
+    b = np.ones(s) / s
     for t in range(n - 2, -1, -1):
-        b = trans @ (emit[t + 1] * b)
+        v = emit[t + 1] * b
+        b = g[t + 1] * v + (1.0 - g[t + 1]) / s * v.sum()
         b /= b.sum()
         p = alpha[t] * b
         post[t] = p / p.sum()
     return post
+
+
+def stay_probabilities(same_scene: Optional[np.ndarray], n: int, dt: float,
+                       dwell_s: float) -> np.ndarray:
+    """Per-step probability that the state is kept: the dwell prior ``exp(-dt / dwell_s)``
+    times the probability that the frame shows the same scene as the one before
+    (``same_scene``, from the appearance match; 1 where unknown)."""
+    stay = np.full(n, math.exp(-dt / dwell_s))
+    if same_scene is not None:
+        stay = stay * same_scene[:n]
+    return stay
 
 
 def frame_posterior(frame_probs: np.ndarray, match: Optional[np.ndarray]) -> np.ndarray:
@@ -298,7 +310,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, 
     w = np.where(y > 0, 0.5 / max(1, (y > 0).sum()), 0.5 / max(1, (y <= 0).sum()))
     X = np.stack([x, np.ones_like(x)], axis=1)
     beta = np.zeros(2)
-    ridge = 1e-3
+    ridge = 1e-6
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-(X @ beta)))
         g = X.T @ (w * (p - y)) + ridge * beta
@@ -319,10 +331,14 @@ class MatchModel:
     a: float
     c: float
 
+    def same_scene(self, sims: np.ndarray) -> np.ndarray:
+        """``P(same scene | similarity)``."""
+        return 1.0 / (1.0 + np.exp(-(self.a * sims + self.c)))
+
     def match(self, sims: np.ndarray, k: int) -> np.ndarray:
         """Per-landmark match probabilities (N, K) from similarities (N, A): the best window
         of each landmark."""
-        p = 1.0 / (1.0 + np.exp(-(self.a * sims + self.c)))
+        p = self.same_scene(sims)
         out = np.zeros((len(sims), k))
         for j, lab in enumerate(self.labels):
             out[:, lab] = np.maximum(out[:, lab], p[:, j])
@@ -405,6 +421,8 @@ def label_whole(proc: Procedure, model: FrameModel, anchors: Sequence[Anchor],
         matcher = fit_match(wd, [ids.index(an.label) for an in anchors])
     frame_probs = np.zeros((len(steps), k), np.float32)
     match = np.zeros((len(steps), k), np.float32) if matcher is not None else None
+    same = np.ones(len(steps), np.float32) if matcher is not None else None
+    previous = None
     reporter = as_progress(progress)
     done = 0
     cancelled = False
@@ -416,19 +434,23 @@ def label_whole(proc: Procedure, model: FrameModel, anchors: Sequence[Anchor],
             n = len(frames)
             frame_probs[i:i + n] = model.probabilities(frames)
             if matcher is not None:
-                match[i:i + n] = matcher.match(descriptors(frames) @ matcher.centroids.T, k)
+                d = descriptors(frames)
+                match[i:i + n] = matcher.match(d @ matcher.centroids.T, k)
+                before = np.concatenate([d[:1] if previous is None else previous, d[:-1]])
+                same[i:i + n] = matcher.same_scene(np.sum(d * before, axis=1))
+                previous = d[-1:]
             if on_chunk is not None:
                 on_chunk(steps[i:i + n], frames)
             done = i + n
             task.update(done)
     steps, frame_probs = steps[:done], frame_probs[:done]
     if match is not None:
-        match = match[:done]
+        match, same = match[:done], same[:done]
     owner = step_owners(steps, anchors, proc.n_frames)
     dt = settings.stride / proc.fps
     frame_post = frame_posterior(frame_probs.astype(np.float64), match)
     log_e = emissions(frame_post, owner, anchors, settings, dt)
-    post = forward_backward(log_e, transition_matrix(k + 1, dt, settings.dwell_s))
+    post = forward_backward(log_e, stay_probabilities(same, len(steps), dt, settings.dwell_s))
     reject = model.reject_below if settings.reject_below is None else settings.reject_below
     info = {"n_frames": int(proc.n_frames), "spoken_windows": len(anchors)}
     if matcher is not None:
@@ -554,7 +576,7 @@ def read_frame_labels(path: Path) -> list[dict]:
 
 
 __all__ = ["WholeSettings", "WholeResult", "Anchor", "label_whole", "forward_backward",
-           "transition_matrix", "calibrate_rejection", "write_frame_labels", "runs_of", "Run",
+           "transition_matrix", "stay_probabilities", "calibrate_rejection", "write_frame_labels", "runs_of", "Run",
            "NONE", "SPOKEN", "INFERRED", "WHOLE_COLUMNS", "read_frame_labels", "descriptors",
            "fit_match", "frame_posterior", "MatchModel", "TIMELINE_COLUMNS", "timeline_rows",
            "reviewed_rows", "REVIEWED", "FRAME_LABELS"]

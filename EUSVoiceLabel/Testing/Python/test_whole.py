@@ -167,13 +167,14 @@ def test_calibration_and_forward_backward():
     # The scaled forward-backward equals brute-force marginals over every path.
     import itertools
 
-    trans = transition_matrix(3, 0.04, 0.3)
+    stay = rng.uniform(0.2, 0.99, 5)  # one per step, as the scene-change evidence gives
     log_e = np.log(rng.uniform(0.05, 1, (5, 3)))
-    post = forward_backward(log_e, trans)
+    post = forward_backward(log_e, stay)
     brute = np.zeros((5, 3))
     for path in itertools.product(range(3), repeat=5):
         p = (1 / 3) * np.exp(sum(log_e[t, s] for t, s in enumerate(path)))
-        p *= np.prod([trans[a, b] for a, b in zip(path, path[1:])])
+        p *= np.prod([transition_matrix(3, stay[t + 1])[a, b]
+                      for t, (a, b) in enumerate(zip(path, path[1:]))])
         for t, s in enumerate(path):
             brute[t, s] += p
     np.testing.assert_allclose(post, brute / brute.sum(1, keepdims=True), atol=1e-10)
