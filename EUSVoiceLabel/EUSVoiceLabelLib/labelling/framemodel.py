@@ -33,10 +33,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import __version__
-from ..core.errors import CheckpointError, ConfigError
+from ..core.errors import CheckpointError
 from ..core.progress import ProgressLike, as_progress
 from ..data.outputs import OutputKind, claim_output, torch_file_of_format
 from ..data.vocabulary import LabelSet

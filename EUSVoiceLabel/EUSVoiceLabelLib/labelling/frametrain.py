@@ -30,7 +30,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..core.errors import ProcedureError
 from ..core.progress import ProgressLike, as_progress
 from ..data.dataset import WindowSettings, build_window_set
 from ..data.outputs import claim_output, input_paths

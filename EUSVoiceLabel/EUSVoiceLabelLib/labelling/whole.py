@@ -55,7 +55,6 @@ why each value was chosen and how the rejection threshold is calibrated.
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 from dataclasses import asdict, dataclass, field
