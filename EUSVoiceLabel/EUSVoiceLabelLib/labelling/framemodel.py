@@ -35,7 +35,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -126,6 +126,9 @@ class FrameModel:
     calibration: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     image_size: tuple[int, int] = FRAME_SIZE
+    #: The cohort's typical P(same scene | similarity) curve (a, c) (:mod:`.whole`), for a
+    #: procedure whose spoken windows name one landmark only; None: unknown.
+    match_curve: Optional[tuple[float, float]] = None
 
     @property
     def ids(self) -> list[str]:
@@ -238,6 +241,7 @@ def save_frame_model(path: os.PathLike | str, model: FrameModel,
             "image_size": list(model.image_size), "channels": list(CHANNELS),
             "config": model.config.to_json(), "reject_below": float(model.reject_below),
             "calibration": model.calibration, "extra": model.extra,
+            "match_curve": None if model.match_curve is None else list(model.match_curve),
             "model": {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()}}
     data[DIGEST_KEY] = weights_digest(data, "model")
     torch_save_atomic(path, data)
@@ -271,7 +275,16 @@ def load_frame_model(path: os.PathLike | str) -> FrameModel:
     return FrameModel(net, labelset, FrameTrainConfig.from_json(data.get("config") or {}),
                       float(data.get("reject_below", 0.5)), dict(data.get("calibration") or {}),
                       dict(data.get("extra") or {}),
-                      tuple(int(v) for v in data.get("image_size", FRAME_SIZE)))
+                      tuple(int(v) for v in data.get("image_size", FRAME_SIZE)),
+                      _curve(data.get("match_curve")))
+
+
+def _curve(value) -> Optional[tuple[float, float]]:
+    try:
+        a, c = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (a, c) if math.isfinite(a) and math.isfinite(c) else None
 
 
 def default_frame_model_path(model_path: os.PathLike | str) -> Path:

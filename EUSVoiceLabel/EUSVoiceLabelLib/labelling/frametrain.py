@@ -87,6 +87,26 @@ def hidden_mention_frames(proc, model: FrameModel, settings: WholeSettings,
     return np.array(conf), np.array(right, bool)
 
 
+def cohort_match_curve(images: np.ndarray, labels: np.ndarray, patients: Sequence[str]
+                       ) -> Optional[tuple[float, float]]:
+    """The median over the cohort's patients (those with windows of two or more landmarks) of
+    the fitted P(same scene | similarity) curve of :func:`.whole.fit_match`, from the window
+    cache's frames: the fallback for a procedure whose spoken windows name one landmark."""
+    from .whole import descriptors, fit_match
+
+    patients = np.asarray(patients)
+    curves = []
+    for name in sorted(set(patients.tolist())):
+        idx = np.flatnonzero(patients == name)
+        m = fit_match([descriptors(images[i]) for i in idx], [int(labels[i]) for i in idx])
+        if m is not None and len(set(m.labels.tolist())) >= 2:
+            curves.append((m.a, m.c))
+    if not curves:
+        return None
+    a, c = np.median(np.array(curves), axis=0)
+    return float(a), float(c)
+
+
 def train_frames(cohort: os.PathLike | str, out: os.PathLike | str,
                  cfg: Optional[FrameTrainConfig] = None, labels: Optional[os.PathLike] = None,
                  cache_dir: Optional[os.PathLike | str] = None, calibrate: bool = True,
@@ -128,10 +148,11 @@ def train_frames(cohort: os.PathLike | str, out: os.PathLike | str,
                                               min_precision)
             calibration.update({"held_out": held, "stride": settings.stride})
     net = fit_frame_net(images, ws.labels, len(labelset), cfg, progress=reporter)
+    curve = cohort_match_curve(ws.images, ws.labels, ws.patients)
     model = FrameModel(net, labelset, cfg, float(calibration["reject_below"]), calibration,
                        {"cohort": str(cohort), "patients": ws.patient_ids,
                         "n_windows": len(ws), "label_counts": ws.label_counts(),
-                        "wall_time_s": round(time.perf_counter() - t0, 1)})
+                        "wall_time_s": round(time.perf_counter() - t0, 1)}, match_curve=curve)
     save_frame_model(out, model, inputs)
     return model
 

@@ -344,18 +344,25 @@ class MatchModel:
         return out
 
 
-def fit_match(window_descriptors: Sequence[np.ndarray], labels: Sequence[int]
-              ) -> Optional[MatchModel]:
+def fit_match(window_descriptors: Sequence[np.ndarray], labels: Sequence[int],
+              fallback: Optional[tuple[float, float]] = None) -> Optional[MatchModel]:
     """The match model of a procedure's spoken windows (descriptors (F, D) per window, its
     landmark index): same scene = a window's frames against its own mean, other scene = against
     the means of windows of other landmarks (windows of the same landmark may show the same
-    scene and are left out).  None without two windows of different landmarks."""
+    scene and are left out).  Without two windows of different landmarks the curve cannot be
+    fitted: ``fallback`` (a, c) is used (the cohort's typical curve, stored in the frame
+    model), else None."""
     keep = [(d, lab) for d, lab in zip(window_descriptors, labels) if len(d)]
-    if len({lab for _, lab in keep}) < 2:
+    if not keep:
         return None
     cents = np.stack([d.mean(axis=0) for d, _ in keep])
     cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-6)
     labs = np.array([lab for _, lab in keep])
+    if len(set(labs.tolist())) < 2:
+        if fallback is None:
+            return None
+        return MatchModel(cents.astype(np.float32), labs, float(fallback[0]),
+                          float(fallback[1]))
     xs, ys = [], []
     for j, (d, lab) in enumerate(keep):
         sims = d @ cents.T
@@ -417,7 +424,8 @@ def label_whole(proc: Procedure, model: FrameModel, anchors: Sequence[Anchor],
             f = np.asarray([i for i in an.frame_indices if 0 <= i < proc.n_frames])
             wd.append(descriptors(proc.frames_at(f / proc.fps)) if len(f) else
                       np.zeros((0, DESCRIPTOR_SIZE[0] * DESCRIPTOR_SIZE[1]), np.float32))
-        matcher = fit_match(wd, [ids.index(an.label) for an in anchors])
+        matcher = fit_match(wd, [ids.index(an.label) for an in anchors],
+                            model.match_curve)
     frame_probs = np.zeros((len(steps), k), np.float32)
     match = np.zeros((len(steps), k), np.float32) if matcher is not None else None
     same = np.ones(len(steps), np.float32) if matcher is not None else None
@@ -454,6 +462,8 @@ def label_whole(proc: Procedure, model: FrameModel, anchors: Sequence[Anchor],
     info = {"n_frames": int(proc.n_frames), "spoken_windows": len(anchors)}
     if matcher is not None:
         info["match_curve"] = {"a": round(matcher.a, 4), "c": round(matcher.c, 4)}
+        info["match_curve_from"] = "cohort" if len(set(matcher.labels.tolist())) < 2 \
+            else "procedure"
     return WholeResult(steps, proc.fps, ids, post.astype(np.float32), frame_probs, owner,
                        list(anchors), float(reject), settings, cancelled, info)
 

@@ -323,3 +323,20 @@ def test_module_labels_the_whole_procedure_and_reviews_runs(app, models):
     path = logic.exportWhole(timeline, models / "reviewed_frame_labels.csv")
     exported = read_rows(path)
     assert len(exported) == proc.n_frames and exported[0]["source"] == "reviewed"
+
+
+def test_match_curve_is_fitted_per_procedure_with_the_cohorts_as_fallback(models):
+    from EUSVoiceLabelLib.labelling.whole import descriptors, fit_match
+
+    proc = load_procedure(models / "new")
+    wins = [descriptors(proc.frames_at((round(t * FPS) + np.arange(25)) / FPS))
+            for t, _ in MENTIONS]
+    fitted = fit_match(wins, [0, 4, 0])
+    assert fitted is not None and fitted.a > 0  # more similar: more likely the same scene
+    own = fitted.same_scene(np.sum(wins[1] * fitted.centroids[1], axis=1))
+    other = fitted.same_scene(np.sum(wins[1] * fitted.centroids[0], axis=1))
+    assert own.min() > 0.5 > other.max()
+    assert fit_match(wins[:1], [0]) is None  # one landmark spoken: nothing to fit
+    fallback = fit_match(wins[:1], [0], fallback=(fitted.a, fitted.c))
+    assert (fallback.a, fallback.c) == (fitted.a, fitted.c)
+    assert load_frame_model(models / "model.frames.pt").match_curve is not None
