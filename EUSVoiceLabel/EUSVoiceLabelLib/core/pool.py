@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -34,13 +36,36 @@ def spawn_context() -> multiprocessing.context.SpawnContext:
     return multiprocessing.get_context("spawn")
 
 
+#: How often a worker checks that the process that started it is still there.
+PARENT_CHECK_S = 1.0
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """End this worker when its parent is gone (killed without the chance to shut the pool
+    down): its results would go nowhere, and it would hold cores and memory for nothing."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _start_worker(parent_pid: int, initializer: Optional[Callable[..., None]],
+                  initargs: Sequence[Any]) -> None:
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                     name="eusvoicelabel-parent-watch").start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
 @contextlib.contextmanager
 def spawn_pool(workers: int, initializer: Optional[Callable[..., None]] = None,
                initargs: Sequence[Any] = ()) -> Iterator[ProcessPoolExecutor]:
     """A :class:`~concurrent.futures.ProcessPoolExecutor` of ``workers`` spawned processes,
-    each set up by ``initializer(*initargs)``; shut down (waiting for its workers) on exit."""
+    each set up by ``initializer(*initargs)``; shut down (waiting for its workers) on exit.
+    A worker whose parent dies (``kill``, a crash) ends itself within :data:`PARENT_CHECK_S`."""
     with ProcessPoolExecutor(max_workers=max(1, int(workers)), mp_context=spawn_context(),
-                             initializer=initializer, initargs=tuple(initargs)) as pool:
+                             initializer=_start_worker,
+                             initargs=(os.getpid(), initializer, tuple(initargs))) as pool:
         yield pool
 
 

@@ -96,6 +96,51 @@ def test_a_failing_fold_raises_in_the_parent(tmp_path):
 
 
 # --------------------------------------------------------------------------- DDP
+def test_pool_workers_end_when_their_parent_is_killed(tmp_path):
+    """A pool's parent killed outright (no shutdown) leaves no worker running on."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(PKG_ROOT)!r})
+        from EUSVoiceLabelLib.core.pool import spawn_pool
+
+        def task(path):
+            open(path, "w").write(str(os.getpid()))
+            time.sleep(120)
+
+        if __name__ == "__main__":
+            with spawn_pool(1) as pool:
+                pool.submit(task, {str(pid_file)!r}).result()
+    """)
+    parent_py = tmp_path / "parent.py"  # a file: spawned workers import the task from it
+    parent_py.write_text(script)
+    parent = subprocess.Popen([sys.executable, str(parent_py)])
+    try:
+        deadline = time.time() + 60
+        while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        os.kill(worker, 0)  # running
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the worker outlived its killed parent by 15 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 def test_shard_and_loss_scale_rebuild_the_global_batch():
     batch = torch.arange(7)
     parts = [DistContext(r, 2, r, torch.device("cpu"), "gloo").shard(batch) for r in range(2)]
