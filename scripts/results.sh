@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The figures of docs/results.md, from nothing, on this machine (a benchmark, not a test: about
+# 2 hours on 2 CPU cores, most of it Table III).  Usage:
+#
+#     bash scripts/results.sh OUT [VARIANTS]
+#
+# OUT receives two paper-scale synthetic cohorts (seeds 0 and 1), Table III of the seed-0
+# cohort with --preset cpu (OUT/table3/table_iii.md), a model trained on all of seed 0 with
+# the temperature of its held-out folds, the end-to-end report of that model labelling the
+# seed-1 cohort with --mentions auto (OUT/end_to_end.json) and the detector's evaluation on
+# both cohorts (OUT/detect_seed*.json).  VARIANTS (default: proposed,voice_only,image_only)
+# is the --variant list of Table III; 'all' runs every row that can run here.  Every step
+# resumes where it stopped when the command is run again.
+set -euo pipefail
+out=${1:?usage: bash scripts/results.sh OUT [VARIANTS]}
+variants=${2:-proposed,voice_only,image_only}
+mkdir -p "$out"
+run() { echo "+ $*" >&2; "$@"; }
+
+for seed in 0 1; do
+    if [ ! -f "$out/paper$seed/patient12/mentions.csv" ]; then
+        run eusvoicelabel synth "$out/paper$seed" --counts paper --seed "$seed" --force
+    fi
+done
+# Table III, leave-one-patient-out (finished folds are reused on a rerun).
+run eusvoicelabel evaluate "$out/paper0" --variant "$variants" --preset cpu --out "$out/table3"
+# One model on every seed-0 patient, calibrated by the proposed row's held-out folds.
+run eusvoicelabel train "$out/paper0" --out "$out/model_cpu.pt" --preset cpu \
+    --temperature-from "$out/table3/proposed"
+# End to end on patients the model never saw: detect, label, score against mentions.csv.
+run python3 -m EUSVoiceLabelLib.labelling.endtoend "$out/paper1" --model "$out/model_cpu.pt" \
+    --out "$out/end_to_end.json"
+for seed in 0 1; do
+    run eusvoicelabel detect "$out/paper$seed" --evaluate --out "$out/detect_seed$seed.json"
+done
+echo "done: $out/table3/table_iii.md, $out/end_to_end.json, $out/detect_seed0.json, $out/detect_seed1.json"
