@@ -110,7 +110,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..core.errors import ConfigError
 from ..core.fileio import atomic_write_text
@@ -145,6 +145,16 @@ def _url_encode(name: str) -> str:
                        ('"', "%22")):
         name = name.replace(char, code)
     return name
+
+
+def _browser_attributes(fps: float, postfixes: Sequence[str]) -> dict[str, str]:
+    """The sequence browser's attributes: paused, looping at the procedure's rate, showing
+    the first item, one proxy postfix per synchronised sequence."""
+    return {"playbackActive": "false", "playbackRateFps": _format_number(fps),
+            "playbackItemSkippingEnabled": "true", "playbackLooped": "true",
+            "selectedItemNumber": "-1", "recordingActive": "false",
+            "recordOnMasterModifiedOnly": "false", "indexDisplayFormat": "%.2f",
+            "virtualNodePostfixes": " ".join(postfixes)}
 
 
 def _relative_name(file: os.PathLike | str, scene_dir: Path) -> str:
@@ -275,11 +285,7 @@ def build_scene_mrml(scene_dir: os.PathLike | str, *, frames_seq: os.PathLike | 
     sequence_ids = [scene.new_id("vtkMRMLSequenceNode") for _ in sequences]
     postfixes = [str(i) for i in range(len(sequences))]
     references: dict[str, list[str]] = {}
-    attrs = {"playbackActive": "false", "playbackRateFps": _format_number(fps),
-             "playbackItemSkippingEnabled": "true", "playbackLooped": "true",
-             "selectedItemNumber": "-1", "recordingActive": "false",
-             "recordOnMasterModifiedOnly": "false", "indexDisplayFormat": "%.2f",
-             "virtualNodePostfixes": " ".join(postfixes)}
+    attrs = _browser_attributes(fps, postfixes)
     for postfix, seq_id, (_, _, proxy_id) in zip(postfixes, sequence_ids, sequences):
         references[f"sequenceNodeRef{postfix}"] = [seq_id]
         references[f"dataNodeRef{postfix}"] = [proxy_id]
@@ -387,11 +393,7 @@ def write_whole_scene_mrml(path: os.PathLike | str, *,
     sequence_ids = [scene.new_id("vtkMRMLSequenceNode") for _ in sequences]
     postfixes = [str(i) for i in range(len(sequences))]
     references: dict[str, list[str]] = {}
-    attrs = {"playbackActive": "false", "playbackRateFps": _format_number(fps),
-             "playbackItemSkippingEnabled": "true", "playbackLooped": "true",
-             "selectedItemNumber": "-1", "recordingActive": "false",
-             "recordOnMasterModifiedOnly": "false", "indexDisplayFormat": "%.2f",
-             "virtualNodePostfixes": " ".join(postfixes)}
+    attrs = _browser_attributes(fps, postfixes)
     for postfix, seq_id, (_, _, proxy_id, _) in zip(postfixes, sequence_ids, sequences):
         references[f"sequenceNodeRef{postfix}"] = [seq_id]
         references[f"dataNodeRef{postfix}"] = [proxy_id]
