@@ -20,3 +20,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_reaches_python():
+    """Ctrl-C as in a terminal: a shell starts background jobs with SIGINT ignored, and the
+    tests that press Ctrl-C (a real SIGINT) would then see nothing happen."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, before)
