@@ -244,7 +244,8 @@ def app():
         pytest.skip(ms.SKIP_REASON)
     scene = ms.AppScene()
     scene.module = ms.load_module(scene)
-    return scene
+    yield scene
+    scene.clear()
 
 
 def test_whole_sequence_and_scene_load_in_slicer(app, whole_out):
