@@ -23,7 +23,8 @@ for seed in 0 1; do
     fi
 done
 # Table III, leave-one-patient-out (finished folds are reused on a rerun).
-run eusvoicelabel evaluate "$out/paper0" --variant "$variants" --preset cpu --out "$out/table3"
+run eusvoicelabel evaluate "$out/paper0" --variant "$variants" --preset cpu --out "$out/table3" \
+    --workers 2
 # One model on every seed-0 patient, calibrated by the proposed row's held-out folds.
 run eusvoicelabel train "$out/paper0" --out "$out/model_cpu.pt" --preset cpu \
     --temperature-from "$out/table3/proposed"
