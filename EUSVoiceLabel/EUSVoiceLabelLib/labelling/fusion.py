@@ -56,7 +56,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..data.mentions import Mention
-from ..train.metrics import TEMPERATURE_RANGE, scale_probabilities
+from ..train.metrics import is_temperature, scale_probabilities
 
 #: Smallest probability used in the log domain (a network output of exactly 0, a detector
 #: confidence of exactly 1).
@@ -133,10 +133,7 @@ def checkpoint_temperature(meta: Optional[Mapping]) -> float:
     metadata; 1 when it has none or the value is not a usable temperature)."""
     cal = (meta or {}).get("calibration") or {}
     t = cal.get("temperature") if isinstance(cal, Mapping) else None
-    lo, hi = TEMPERATURE_RANGE
-    if isinstance(t, (int, float)) and not isinstance(t, bool) and lo <= t <= hi:
-        return float(t)
-    return 1.0
+    return float(t) if is_temperature(t) else 1.0
 
 
 def fuse_posteriors(q: np.ndarray, p_net: np.ndarray,

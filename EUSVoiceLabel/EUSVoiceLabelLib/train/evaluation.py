@@ -36,7 +36,7 @@ from .config import TrainConfig
 from .folds import Fold, FoldResult, lopo_folds, run_fold
 from .loop import data_signature, to_device_data
 from .metrics import (TEMPERATURE_RANGE, classification_metrics, compute_metrics,
-                      fit_temperature)
+                      fit_temperature, is_temperature)
 from .parallel import run_folds
 from .voice_pretrain import pretrain_keyword_model
 
@@ -279,7 +279,7 @@ def read_calibration(path: Path, variant: str) -> dict[str, Any]:
         raise ConfigError(f"unreadable calibration ({exc})", file, hint) from None
     lo, hi = TEMPERATURE_RANGE
     t = data.get("temperature") if isinstance(data, dict) else None
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not lo <= t <= hi:
+    if not is_temperature(t):
         raise ConfigError(f"calibration holds no temperature in [{lo}, {hi}]", file, hint)
     if data.get("variant") != variant:
         raise ConfigError(f"calibration was fitted on variant {data.get('variant')!r}, the "

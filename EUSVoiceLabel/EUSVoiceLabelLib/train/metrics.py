@@ -119,6 +119,12 @@ def compute_metrics(y_true: Sequence[int], probs: np.ndarray, patients: Sequence
 TEMPERATURE_RANGE = (0.05, 100.0)
 
 
+def is_temperature(value: Any) -> bool:
+    """A number a stored calibration may hold as its temperature (in :data:`TEMPERATURE_RANGE`)."""
+    lo, hi = TEMPERATURE_RANGE
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+
+
 def scale_probabilities(probs: np.ndarray, temperature: float) -> np.ndarray:
     """``softmax(log p / T)`` over the last axis (T = 1 leaves ``probs`` as they are)."""
     p = np.asarray(probs, dtype=np.float64)
@@ -172,4 +178,4 @@ def fit_temperature(probs: np.ndarray, y_true: Sequence[int]) -> dict[str, Any]:
 
 __all__ = ["classification_metrics", "bootstrap_accuracy", "default_subset_size",
            "compute_metrics", "METRIC_KEYS", "fit_temperature", "scale_probabilities",
-           "expected_calibration_error", "TEMPERATURE_RANGE"]
+           "expected_calibration_error", "is_temperature", "TEMPERATURE_RANGE"]
