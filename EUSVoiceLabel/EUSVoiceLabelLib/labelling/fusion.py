@@ -179,5 +179,6 @@ def fuse_window(p_net: np.ndarray, mention: Optional[Mention], ids: Sequence[str
     return FusedLabel(ids[top], confidence, fused, bool(reasons), "; ".join(reasons))
 
 
-__all__ = ["FusedLabel", "speech_evidence", "training_prior", "checkpoint_temperature", "fuse_posteriors", "fuse_window",
+__all__ = ["FusedLabel", "speech_evidence", "training_prior", "checkpoint_temperature",
+           "fuse_posteriors", "fuse_window",
            "FLOOR", "REVIEW_BELOW", "CERTAIN_SOURCES", "DISAGREES", "LOW_CONFIDENCE"]

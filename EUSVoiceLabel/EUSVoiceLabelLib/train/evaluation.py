@@ -54,8 +54,8 @@ def _earlier_evaluation(folder: Path) -> bool:
 CALIBRATION_FILE = "calibration.json"
 
 #: ``evaluate --out``: metrics.json, predictions.csv, confusion_matrix.png, timings.json,
-#: calibration.json and the fold cache ``folds/`` (``--variant all``: one such folder per variant, table_iii.md,
-#: summary.json).
+#: calibration.json and the fold cache ``folds/`` (``--variant all``: one such folder per
+#: variant, table_iii.md, summary.json).
 EVALUATION = OutputKind("evaluate", "an 'evaluate' output folder", folder=True,
                         signature=_earlier_evaluation, sweep=("folds",))
 
@@ -225,7 +225,8 @@ class _FoldCache:
 def _write_evaluation(out_dir: Path, ws: Any, cfg: TrainConfig, results: Sequence[FoldResult],
                       config: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
     """Pool the folds' held-out predictions; write metrics.json, timings.json,
-    calibration.json (the temperature of the held-out probabilities: :func:`.metrics.fit_temperature`),
+    calibration.json (the temperature of the held-out probabilities:
+    :func:`.metrics.fit_temperature`),
     predictions.csv and confusion_matrix.png, moved into ``out_dir`` together; return the
     metrics."""
     idx = np.concatenate([r.indices for r in results])
