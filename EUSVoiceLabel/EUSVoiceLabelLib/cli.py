@@ -106,7 +106,7 @@ _PAPER_SIZE = f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
 #: default, the paper's per variant, applies).
 _TRAIN_FIELDS = ("epochs", "lr", "batch_size", "image_size", "frames", "width", "joint_scale",
                  "seed", "optimizer", "weight_decay", "schedule", "label_smoothing", "augment",
-                 "voice_init", "voice_lr_scale", "late_voice")
+                 "voice_init", "voice_lr_scale", "late_voice", "image_dropout")
 
 
 def _variant_choice(text: str) -> str:
@@ -187,6 +187,9 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--late-voice", action=argparse.BooleanOptionalAction, default=None,
                    help="joint variants: add the voice features' own class scores to the "
                         "joint logits (default: off, the paper's head)")
+    p.add_argument("--image-dropout", type=float, default=None, metavar="P",
+                   help="with --late-voice: modality dropout, the probability that a training "
+                        "window loses the image path's logits (default: 0)")
 
 
 # --------------------------------------------------------------------------- info

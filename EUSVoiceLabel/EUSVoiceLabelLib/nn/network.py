@@ -275,7 +275,8 @@ class EUSVoiceLabelNet(nn.Module):
 
     def __init__(self, variant: str, image_branch: Optional[nn.Module],
                  voice_branch: Optional[nn.Module], num_classes: int,
-                 joint_scale: str = "sum", late_voice: bool = False) -> None:
+                 joint_scale: str = "sum", late_voice: bool = False,
+                 image_dropout: float = 0.0) -> None:
         super().__init__()
         self.variant = variant
         self.image_branch = image_branch
@@ -306,6 +307,14 @@ class EUSVoiceLabelNet(nn.Module):
             if self.mode != "joint":
                 raise ConfigError("late_voice needs a model with both branches")
             self.voice_head = nn.Conv1d(voice_branch.out_channels, num_classes, 3, padding=1)
+        # Modality dropout of the image path (ModDrop, Neverova et al. 2015): in training, each
+        # window loses the joint logits with this probability, so the voice path must name the
+        # label on its own and the image path learns to add to it rather than to carry it.
+        if not 0.0 <= image_dropout < 1.0:
+            raise ConfigError(f"image_dropout must be in [0, 1), not {image_dropout!r}")
+        if image_dropout and self.voice_head is None:
+            raise ConfigError("image_dropout needs the late voice path (late_voice)")
+        self.image_dropout = float(image_dropout)
 
     def cam_layer(self) -> Optional[nn.Module]:
         """Module whose output is the image feature map Q used for Grad-CAM (None if no image)."""
@@ -350,7 +359,11 @@ class EUSVoiceLabelNet(nn.Module):
         out["maps"] = maps
         out["logits"] = maps.flatten(2).mean(dim=2)  # global average pooling
         if self.voice_head is not None:
-            out["logits"] = out["logits"] + self.voice_head(out["P"]).mean(dim=2)
+            joint = out["logits"]
+            if self.training and self.image_dropout > 0:
+                keep = torch.rand(joint.shape[0], 1, device=joint.device) >= self.image_dropout
+                joint = joint * keep.to(joint.dtype)
+            out["logits"] = joint + self.voice_head(out["P"]).mean(dim=2)
         return out
 
     def forward(self, image: Optional[torch.Tensor], voice: Optional[torch.Tensor]
@@ -412,7 +425,8 @@ class PretrainedVoiceBranch(nn.Module):
 def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = WINDOW_FRAMES, *,
                 weights: Optional[str | Path] = None, width: float = 1.0,
                 joint_scale: str = "sum", load_pretrained: bool = True,
-                late_voice: bool = False, **kw: Any) -> EUSVoiceLabelNet:
+                late_voice: bool = False, image_dropout: float = 0.0,
+                **kw: Any) -> EUSVoiceLabelNet:
     """Build the network of ``variant`` (see the module docstring).
 
     Args:
@@ -430,6 +444,8 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
             loading a saved checkpoint, which holds them).
         late_voice: joint variants only: add the voice features' own class scores to the
             joint logits (see :class:`EUSVoiceLabelNet`).
+        image_dropout: with ``late_voice``, the probability that a training window loses the
+            joint (image) logits (see :class:`EUSVoiceLabelNet`).
         **kw: ``in_bins`` (spectrogram bins, default :data:`..core.paper.N_BINS`).
 
     Returns:
@@ -463,7 +479,9 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
     elif spec.voice == VOICE_KEYWORD:
         voice = PretrainedVoiceBranch(wpath, r, load_pretrained)
     model = EUSVoiceLabelNet(variant, image, voice, num_classes, joint_scale,
-                             late_voice and image is not None and voice is not None)
+                             late_voice and image is not None and voice is not None,
+                             image_dropout if late_voice and image is not None
+                             and voice is not None else 0.0)
     model.input_frames = frames  # frames per window the caller supplies
     return model
 

@@ -172,7 +172,8 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
                               "the model diverged or the file was altered: train it again")
     model = build_model(cfg.variant, len(stored), cfg.frames, weights=cfg.weights,
                         width=cfg.width, joint_scale=cfg.joint_scale, load_pretrained=False,
-                        late_voice=cfg.late_voice)
+                        late_voice=cfg.late_voice,
+                        image_dropout=cfg.image_dropout)
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError) as exc:

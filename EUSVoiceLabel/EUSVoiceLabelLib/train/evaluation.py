@@ -38,6 +38,7 @@ from .loop import data_signature, to_device_data
 from .metrics import (TEMPERATURE_RANGE, classification_metrics, compute_metrics,
                       fit_temperature, is_temperature)
 from .parallel import run_folds
+from .vocabulary_voice import vocabulary_voice_weights
 from .voice_pretrain import pretrain_keyword_model
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,11 @@ def evaluate_cohort(ws: Any, cfg: TrainConfig, out_dir: Path, device: str = "aut
         # so a resumed run gives the predictions of an uninterrupted one (in this process,
         # with all cores' threads, the sums would be ordered differently).
         if todo:
+            if cfg.voice_init == "vocabulary":
+                # Pretrained once here, with every core, and cached: each worker would
+                # otherwise pretrain the same weights at the same time on one core.
+                vocabulary_voice_weights(ws.labelset, cfg.width, ws.settings.spectrogram,
+                                         device=str(select_device(device)), progress=progress)
             states = {f.patient: cache.state_path(f.patient) for f in todo}
 
             def finished(r: FoldResult) -> None:

@@ -120,6 +120,37 @@ def test_late_voice_path_adds_the_voice_scores_and_round_trips(tmp_path, windows
     assert loaded.config.late_voice and loaded.model.voice_head is not None
 
 
+def test_image_dropout_drops_the_joint_logits_in_training_only(windows):
+    torch.manual_seed(0)
+    model = build_model("proposed", 3, 3, width=0.125, late_voice=True, image_dropout=0.5)
+    img = torch.rand(64, 3, 32, 48)
+    voice = torch.from_numpy(np.repeat(windows.voices[:1], 64, axis=0))
+    model.eval()
+    f = model.features(img, voice)
+    joint = f["maps"].flatten(2).mean(2)
+    late = model.voice_head(f["P"]).mean(2)
+    assert torch.allclose(f["logits"], joint + late, atol=1e-5)  # inference: both paths
+    model.train()
+    for m in model.modules():  # the branches' own dropout and batch statistics off
+        if m is not model:
+            m.eval()
+    logits = model.features(img, voice)["logits"]
+    voice_only = (logits - late).abs().amax(1) < 1e-5
+    both = (logits - (joint + late)).abs().amax(1) < 1e-5
+    assert bool((voice_only | both).all())  # each window keeps or loses the whole image path
+    assert 16 <= int(voice_only.sum()) <= 48  # about half of the 64 lose it
+    with pytest.raises(ConfigError):
+        model.__class__("proposed", model.image_branch, model.voice_branch, 3,
+                        image_dropout=0.5)  # no late voice path to keep
+    with pytest.raises(ConfigError):
+        TrainConfig(image_dropout=1.0)
+    assert TrainConfig(image_dropout=0.5).image_dropout == 0.0  # no late voice: nothing to drop
+    cfg = TrainConfig(epochs=1, image_size=(32, 48), frames=3, width=0.125, batch_size=4,
+                      late_voice=True, image_dropout=0.5)
+    res = train_model(windows, cfg, len(windows.labelset), device="cpu", progress=False)
+    assert res.model.image_dropout == 0.5
+
+
 def _interrupt_at(monkeypatch, call: int) -> None:
     from EUSVoiceLabelLib.train import loop
 
