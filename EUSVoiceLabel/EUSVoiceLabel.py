@@ -48,8 +48,9 @@ from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.nn.evidence import DISPLAY_THRESHOLD
 from EUSVoiceLabelLib.slicer.overlays import overlay_items, window_point, window_text
+from EUSVoiceLabelLib.labelling.runs import TIMELINE_COLUMNS, runs_of
 from EUSVoiceLabelLib.slicer.review import (MENTION_COLUMNS, RESULT_COLUMNS, ReviewTable,
-                                            mentions_from_rows, mentions_to_rows)
+                                            RunReview, mentions_from_rows, mentions_to_rows)
 from EUSVoiceLabelLib.slicer.support import (LARGE_SEQUENCE_BYTES, apply_problems, cine_ijk_to_ras,
                                              crop_ijk_to_ras, format_crop, index_value,
                                              master_item_at, missing_requirements, parse_crop,
@@ -82,6 +83,12 @@ REF_POINTS = "EUSVoiceLabelPoints"
 REF_TEXT = "EUSVoiceLabelText"
 REF_RESULTS = "EUSVoiceLabelResults"
 REF_WHOLE_TEXT = "EUSVoiceLabelWholeText"
+# The nodes a results table leads to (outputNodes keys -> reference roles); WINDOW_OUTPUTS are
+# the per-window output sequences a labelling run makes.
+OUTPUT_ROLES = {"frames": REF_FRAMES, "browser": REF_BROWSER, "mentions": REF_MENTIONS,
+                "heatMap": REF_HEATMAP, "segmentation": REF_SEGMENTATION, "points": REF_POINTS,
+                "text": REF_TEXT}
+WINDOW_OUTPUTS = ("text", "heatMap", "segmentation", "points")
 
 INFERNO_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
 TORCH_REQUIREMENT = ">=2.1"
@@ -699,7 +706,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._procedures = {}   # sequence node ID -> Procedure
         self._results = {}      # results table node ID -> LabelResult
-        self._whole = {}        # timeline table node ID -> (WholeResult, runs)
+        self._whole = {}        # timeline table node ID -> WholeResult
         self._model = None      # (path, device, mtime, LabelModel)
         self._training = None
         self._requirementsChecked = False
@@ -827,25 +834,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         seq.SetIndexName("time")
         seq.SetIndexUnit("s")
         seq.SetIndexType(seq.NumericIndex)
-        temp = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "EUSVoiceLabelTemp")
-        temp.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(cine_ijk_to_ras(
-            proc.pixel_spacing_mm)))
-        cancelled = False
-        progress = CallbackProgress(progressCallback, shouldStop)
-        try:
-            chunk = 100
-            with progress.task("load", total=proc.n_frames, unit="frame") as task:
-                for start in range(0, proc.n_frames, chunk):
-                    if progress.cancelled():
-                        cancelled = True
-                        break
-                    for k, frame in enumerate(proc.frames(start, start + chunk)):
-                        slicer.util.updateVolumeFromArray(temp, frame[None])
-                        seq.SetDataNodeAtValue(temp, index_value((start + k) / proc.fps))
-                    task.update(min(start + chunk, proc.n_frames))
-        finally:
-            slicer.mrmlScene.RemoveNode(temp)
-        if cancelled:
+        if not self._copyFrames(proc, seq, CallbackProgress(progressCallback, shouldStop)):
             slicer.mrmlScene.RemoveNode(seq)
             return None
         storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
@@ -857,6 +846,26 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         self._procedures[seq.GetID()] = proc
         self.browserForSequence(seq, show=True, fps=proc.fps)
         return seq
+
+    @staticmethod
+    def _copyFrames(proc, seq, progress) -> bool:
+        """Copy the procedure's frames into the sequence (False when cancelled)."""
+        temp = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "EUSVoiceLabelTemp")
+        temp.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(cine_ijk_to_ras(
+            proc.pixel_spacing_mm)))
+        chunk = 100
+        try:
+            with progress.task("load", total=proc.n_frames, unit="frame") as task:
+                for start in range(0, proc.n_frames, chunk):
+                    if progress.cancelled():
+                        return False
+                    for k, frame in enumerate(proc.frames(start, start + chunk)):
+                        slicer.util.updateVolumeFromArray(temp, frame[None])
+                        seq.SetDataNodeAtValue(temp, index_value((start + k) / proc.fps))
+                    task.update(min(start + chunk, proc.n_frames))
+        finally:
+            slicer.mrmlScene.RemoveNode(temp)
+        return True
 
     def _storeAudio(self, seq, audioPath, offset: float) -> None:
         seq.SetAttribute(ATTR_AUDIO, str(audioPath) if audioPath else "")
@@ -900,27 +909,27 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
                                         fps=float(sequenceNode.GetAttribute(ATTR_FPS) or FPS),
                                         crop=crop)
         else:
-            n = sequenceNode.GetNumberOfDataNodes()
-            if n == 0:
-                raise ValueError(f"sequence {sequenceNode.GetName()} has no frames")
-            first = sequenceNode.GetNthDataNode(0)
-            if not first.IsA("vtkMRMLVolumeNode"):
-                raise ValueError(f"sequence {sequenceNode.GetName()} does not hold volumes")
-            width, height = first.GetImageData().GetDimensions()[:2]
-            # The frames of a loaded procedure are already cropped: not again.
-            crop = sequence_crop(crop, width, height)
-            values = [sequenceNode.GetNthIndexValue(i) for i in range(n)]
-            times = sequence_times(values, sequenceNode.GetIndexUnit(),
-                                   fps=self._browserFps(sequenceNode))
-
-            def getFrame(i: int):
-                return slicer.util.arrayFromVolume(sequenceNode.GetNthDataNode(i))
-
-            proc = procedure_from_frames(getFrame, times, width, height,
-                                         sequenceNode.GetName(), audio=audio,
-                                         audio_offset_s=offset or 0.0, crop=crop)
+            proc = self._procedureFromScene(sequenceNode, crop, audio, offset or 0.0)
         self._procedures[key] = proc
         return proc
+
+    def _procedureFromScene(self, sequenceNode, crop, audio, offset: float):
+        """A procedure whose frames are read lazily from the sequence's volumes."""
+        n = sequenceNode.GetNumberOfDataNodes()
+        if n == 0:
+            raise ValueError(f"sequence {sequenceNode.GetName()} has no frames")
+        first = sequenceNode.GetNthDataNode(0)
+        if not first.IsA("vtkMRMLVolumeNode"):
+            raise ValueError(f"sequence {sequenceNode.GetName()} does not hold volumes")
+        width, height = first.GetImageData().GetDimensions()[:2]
+
+        def getFrame(i: int):
+            return slicer.util.arrayFromVolume(sequenceNode.GetNthDataNode(i))
+
+        # The frames of a loaded procedure are already cropped: not again (sequence_crop).
+        return procedure_from_frames(getFrame, self._masterTimes(sequenceNode), width, height,
+                                     sequenceNode.GetName(), audio=audio, audio_offset_s=offset,
+                                     crop=sequence_crop(crop, width, height))
 
     def _browserFps(self, sequenceNode) -> float:
         browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForSequenceNode(sequenceNode)
@@ -1135,15 +1144,19 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
 
     def _removeOutputs(self, resultsTable, browser) -> None:
         """Drop the outputs of an earlier run into the same table (labelling again)."""
-        for role in (REF_HEATMAP, REF_SEGMENTATION, REF_TEXT, REF_POINTS):
-            seq = resultsTable.GetNodeReference(role)
-            if seq is None:
-                continue
-            proxy = browser.GetProxyNode(seq)
-            browser.RemoveSynchronizedSequenceNode(seq.GetID())
-            if proxy is not None:
-                slicer.mrmlScene.RemoveNode(proxy)
-            slicer.mrmlScene.RemoveNode(seq)
+        for key in WINDOW_OUTPUTS:
+            self._removeSynchronized(browser, resultsTable.GetNodeReference(OUTPUT_ROLES[key]))
+
+    @staticmethod
+    def _removeSynchronized(browser, sequenceNode) -> None:
+        """Remove an output sequence (and its proxy node) from the scene and the browser."""
+        if sequenceNode is None:
+            return
+        proxy = browser.GetProxyNode(sequenceNode)
+        browser.RemoveSynchronizedSequenceNode(sequenceNode.GetID())
+        if proxy is not None:
+            slicer.mrmlScene.RemoveNode(proxy)
+        slicer.mrmlScene.RemoveNode(sequenceNode)
 
     def _masterTimes(self, sequenceNode):
         n = sequenceNode.GetNumberOfDataNodes()
@@ -1165,33 +1178,15 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         labelset = result.labelset
         items = overlay_items(result, self._masterTimes(sequenceNode))
         name = sequenceNode.GetName()
-        # The overlays lie on the cropped region of the frames (the whole frame when the
-        # sequence holds the cropped frames, as "Load procedure" makes them).
-        first = sequenceNode.GetNthDataNode(0)
-        frameMatrix = vtk.vtkMatrix4x4()
-        first.GetIJKToRASMatrix(frameMatrix)
-        crop = sequence_crop(result.procedure.crop, *first.GetImageData().GetDimensions()[:2])
-        overlayIjkToRas = crop_ijk_to_ras(slicer.util.arrayFromVTKMatrix(frameMatrix), crop)
+        overlayIjkToRas = self._overlayIjkToRas(sequenceNode, result.procedure.crop)
         w, h = result.procedure.frame_size
         haveCam = any(win.cam is not None for win in result.windows)
-
-        temps = {"text": slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTextNode")}
-        sequences = {"text": self._newOutputSequence(sequenceNode, name + " label")}
-        if haveCam:
-            sequences["heatMap"] = self._newOutputSequence(sequenceNode, name + " heat map")
-            sequences["segmentation"] = self._newOutputSequence(sequenceNode, name + " evidence")
-            sequences["points"] = self._newOutputSequence(sequenceNode,
-                                                          name + " landmark points")
-            heat = temps["heatMap"] = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode")
-            heat.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(overlayIjkToRas))
-            slicer.util.updateVolumeFromArray(heat, np.zeros((1, h, w), np.float32))
-            seg = temps["segmentation"] = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode")
-            seg.SetReferenceImageGeometryParameterFromVolumeNode(heat)
-            for lab in labelset.labels:
-                seg.GetSegmentation().AddEmptySegment(lab.id, lab.name, list(lab.color))
-            temps["points"] = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        suffixes = {"text": " label", "heatMap": " heat map", "segmentation": " evidence",
+                    "points": " landmark points"}
+        keys = WINDOW_OUTPUTS if haveCam else ("text",)
+        sequences = {key: self._newOutputSequence(sequenceNode, name + suffixes[key])
+                     for key in keys}
+        temps = self._newOverlayNodes(labelset, overlayIjkToRas, (h, w), haveCam)
         try:
             for item in items:
                 value = sequenceNode.GetNthIndexValue(item.item)
@@ -1207,16 +1202,43 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             for node in temps.values():
                 slicer.mrmlScene.RemoveNode(node)
 
-        roles = {"text": REF_TEXT, "heatMap": REF_HEATMAP, "segmentation": REF_SEGMENTATION,
-                 "points": REF_POINTS}
         for key, seq in sequences.items():
             browser.AddSynchronizedSequenceNode(seq)
-            resultsTable.SetNodeReferenceID(roles[key], seq.GetID())
+            resultsTable.SetNodeReferenceID(OUTPUT_ROLES[key], seq.GetID())
         slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
         for key in ("segmentation", "points"):
             proxy = browser.GetProxyNode(sequences[key]) if key in sequences else None
             if proxy is not None and proxy.GetDisplayNode() is None:
                 proxy.CreateDefaultDisplayNodes()
+
+    @staticmethod
+    def _overlayIjkToRas(sequenceNode, crop) -> np.ndarray:
+        """IJK-to-RAS of the overlays: the cropped region of the frames (the whole frame when
+        the sequence holds the cropped frames, as "Load procedure" makes them)."""
+        first = sequenceNode.GetNthDataNode(0)
+        frameMatrix = vtk.vtkMatrix4x4()
+        first.GetIJKToRASMatrix(frameMatrix)
+        crop = sequence_crop(crop, *first.GetImageData().GetDimensions()[:2])
+        return crop_ijk_to_ras(slicer.util.arrayFromVTKMatrix(frameMatrix), crop)
+
+    @staticmethod
+    def _newOverlayNodes(labelset, overlayIjkToRas, shape, withCam: bool) -> dict:
+        """The temporary nodes that the output sequences copy at each item: a text node and,
+        ``withCam``, a heat-map volume on the overlay geometry, a segmentation with one
+        segment per landmark and a point list."""
+        temps = {"text": slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTextNode")}
+        if not withCam:
+            return temps
+        heat = temps["heatMap"] = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        heat.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(overlayIjkToRas))
+        slicer.util.updateVolumeFromArray(heat, np.zeros((1, *shape), np.float32))
+        seg = temps["segmentation"] = slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode")
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(heat)
+        for lab in labelset.labels:
+            seg.GetSegmentation().AddEmptySegment(lab.id, lab.name, list(lab.color))
+        temps["points"] = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        return temps
 
     @staticmethod
     def _writeWindowOverlays(win, labelset, temps, overlayIjkToRas, shape) -> None:
@@ -1242,10 +1264,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def outputNodes(self, resultsTable) -> dict:
         """The nodes a results table belongs to: ``frames``, ``browser``, ``mentions``,
         ``heatMap``, ``segmentation``, ``points``, ``text`` (missing ones are None)."""
-        roles = {"frames": REF_FRAMES, "browser": REF_BROWSER, "mentions": REF_MENTIONS,
-                 "heatMap": REF_HEATMAP, "segmentation": REF_SEGMENTATION, "points": REF_POINTS,
-                 "text": REF_TEXT}
-        return {key: resultsTable.GetNodeReference(role) for key, role in roles.items()}
+        return {key: resultsTable.GetNodeReference(role) for key, role in OUTPUT_ROLES.items()}
 
     def showHeatMap(self, resultsTable, threshold: float = DISPLAY_THRESHOLD,
                     opacity: float = 0.5) -> None:
@@ -1367,11 +1386,12 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             text-node sequence with each run's label (from its first frame) follows the
             frames' browser, so every frame shows its label.
         """
-        from EUSVoiceLabelLib.labelling.framemodel import (check_labelset,  # deferred: torch
+        # deferred: torch
+        from EUSVoiceLabelLib.labelling.framemodel import (check_labelset,
                                                            default_frame_model_path,
                                                            load_frame_model)
-        from EUSVoiceLabelLib.labelling.whole import (Anchor, WholeSettings, label_whole,
-                                                      runs_of)
+        from EUSVoiceLabelLib.labelling.whole import (WholeSettings, anchors_from_windows,
+                                                      label_whole)
 
         result = self._results.get(resultsTable.GetID())
         if result is None:
@@ -1383,20 +1403,12 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             frameModelPath = default_frame_model_path(model)
         frameModel = load_frame_model(frameModelPath)
         check_labelset(frameModel, result.labelset, frameModelPath)
-        settings = WholeSettings(stride=stride, reject_below=rejectBelow)
-        final = self.reviewTable(resultsTable).final_labels()
-        anchors = []
-        for w in result.windows:
-            anchor = Anchor.from_window(w)
-            reviewedLabel = final.get(w.index)
-            if reviewedLabel and reviewedLabel != anchor.label:  # a correction is certain
-                anchor.label, anchor.confidence = reviewedLabel, 1.0
-                anchor.probabilities = np.array([float(i == reviewedLabel)
-                                                 for i in result.labelset.ids])
-            anchors.append(anchor)
-        whole = label_whole(result.procedure, frameModel, anchors, settings,
+        anchors = anchors_from_windows(result.windows,
+                                       self.reviewTable(resultsTable).final_labels(),
+                                       result.labelset.ids)
+        whole = label_whole(result.procedure, frameModel, anchors,
+                            WholeSettings(stride=stride, reject_below=rejectBelow),
                             progress=CallbackProgress(progressCallback, shouldStop))
-        runs = runs_of(whole.rows())
         frames = resultsTable.GetNodeReference(REF_FRAMES)
         if timelineTable is None:
             timelineTable = slicer.mrmlScene.AddNewNodeByClass(
@@ -1408,53 +1420,33 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         timelineTable.SetAttribute(ATTR_PREFIX + "Stride", str(stride))
         timelineTable.SetNodeReferenceID(REF_RESULTS, resultsTable.GetID())
         timelineTable.SetNodeReferenceID(REF_FRAMES, frames.GetID())
-        self._whole[timelineTable.GetID()] = (whole, runs)
-        self._writeTimeline(timelineTable, {})
-        self._writeWholeText(timelineTable)
+        self._whole[timelineTable.GetID()] = whole
+        self._showRunReview(timelineTable, self._newRunReview(whole))
         return timelineTable
 
-    def _runReviews(self, timelineTable) -> dict:
-        columns, rows = self.readTable(timelineTable)
-        if "reviewed_label" not in columns:
-            return {}
-        i, r = columns.index("reviewed_label"), columns.index("run")
-        return {int(row[r]): row[i] for row in rows if row[i]}
+    @staticmethod
+    def _newRunReview(whole) -> RunReview:
+        return RunReview(runs_of(whole.rows()), whole.fps, whole.settings.stride,
+                         tuple(whole.ids))
 
-    def _writeTimeline(self, timelineTable, reviewed: dict) -> None:
-        from EUSVoiceLabelLib.labelling.whole import TIMELINE_COLUMNS, timeline_rows
+    def runReview(self, timelineTable) -> RunReview:
+        """The review state of a timeline table (``EUSVoiceLabelLib.slicer.review.RunReview``),
+        labels typed into its ``reviewed_label`` column included."""
+        review = self._newRunReview(self._whole[timelineTable.GetID()])
+        return review.with_table(*self.readTable(timelineTable))
 
-        whole, runs = self._whole[timelineTable.GetID()]
-        self.writeTable(timelineTable, TIMELINE_COLUMNS,
-                        timeline_rows(runs, whole.fps, whole.settings.stride, reviewed))
-
-    def _writeWholeText(self, timelineTable) -> None:
-        """The text sequence of the runs' labels, synchronised with the frames' browser."""
-        whole, runs = self._whole[timelineTable.GetID()]
-        reviewed = self._runReviews(timelineTable)
+    def _showRunReview(self, timelineTable, review: RunReview) -> None:
+        """Write a run review into the timeline table and the frames' label text."""
+        self.writeTable(timelineTable, TIMELINE_COLUMNS, review.table_rows())
         frames = timelineTable.GetNodeReference(REF_FRAMES)
         browser = self.browserForSequence(frames, show=False)
-        old = timelineTable.GetNodeReference(REF_WHOLE_TEXT)
-        if old is not None:
-            proxy = browser.GetProxyNode(old)
-            browser.RemoveSynchronizedSequenceNode(old.GetID())
-            if proxy is not None:
-                slicer.mrmlScene.RemoveNode(proxy)
-            slicer.mrmlScene.RemoveNode(old)
+        self._removeSynchronized(browser, timelineTable.GetNodeReference(REF_WHOLE_TEXT))
         labelset = self.labelsetForResults(timelineTable.GetNodeReference(REF_RESULTS))
-        names = {lab.id: lab.name for lab in labelset.labels}
         seq = self._newOutputSequence(frames, frames.GetName() + " whole-procedure label")
         temp = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTextNode")
-        times = self._masterTimes(frames)
         try:
-            used = set()
-            for k, run in enumerate(runs):
-                item = master_item_at(times, run.start_s(whole.fps))
-                if item in used:
-                    continue
-                used.add(item)
-                label = reviewed.get(k, run.label)
-                source = "reviewed" if k in reviewed else run.source
-                temp.SetText(f"{names.get(label, label)} {run.confidence:.2f} ({source})")
+            for item, text in review.text_items(self._masterTimes(frames), labelset):
+                temp.SetText(text)
                 seq.SetDataNodeAtValue(temp, frames.GetNthIndexValue(item))
         finally:
             slicer.mrmlScene.RemoveNode(temp)
@@ -1465,10 +1457,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def wholeFrameLabels(self, timelineTable) -> list:
         """Every labelled frame of a whole-procedure run (dicts with the columns of its
         ``frame_labels.csv``), the reviewed runs' frames with their reviewed label."""
-        from EUSVoiceLabelLib.labelling.whole import reviewed_rows
-
-        whole, runs = self._whole[timelineTable.GetID()]
-        return reviewed_rows(list(whole.rows()), runs, self._runReviews(timelineTable))
+        whole = self._whole[timelineTable.GetID()]
+        return self.runReview(timelineTable).frame_rows(whole.rows())
 
     def jumpToTime(self, timelineTable, timeS: float) -> int:
         """Move the frames' browser to the frame shown at ``timeS``; returns the item."""
@@ -1480,21 +1470,14 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
 
     def jumpToRun(self, timelineTable, run: int) -> int:
         """Move the browser to the first frame of a run of the timeline; returns the item."""
-        whole, runs = self._whole[timelineTable.GetID()]
-        return self.jumpToTime(timelineTable, runs[int(run)].start_s(whole.fps))
+        return self.jumpToTime(timelineTable, self.runReview(timelineTable).start_s(run))
 
     def reviewRuns(self, timelineTable, runs, label: Optional[str] = None) -> None:
         """Accept (``label`` None: keep each run's label) or correct (to ``label``) several
         runs of frames at once; the timeline table and the label text follow."""
-        whole, allRuns = self._whole[timelineTable.GetID()]
-        ids = list(whole.ids) + ["none"]
-        if label is not None and label not in ids:
-            raise ValueError(f"unknown label {label!r} (known: {', '.join(ids)})")
-        reviewed = self._runReviews(timelineTable)
-        for k in runs:
-            reviewed[int(k)] = label or allRuns[int(k)].label
-        self._writeTimeline(timelineTable, reviewed)
-        self._writeWholeText(timelineTable)
+        review = self.runReview(timelineTable)
+        review.review(runs, label)
+        self._showRunReview(timelineTable, review)
 
     def acceptRun(self, timelineTable, run: int) -> None:
         """Accept the label of one run of frames."""
@@ -1507,14 +1490,11 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def exportWhole(self, timelineTable, path) -> pathlib.Path:
         """Write the whole-procedure ``frame_labels.csv`` with the reviewed runs (source
         ``reviewed``) to ``path`` (atomically; refused over an input or a file not ours)."""
-        from EUSVoiceLabelLib.data.outputs import claim_output, procedure_inputs
-        from EUSVoiceLabelLib.labelling.whole import FRAME_LABELS, write_frame_labels
+        from EUSVoiceLabelLib.slicer.export import export_whole  # deferred: torch
 
-        whole, _ = self._whole[timelineTable.GetID()]
         result = self._results[timelineTable.GetNodeReference(REF_RESULTS).GetID()]
-        path = pathlib.Path(path)
-        claim_output(path, FRAME_LABELS, procedure_inputs(result.procedure))
-        return write_frame_labels(path, whole, iter(self.wholeFrameLabels(timelineTable)))
+        return export_whole(result, self._whole[timelineTable.GetID()],
+                            self.wholeFrameLabels(timelineTable), path)
 
     # ------------------------------------------------------------------ export
     def exportResults(self, resultsTable, outputFolder, datasetFolder=None) -> dict:
@@ -1547,14 +1527,11 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         with the reviewed labels) so that training from that cohort learns the corrections.
         Returns the new procedure folder."""
         frames = self.outputNodes(resultsTable)["frames"]
-        proc = self.procedureForSequence(frames)
-        review = self.reviewTable(resultsTable)
         result = self._results.get(resultsTable.GetID())
-        # this session's run, else (a saved scene) each window's mention from the table
-        mentions = [w.mention for w in result.windows] if result is not None else \
-            review.window_mentions()
-        return write_training_procedure(proc, review.training_mentions(mentions), cohortFolder,
-                                        name or frames.GetName())
+        mentions = self.reviewTable(resultsTable).training_mentions_of(
+            result.windows if result is not None else None)
+        return write_training_procedure(self.procedureForSequence(frames), mentions,
+                                        cohortFolder, name or frames.GetName())
 
     # ------------------------------------------------------------------ training
     def startTraining(self, cohortFolder, modelPath, epochs: Optional[int] = None,

@@ -26,6 +26,7 @@ from ..slicer.files import (LABELMAP_NODE, SequenceStreamWriter, color_table_csv
 from ..slicer.overlays import window_point
 from ..slicer.scene import write_scene_mrml
 from .run import DEFAULT_CAM_THRESHOLD, LabelResult, WindowResult, frame_owners
+from .runs import runs_of
 
 
 def labels_csv(result: LabelResult) -> str:
@@ -195,7 +196,7 @@ class LabelOutputWriter:
     def _write_whole(self, stage: Path, whole) -> dict[str, Path]:
         """The files of a whole-procedure run into the staging folder."""
         from .timeline import write_timeline_png
-        from .whole import runs_of, write_frame_labels
+        from .whole import write_frame_labels
         from ..slicer.files import write_text_sequence
         from ..slicer.scene import write_whole_scene_mrml
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..core.fileio import atomic_path
 from ..data.vocabulary import LabelSet
-from .whole import NONE, SPOKEN, Run
+from .runs import Run
+from .whole import NONE, SPOKEN
 
 NONE_COLOR = (0.55, 0.55, 0.55)
 
@@ -28,7 +29,7 @@ def write_timeline_png(path: os.PathLike | str, runs: Sequence[Run], labelset: L
     """Draw the timeline into ``path`` (PNG, atomically).
 
     Args:
-        runs: the runs of labelled frames (:func:`.whole.runs_of`).
+        runs: the runs of labelled frames (:func:`.runs.runs_of`).
         mentions: (time_s, label id) of the spoken mentions.
         confidence: (times_s, confidence) for the curve (subsample long runs freely).
         reference: (start_s, end_s, label id) segments drawn as a "reference" row.

@@ -59,7 +59,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -70,10 +70,10 @@ from ..core.progress import ProgressLike, as_progress
 from ..data.outputs import OutputKind, csv_with_header
 from ..data.procedure import Procedure, window_frame_indices
 from .framemodel import FrameModel
+from .runs import NONE
 
 log = logging.getLogger(__name__)
 
-NONE = "none"
 SPOKEN = "spoken window"
 INFERRED = "inferred"
 
@@ -160,6 +160,22 @@ class Anchor:
         p[list(ids).index(label)] = 1.0
         return cls(k, window_frame_indices(time_s, frames, fps), label, 1.0, p, label, "",
                    float("nan"), False)
+
+
+def anchors_from_windows(windows: Sequence, final_labels: Mapping[int, str],
+                         ids: Sequence[str]) -> list[Anchor]:
+    """The spoken windows of a labelling run (:class:`.run.WindowResult`) as anchors, each
+    with its final label (``final_labels``: window -> label, e.g. after review): a window
+    whose label a clinician changed anchors with that label, certain."""
+    anchors = []
+    for w in windows:
+        anchor = Anchor.from_window(w)
+        label = final_labels.get(w.index)
+        if label and label != anchor.label:
+            anchor.label, anchor.confidence = label, 1.0
+            anchor.probabilities = np.array([float(i == label) for i in ids])
+        anchors.append(anchor)
+    return anchors
 
 
 @dataclass
@@ -531,43 +547,6 @@ def write_frame_labels(path: Path, result, rows: Optional[Iterator[dict]] = None
     return path
 
 
-@dataclass
-class Run:
-    """Consecutive labelled frames with one label and source (the timeline's segments, what
-    the Slicer module reviews at once)."""
-
-    start_frame: int
-    end_frame: int           # last frame of the run (inclusive)
-    label: str
-    source: str
-    confidence: float        # mean over the run
-    frames: int
-
-    def start_s(self, fps: float) -> float:
-        return self.start_frame / fps
-
-    def end_s(self, fps: float, stride: int = 1) -> float:
-        return (self.end_frame + stride) / fps
-
-
-def runs_of(rows: Sequence[dict] | Iterator[dict]) -> list[Run]:
-    """Group labelled-frame rows into runs of one label and source."""
-    runs: list[Run] = []
-    total = 0.0
-    for r in rows:
-        last = runs[-1] if runs else None
-        if last is not None and last.label == r["label"] and last.source == r["source"]:
-            last.end_frame = r["frame_index"]
-            last.frames += 1
-            total += r["confidence"]
-            last.confidence = total / last.frames
-        else:
-            total = float(r["confidence"])
-            runs.append(Run(r["frame_index"], r["frame_index"], r["label"], r["source"],
-                            total, 1))
-    return runs
-
-
 def read_frame_labels(path: Path) -> list[dict]:
     """The rows of a whole run's ``frame_labels.csv`` (numbers parsed)."""
     from ..core.csvtext import unescape_cell
@@ -584,43 +563,8 @@ def read_frame_labels(path: Path) -> list[dict]:
     return rows
 
 
-__all__ = ["WholeSettings", "WholeResult", "Anchor", "label_whole", "forward_backward",
-           "transition_matrix", "stay_probabilities", "calibrate_rejection", "write_frame_labels", "runs_of", "Run",
-           "NONE", "SPOKEN", "INFERRED", "WHOLE_COLUMNS", "read_frame_labels", "descriptors",
-           "fit_match", "frame_posterior", "MatchModel", "TIMELINE_COLUMNS", "timeline_rows",
-           "reviewed_rows", "REVIEWED", "FRAME_LABELS"]
-
-
-# --------------------------------------------------------------------------- review of runs
-#: Columns of the timeline table (the Slicer module's whole-procedure review).
-TIMELINE_COLUMNS = ("run", "start_s", "end_s", "label", "confidence", "source", "frames",
-                    "reviewed_label", "status")
-REVIEWED = "reviewed"
-
-
-def timeline_rows(runs: Sequence[Run], fps: float, stride: int,
-                  reviewed: Optional[dict] = None) -> list[list[str]]:
-    """One row of :data:`TIMELINE_COLUMNS` per run (``reviewed``: run -> label)."""
-    reviewed = reviewed or {}
-    rows = []
-    for k, r in enumerate(runs):
-        rev = reviewed.get(k, "")
-        status = "" if not rev else "accepted" if rev == r.label else "corrected"
-        rows.append([str(k), f"{r.start_s(fps):.3f}", f"{r.end_s(fps, stride):.3f}", r.label,
-                     f"{r.confidence:.3f}", r.source, str(r.frames), rev, status])
-    return rows
-
-
-def reviewed_rows(rows: Sequence[dict], runs: Sequence[Run], reviewed: dict) -> list[dict]:
-    """``rows`` (of :meth:`WholeResult.rows`) with each reviewed run's frames set to its
-    reviewed label (confidence 1, source ``reviewed``)."""
-    out = [dict(r) for r in rows]
-    starts = [r.start_frame for r in runs]
-    import bisect
-
-    for r in out:
-        k = bisect.bisect_right(starts, r["frame_index"]) - 1
-        if k >= 0 and k in reviewed and r["frame_index"] <= runs[k].end_frame:
-            r["label"], r["confidence"], r["source"] = reviewed[k], 1.0, REVIEWED
-            r["needs_review"] = False
-    return out
+__all__ = ["WholeSettings", "WholeResult", "Anchor", "anchors_from_windows", "label_whole", "forward_backward",
+           "transition_matrix", "stay_probabilities", "calibrate_rejection",
+           "write_frame_labels", "NONE", "SPOKEN", "INFERRED", "WHOLE_COLUMNS",
+           "read_frame_labels", "descriptors", "fit_match", "frame_posterior", "MatchModel",
+           "FRAME_LABELS"]

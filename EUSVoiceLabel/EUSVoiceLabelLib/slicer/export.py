@@ -5,7 +5,8 @@ labels in ``labels.csv`` and, optionally, the image dataset of ``eusvoicelabel e
 folders are claimed (:func:`..data.outputs.claim_output`) before anything is written, in one
 :func:`..core.outputlock.output_session`, so the module refuses exactly what the command line
 refuses (an input, a procedure, a cohort, someone else's folder, the dataset inside or around
-the label folder) and holds both locks until the export ends.
+the label folder) and holds both locks until the export ends.  ``exportWhole`` writes a
+whole-procedure ``frame_labels.csv`` with the reviewed runs under the same rule.
 
 This module imports torch (through the labelling outputs) and Pillow: the Slicer module imports
 it only when it exports.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 from ..core.fileio import atomic_write_text
 from ..core.outputlock import output_session
@@ -23,6 +24,7 @@ from ..data.export import EXPORT_DATASET, export_dataset
 from ..data.outputs import claim_output, procedure_inputs
 from ..labelling.output import LABEL_OUTPUT, write_label_outputs
 from ..labelling.run import LabelResult
+from ..labelling.whole import FRAME_LABELS, WholeResult, write_frame_labels
 from .review import labels_csv_with_review
 
 #: What a second run on one of the folders is told holds them.
@@ -58,4 +60,19 @@ def export_reviewed(result: LabelResult, reviewed: Mapping[int, str],
     return files
 
 
-__all__ = ["export_reviewed", "EXPORT_COMMAND"]
+def export_whole(result: LabelResult, whole: WholeResult, frame_rows: Iterable[dict],
+                 path: os.PathLike | str) -> Path:
+    """Write the whole-procedure ``frame_labels.csv`` of ``whole`` (the labelled frames
+    ``frame_rows``, reviewed runs relabelled) to ``path``, atomically.
+
+    Raises:
+        OutputError: ``path`` is an input of the procedure, a file that is not ours, or
+            being written by another run (nothing is written then).
+    """
+    path = Path(path)
+    with output_session(EXPORT_COMMAND):
+        claim_output(path, FRAME_LABELS, procedure_inputs(result.procedure))
+        return write_frame_labels(path, whole, iter(frame_rows))
+
+
+__all__ = ["export_reviewed", "export_whole", "EXPORT_COMMAND"]

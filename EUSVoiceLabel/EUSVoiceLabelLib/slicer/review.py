@@ -13,6 +13,11 @@ Two editable tables live in the Slicer scene, and both are plain rows of strings
   first, then the least confident), and hands the reviewed labels to exports and the reviewed
   mentions to training.
 
+A third table, the **timeline table** of a whole-procedure labelling
+(:data:`~..labelling.runs.TIMELINE_COLUMNS`), lists its runs of frames; :class:`RunReview`
+keeps the labels a clinician gave runs and what follows from them (the table rows, the label
+text the frames show, the reviewed frame labels).
+
 The label that a window carries is decided in one place, :meth:`ReviewRow.final_label` (for
 exports) and :meth:`ReviewRow.training_label` (for training), so the GUI, the batch logic and
 the exports agree.
@@ -29,6 +34,8 @@ from typing import Iterable, Optional, Sequence
 from ..core.errors import MentionsError
 from ..data.mentions import CSV_FIELDS, Mention
 from ..data.vocabulary import LabelSet
+from ..labelling.runs import NONE, REVIEWED, Run, reviewed_rows, timeline_rows
+from .support import master_item_at
 
 #: Columns of the mentions table (the ``mentions.csv`` columns).
 MENTION_COLUMNS: tuple[str, ...] = CSV_FIELDS
@@ -340,6 +347,13 @@ class ReviewTable:
                                          "file")
         return mentions
 
+    def training_mentions_of(self, windows: Optional[Sequence] = None) -> list[Mention]:
+        """The mentions to train on (:meth:`training_mentions`) from the windows of this
+        session's labelling run, or, without them (a saved scene), from the table alone."""
+        mentions = [w.mention for w in windows] if windows is not None else \
+            self.window_mentions()
+        return self.training_mentions(mentions)
+
     def training_mentions(self, mentions: Sequence[Mention]) -> list[Mention]:
         """The mentions to train on: each window's mention with its training label.
 
@@ -357,6 +371,74 @@ class ReviewTable:
             src = "review" if r.status == CORRECTED else m.source
             out.append(replace(m, label=label, source=src))
         return sorted(out, key=lambda m: m.time_s)
+
+
+@dataclass
+class RunReview:
+    """The review of a whole-procedure timeline: its runs of labelled frames and the labels a
+    clinician gave some of them (``reviewed``: run index -> label; accepting a run gives it
+    its own label)."""
+
+    runs: list[Run]
+    fps: float
+    stride: int
+    ids: tuple[str, ...]  # the landmark ids (``none`` is allowed as well)
+    reviewed: dict[int, str] = field(default_factory=dict)
+
+    def with_table(self, columns: Sequence[str], rows: Sequence[Sequence[str]]
+                   ) -> "RunReview":
+        """This review with the reviewed labels of a timeline table's rows (labels typed into
+        the table count as reviews)."""
+        reviewed: dict[int, str] = {}
+        if "reviewed_label" in columns and "run" in columns:
+            i, r = list(columns).index("reviewed_label"), list(columns).index("run")
+            reviewed = {int(row[r]): row[i] for row in rows if row[i]}
+        return replace(self, reviewed=reviewed)
+
+    def review(self, runs: Iterable[int], label: Optional[str] = None) -> None:
+        """Accept (``label`` None: each run keeps its label) or correct (to ``label``) runs.
+
+        Raises:
+            ValueError: an unknown label or run.
+        """
+        allowed = [*self.ids, NONE]
+        if label is not None and label not in allowed:
+            raise ValueError(f"unknown label {label!r} (known: {', '.join(allowed)})")
+        for k in runs:
+            k = int(k)
+            if not 0 <= k < len(self.runs):
+                raise ValueError(f"no run {k} (the timeline has {len(self.runs)})")
+            self.reviewed[k] = label or self.runs[k].label
+
+    def start_s(self, run: int) -> float:
+        """Where run ``run`` starts (s)."""
+        return self.runs[int(run)].start_s(self.fps)
+
+    def table_rows(self) -> list[list[str]]:
+        """The rows of the timeline table (:data:`~..labelling.runs.TIMELINE_COLUMNS`)."""
+        return timeline_rows(self.runs, self.fps, self.stride, self.reviewed)
+
+    def frame_rows(self, rows: Iterable[dict]) -> list[dict]:
+        """The labelled frames ``rows`` with each reviewed run's frames relabelled."""
+        return reviewed_rows(list(rows), self.runs, self.reviewed)
+
+    def text_items(self, master_times: Sequence[float], labelset: LabelSet
+                   ) -> list[tuple[int, str]]:
+        """(master item, text) where each run starts on a sequence whose items are at
+        ``master_times`` (s): the run's label (reviewed or its own), mean confidence and
+        source.  A run too short to own an item of its own is left out."""
+        names = {lab.id: lab.name for lab in labelset.labels}
+        items: list[tuple[int, str]] = []
+        used: set[int] = set()
+        for k, run in enumerate(self.runs):
+            item = master_item_at(master_times, run.start_s(self.fps))
+            if item in used:
+                continue
+            used.add(item)
+            label = self.reviewed.get(k, run.label)
+            source = REVIEWED if k in self.reviewed else run.source
+            items.append((item, f"{names.get(label, label)} {run.confidence:.2f} ({source})"))
+        return items
 
 
 def labels_csv_with_review(text: str, reviewed: dict[int, str]) -> str:

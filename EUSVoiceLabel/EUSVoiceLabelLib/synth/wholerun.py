@@ -144,7 +144,8 @@ def reference_timeline(procedure: Path, label_dir: Path, out_png: Path) -> Path:
     row (for docs/results.md)."""
     from ..data.vocabulary import LabelSet
     from ..labelling.timeline import write_timeline_png
-    from ..labelling.whole import read_frame_labels, runs_of
+    from ..labelling.runs import runs_of
+    from ..labelling.whole import read_frame_labels
 
     rows = read_frame_labels(label_dir / "frame_labels.csv")
     truth = json.loads((procedure / "truth.json").read_text())

@@ -454,3 +454,65 @@ def test_labels_csv_with_review_adds_the_column():
     assert out.splitlines() == ["window,time_s,predicted_label,reviewed_label",
                                 "0,1.0,pancreas,", "1,2.0,bile_duct,portal_vein"]
     assert labels_csv_with_review(out, {}).splitlines()[2] == "1,2.0,bile_duct,"
+
+
+def test_run_review_reads_typed_labels_validates_and_names_each_run_once():
+    from EUSVoiceLabelLib.labelling.runs import Run, runs_of
+    from EUSVoiceLabelLib.slicer.review import RunReview
+
+    rows = [{"frame_index": f, "label": lab, "source": src, "confidence": 0.5}
+            for f, lab, src in [(0, "pancreas", "spoken window"), (1, "pancreas", "spoken window"),
+                                (2, "none", "inferred"), (3, "bile_duct", "inferred"),
+                                (4, "bile_duct", "inferred")]]
+    runs = runs_of(rows)
+    assert [(r.start_frame, r.end_frame, r.label) for r in runs] == [
+        (0, 1, "pancreas"), (2, 2, "none"), (3, 4, "bile_duct")]
+    labelset = LabelSet.default()
+    review = RunReview(runs, 25.0, 1, tuple(labelset.ids))
+    # A label typed into the table's reviewed_label column counts as a review.
+    columns = ["run", "label", "reviewed_label"]
+    typed = review.with_table(columns, [["0", "pancreas", ""], ["2", "bile_duct", "portal_vein"]])
+    assert typed.reviewed == {2: "portal_vein"} and review.reviewed == {}
+    typed.review([0])  # accept: the run keeps its own label
+    typed.review([1], "none")
+    assert typed.reviewed == {0: "pancreas", 1: "none", 2: "portal_vein"}
+    status = [r[-1] for r in typed.table_rows()]
+    assert status == ["accepted", "accepted", "corrected"]  # run 1 was labelled none already
+    with pytest.raises(ValueError, match="unknown label"):
+        typed.review([0], "liver")
+    with pytest.raises(ValueError, match="no run 3"):
+        typed.review([3])
+    relabelled = typed.frame_rows(rows)
+    assert [r["label"] for r in relabelled] == ["pancreas", "pancreas", "none", "portal_vein",
+                                                "portal_vein"]
+    assert all(r["source"] == "reviewed" for r in relabelled) and rows[3]["label"] == "bile_duct"
+    # The runs start at 0, 0.08 and 0.12 s: on items at those times each has its own item; on
+    # items at 0, 0.04 and 0.12 s run 1 (shown from the first item at or after its start)
+    # shares item 2 with run 2 and is left out; one item shows only the first run's label.
+    items = typed.text_items([0.0, 0.08, 0.12], labelset)
+    assert [i for i, _ in items] == [0, 1, 2]
+    assert [i for i, _ in typed.text_items([0.0, 0.04, 0.12], labelset)] == [0, 2]
+    assert items[0][1] == "Pancreas 0.50 (reviewed)" and items[1][1].startswith("none")
+    assert typed.text_items([0.0], labelset) == [(0, "Pancreas 0.50 (reviewed)")]
+    assert review.text_items([0.0], labelset) == [(0, "Pancreas 0.50 (spoken window)")]
+    assert isinstance(runs[0], Run) and typed.start_s(2) == pytest.approx(0.12)
+
+
+def test_anchors_take_a_corrected_label_as_certain():
+    from EUSVoiceLabelLib.labelling.whole import anchors_from_windows
+
+    ids = LabelSet.default().ids
+
+    def window(index, label):
+        probs = np.full(len(ids), 0.1)
+        probs[ids.index(label)] = 0.6
+        return SimpleNamespace(index=index, frame_indices=[index], label=label,
+                               label_confidence=0.6, fused=None, probabilities=probs,
+                               spoken_label=label, predicted=label, confidence=0.6,
+                               needs_review=False)
+
+    anchors = anchors_from_windows([window(0, ids[0]), window(1, ids[1])],
+                                   {0: ids[0], 1: ids[2]}, ids)
+    assert anchors[0].label == ids[0] and anchors[0].confidence == pytest.approx(0.6)
+    assert anchors[1].label == ids[2] and anchors[1].confidence == 1.0
+    assert anchors[1].probabilities.tolist() == [float(i == ids[2]) for i in ids]

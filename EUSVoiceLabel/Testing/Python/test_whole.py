@@ -17,9 +17,9 @@ from EUSVoiceLabelLib.core.paper import FPS
 from EUSVoiceLabelLib.data.media import write_wav
 from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.labelling.framemodel import load_frame_model
+from EUSVoiceLabelLib.labelling.runs import runs_of
 from EUSVoiceLabelLib.labelling.whole import (Anchor, WholeSettings, calibrate_rejection,
-                                              forward_backward, label_whole, runs_of,
-                                              transition_matrix)
+                                              forward_backward, label_whole, transition_matrix)
 from EUSVoiceLabelLib.slicer.files import write_frame_sequence
 
 SIZE = (64, 48)  # (W, H)
