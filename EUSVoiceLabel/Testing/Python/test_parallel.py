@@ -87,6 +87,33 @@ def test_parallel_lopo_equals_sequential(tmp_path):
     assert again["accuracy"] == par["accuracy"]
 
 
+def test_shared_voice_weights_are_pretrained_once_before_the_workers(tmp_path, monkeypatch):
+    """With a vocabulary-pretrained voice, the parent prepares (and caches) the weights once
+    before starting workers; each worker would otherwise pretrain them again at once."""
+    ws = fake_window_set()
+    ws.settings = types.SimpleNamespace(spectrogram="spectrogram settings")
+    calls = []
+
+    def weights(labelset, width, spectrogram, **kw):
+        calls.append(("weights", width, spectrogram))
+
+    def folds(ws_, todo, cfg_, device, workers, states, finished, progress):
+        calls.append(("workers", len(todo)))
+        raise KeyboardInterrupt  # stop here: only the order matters
+
+    monkeypatch.setattr(ev, "vocabulary_voice_weights", weights)
+    monkeypatch.setattr(ev, "run_folds", folds)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate_cohort(ws, cfg(voice_init="vocabulary"), tmp_path / "voc", device="cpu",
+                           progress=False, workers=2)
+    assert calls == [("weights", 0.125, "spectrogram settings"), ("workers", 3)]
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):  # a voice from scratch needs nothing first
+        ev.evaluate_cohort(ws, cfg(), tmp_path / "scratch", device="cpu", progress=False,
+                           workers=2)
+    assert calls == [("workers", 3)]
+
+
 def test_a_failing_fold_raises_in_the_parent(tmp_path):
     ws = fake_window_set()
     ws.images = ws.images[:, :, :8, :8]   # too small for the image branch: ConfigError
