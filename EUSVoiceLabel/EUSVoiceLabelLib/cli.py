@@ -106,7 +106,8 @@ _PAPER_SIZE = f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
 #: default, the paper's per variant, applies).
 _TRAIN_FIELDS = ("epochs", "lr", "batch_size", "image_size", "frames", "width", "joint_scale",
                  "seed", "optimizer", "weight_decay", "schedule", "label_smoothing", "augment",
-                 "voice_init", "voice_lr_scale", "late_voice", "image_dropout")
+                 "voice_init", "voice_lr_scale", "late_voice", "image_dropout",
+                 "joint_bound")
 
 
 def _variant_choice(text: str) -> str:
@@ -166,7 +167,8 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="named configuration: paper (the paper's settings) or cpu (64x128, "
                         "width 0.25, 20 epochs, AdamW + cosine, augmentation, vocabulary-"
-                        "pretrained voice, late voice path; a paper-sized LOPO in about 30 min "
+                        "pretrained voice, late voice path, joint logits bounded to (-1, 1); a "
+                        "paper-sized LOPO in about 30 min "
                         "on 2 cores); options given explicitly override it")
     p.add_argument("--optimizer", choices=["adam", "adamw"], default=None,
                    help="optimiser (default: adam, the paper's)")
@@ -190,6 +192,10 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-dropout", type=float, default=None, metavar="P",
                    help="with --late-voice: modality dropout, the probability that a training "
                         "window loses the image path's logits (default: 0)")
+    p.add_argument("--joint-bound", type=float, default=None, metavar="B",
+                   help="with --late-voice: bound the joint (image) logits to (-B, B), so "
+                        "they settle what the voice leaves open but cannot outvote it "
+                        "(default: 0, unbounded)")
 
 
 # --------------------------------------------------------------------------- info

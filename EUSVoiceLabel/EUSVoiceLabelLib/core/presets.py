@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"image_size": (64, 128), "width": 0.25, "epochs": 20, "lr": 1e-3,
             "optimizer": "adamw", "weight_decay": 0.01, "schedule": "cosine",
             "augment": "all", "voice_init": "vocabulary", "voice_lr_scale": 0.3,
-            "late_voice": True},
+            "late_voice": True, "joint_bound": 1.0},
 }
 
 

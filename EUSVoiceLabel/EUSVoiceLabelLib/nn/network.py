@@ -276,7 +276,7 @@ class EUSVoiceLabelNet(nn.Module):
     def __init__(self, variant: str, image_branch: Optional[nn.Module],
                  voice_branch: Optional[nn.Module], num_classes: int,
                  joint_scale: str = "sum", late_voice: bool = False,
-                 image_dropout: float = 0.0) -> None:
+                 image_dropout: float = 0.0, joint_bound: float = 0.0) -> None:
         super().__init__()
         self.variant = variant
         self.image_branch = image_branch
@@ -315,6 +315,12 @@ class EUSVoiceLabelNet(nn.Module):
         if image_dropout and self.voice_head is None:
             raise ConfigError("image_dropout needs the late voice path (late_voice)")
         self.image_dropout = float(image_dropout)
+        # A bound on the joint logits beside the voice path (b * tanh(joint / b)): the image
+        # path can settle what the voice leaves open, but its scores, fitted to the training
+        # patients' images, cannot outvote a confident voice on a new patient.
+        if joint_bound < 0 or (joint_bound and self.voice_head is None):
+            raise ConfigError("joint_bound must be >= 0 and needs the late voice path")
+        self.joint_bound = float(joint_bound)
 
     def cam_layer(self) -> Optional[nn.Module]:
         """Module whose output is the image feature map Q used for Grad-CAM (None if no image)."""
@@ -360,6 +366,8 @@ class EUSVoiceLabelNet(nn.Module):
         out["logits"] = maps.flatten(2).mean(dim=2)  # global average pooling
         if self.voice_head is not None:
             joint = out["logits"]
+            if self.joint_bound > 0:
+                joint = self.joint_bound * torch.tanh(joint / self.joint_bound)
             if self.training and self.image_dropout > 0:
                 keep = torch.rand(joint.shape[0], 1, device=joint.device) >= self.image_dropout
                 joint = joint * keep.to(joint.dtype)
@@ -426,7 +434,7 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
                 weights: Optional[str | Path] = None, width: float = 1.0,
                 joint_scale: str = "sum", load_pretrained: bool = True,
                 late_voice: bool = False, image_dropout: float = 0.0,
-                **kw: Any) -> EUSVoiceLabelNet:
+                joint_bound: float = 0.0, **kw: Any) -> EUSVoiceLabelNet:
     """Build the network of ``variant`` (see the module docstring).
 
     Args:
@@ -446,6 +454,8 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
             joint logits (see :class:`EUSVoiceLabelNet`).
         image_dropout: with ``late_voice``, the probability that a training window loses the
             joint (image) logits (see :class:`EUSVoiceLabelNet`).
+        joint_bound: with ``late_voice``, > 0 bounds the joint logits to (-b, b) by
+            b * tanh(joint / b) (see :class:`EUSVoiceLabelNet`); 0 leaves them unbounded.
         **kw: ``in_bins`` (spectrogram bins, default :data:`..core.paper.N_BINS`).
 
     Returns:
@@ -478,10 +488,9 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
         voice = VoiceBranch(in_bins, width)
     elif spec.voice == VOICE_KEYWORD:
         voice = PretrainedVoiceBranch(wpath, r, load_pretrained)
-    model = EUSVoiceLabelNet(variant, image, voice, num_classes, joint_scale,
-                             late_voice and image is not None and voice is not None,
-                             image_dropout if late_voice and image is not None
-                             and voice is not None else 0.0)
+    late = late_voice and image is not None and voice is not None
+    model = EUSVoiceLabelNet(variant, image, voice, num_classes, joint_scale, late,
+                             image_dropout if late else 0.0, joint_bound if late else 0.0)
     model.input_frames = frames  # frames per window the caller supplies
     return model
 

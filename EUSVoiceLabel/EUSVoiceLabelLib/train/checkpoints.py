@@ -173,7 +173,8 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     model = build_model(cfg.variant, len(stored), cfg.frames, weights=cfg.weights,
                         width=cfg.width, joint_scale=cfg.joint_scale, load_pretrained=False,
                         late_voice=cfg.late_voice,
-                        image_dropout=cfg.image_dropout)
+                        image_dropout=cfg.image_dropout,
+                        joint_bound=cfg.joint_bound)
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError) as exc:

@@ -34,7 +34,8 @@ _BOUNDS = (("epochs", True, 0, 1_000_000, True), ("lr", False, 0, 1e3, True),
            ("batch_size", True, 1, 65_536, False), ("frames", True, 1, 1000, False),
            ("width", False, 0, 4, False), ("seed", True, 0, 2 ** 32 - 1, False),
            ("weight_decay", False, 0, 1, False), ("label_smoothing", False, 0, 1, False),
-           ("voice_lr_scale", False, 0, 10, False), ("image_dropout", False, 0, 0.95, False))
+           ("voice_lr_scale", False, 0, 10, False), ("image_dropout", False, 0, 0.95, False),
+           ("joint_bound", False, 0, 1e3, False))
 
 
 #: ``optimizer``: the paper's Adam, or AdamW (decoupled weight decay).
@@ -78,6 +79,7 @@ class TrainConfig:
     voice_lr_scale: float = 1.0
     late_voice: bool = False
     image_dropout: float = 0.0
+    joint_bound: float = 0.0
 
     def __post_init__(self) -> None:
         spec = variant_spec(self.variant)
@@ -110,8 +112,9 @@ class TrainConfig:
         if spec.voice != VOICE_SCRATCH:
             object.__setattr__(self, "voice_init", "none")
         object.__setattr__(self, "late_voice", self.late_voice and spec.joint)
-        if not self.late_voice:  # modality dropout drops the joint logits beside the voice path's
+        if not self.late_voice:  # both act on the joint logits beside the voice path's
             object.__setattr__(self, "image_dropout", 0.0)
+            object.__setattr__(self, "joint_bound", 0.0)
 
     @property
     def augments_voice(self) -> bool:

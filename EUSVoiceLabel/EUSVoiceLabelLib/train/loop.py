@@ -326,7 +326,8 @@ def _start_run(data: Any, cfg: TrainConfig, num_classes: int,
     seed_everything(cfg.seed, dev)
     model = build_model(cfg.variant, num_classes, cfg.frames, weights=cfg.weights,
                         width=cfg.width, joint_scale=cfg.joint_scale, late_voice=cfg.late_voice,
-                        image_dropout=cfg.image_dropout)
+                        image_dropout=cfg.image_dropout,
+                        joint_bound=cfg.joint_bound)
     _check_voice_settings(model, data)
     spectrogram = getattr(getattr(data, "settings", None), "spectrogram", None)
     if cfg.voice_init == "vocabulary":

@@ -151,6 +151,30 @@ def test_image_dropout_drops_the_joint_logits_in_training_only(windows):
     assert res.model.image_dropout == 0.5
 
 
+def test_joint_bound_limits_what_the_image_path_adds(windows):
+    torch.manual_seed(0)
+    free = build_model("proposed", 3, 3, width=0.125, late_voice=True).eval()
+    with torch.no_grad():  # a joint head whose scores reach well past the bound
+        free.head.weight.mul_(200.0)
+        free.head.bias.mul_(200.0)
+    bounded = build_model("proposed", 3, 3, width=0.125, late_voice=True, joint_bound=0.5)
+    bounded.load_state_dict(free.state_dict())
+    bounded.eval()
+    img = torch.rand(4, 3, 32, 48)
+    voice = torch.from_numpy(np.repeat(windows.voices[:1], 4, axis=0))
+    f = free.features(img, voice)
+    joint = f["maps"].flatten(2).mean(2)
+    late = free.voice_head(f["P"]).mean(2)
+    assert float(joint.abs().max()) > 0.5
+    got = bounded(img, voice)
+    assert torch.allclose(got, late + 0.5 * torch.tanh(joint / 0.5), atol=1e-5)
+    assert float((got - late).abs().max()) <= 0.5 + 1e-6  # never past the bound
+    with pytest.raises(ConfigError):
+        free.__class__("proposed", free.image_branch, free.voice_branch, 3, joint_bound=1.0)
+    assert TrainConfig(joint_bound=1.0).joint_bound == 0.0  # no late voice path: unbounded
+    assert TrainConfig.from_settings(preset_settings("cpu")).joint_bound == 1.0
+
+
 def _interrupt_at(monkeypatch, call: int) -> None:
     from EUSVoiceLabelLib.train import loop
 
