@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The figures of docs/results.md, from nothing, on this machine (a benchmark, not a test: about
-# 2 hours on 2 CPU cores, most of it Table III).  Usage:
+# 26 minutes on 2 idle CPU cores with VARIANTS=all, most of it Table III).  Usage:
 #
 #     bash scripts/results.sh OUT [VARIANTS]
 #
