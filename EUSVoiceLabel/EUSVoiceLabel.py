@@ -21,6 +21,7 @@ import pathlib
 import shutil
 import tempfile
 import time
+import importlib
 from importlib import util as importlib_util
 from typing import Annotated, Callable, Optional
 
@@ -620,6 +621,102 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
+# Dependencies
+#
+
+
+class EUSVoiceLabelDependencies:
+    """The module's Python dependencies, installed on first use and only with the user's
+    consent (never at import): torch through the PyTorch extension, the rest from
+    ``Resources/requirements.txt``."""
+
+    def __init__(self) -> None:
+        self._checked = False  # requirements.txt checked in this session
+
+    def ensure(self, needTorch: bool = True) -> bool:
+        """Make sure the Python packages are there, asking before installing anything.
+
+        torch comes from the PyTorch extension (``PyTorchUtils``); the other packages from
+        ``Resources/requirements.txt`` through ``slicer.packaging.pip_ensure`` (Slicer 5.12+)
+        or ``slicer.util.pip_install`` after a confirmation (5.10).
+
+        Returns:
+            True when everything is available; False (after telling the user why) when an
+            install was declined or failed.
+        """
+        try:
+            if needTorch:
+                self._ensureTorch()
+            if not self._checked:
+                self._ensureRequirements()
+                self._checked = True
+        except InstallError as exc:
+            slicer.util.errorDisplay(str(exc))
+            return False
+        return True
+
+    def _ensureTorch(self) -> None:
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            em = slicer.app.extensionsManagerModel()
+            if slicer.util.confirmOkCancelDisplay(
+                    _("EUSVoiceLabel needs the PyTorch extension. Install it now? Slicer "
+                      "restarts afterwards.")):
+                em.interactive = False
+                if em.installExtensionFromServer("PyTorch", True):
+                    raise InstallError(_("PyTorch extension installed: restart Slicer."))
+                raise InstallError(_("Installing the PyTorch extension failed. Install it from "
+                                     "the Extensions Manager, then restart Slicer."))
+            raise InstallError(_("EUSVoiceLabel needs the PyTorch extension: install it from "
+                                 "the Extensions Manager."))
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("EUSVoiceLabel needs PyTorch, which is not installed yet. Download and "
+                      "install it now (this can take several minutes)?")):
+                raise InstallError(_("PyTorch is required: labelling and training are not "
+                                     "available until it is installed."))
+            try:
+                torchLogic.installTorch(askConfirmation=False,
+                                        torchVersionRequirement=TORCH_REQUIREMENT)
+            except Exception as exc:
+                raise InstallError(_("Installing PyTorch failed: {error}").format(error=exc))
+
+    def _ensureRequirements(self) -> None:
+        requirementsPath = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
+        if importlib_util.find_spec("slicer.packaging") is not None:  # Slicer 5.12+
+            # Not "import slicer.packaging": that would make "slicer" a local name of this
+            # method and break the Slicer 5.10 branch below.
+            importlib.import_module("slicer.packaging")
+            requirements = slicer.packaging.load_requirements(requirementsPath)
+            try:
+                slicer.packaging.pip_ensure(requirements, requester="EUSVoiceLabel",
+                                            skip_packages=["torch", "torchvision", "torchaudio"])
+            except RuntimeError as exc:
+                raise InstallError(_("Required Python packages were not installed ({error}).")
+                                   .format(error=exc))
+            except Exception as exc:
+                raise InstallError(_("Installing Python packages failed: {error}")
+                                   .format(error=exc))
+            return
+        # Slicer 5.10: check, ask, install (the check uses only the standard library).
+
+        missing = missing_requirements(read_requirements(requirementsPath))
+        if not missing:
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+                _("EUSVoiceLabel needs these Python packages: {packages}. Install them now?")
+                .format(packages=", ".join(missing))):
+            raise InstallError(_("Required Python packages were not installed: {packages}")
+                               .format(packages=", ".join(missing)))
+        try:
+            slicer.util.pip_install(missing)
+        except Exception as exc:
+            raise InstallError(_("Installing Python packages failed: {error}").format(error=exc))
+
+
+#
 # EUSVoiceLabelLogic
 #
 
@@ -709,92 +806,17 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         self._whole = {}        # timeline table node ID -> WholeResult
         self._model = None      # (path, device, mtime, LabelModel)
         self._training = None
-        self._requirementsChecked = False
+        self._dependencies = EUSVoiceLabelDependencies()
 
     def getParameterNode(self):
         return EUSVoiceLabelParameterNode(super().getParameterNode())
 
     # ------------------------------------------------------------------ dependencies
     def setupPythonRequirements(self, needTorch: bool = True) -> bool:
-        """Make sure the Python packages are there, asking before installing anything.
-
-        torch comes from the PyTorch extension (``PyTorchUtils``); the other packages from
-        ``Resources/requirements.txt`` through ``slicer.packaging.pip_ensure`` (Slicer 5.12+)
-        or ``slicer.util.pip_install`` after a confirmation (5.10).
-
-        Returns:
-            True when everything is available; False (after telling the user why) when an
-            install was declined or failed.
-        """
-        try:
-            if needTorch:
-                self._ensureTorch()
-            if not self._requirementsChecked:
-                self._ensureRequirements()
-                self._requirementsChecked = True
-        except InstallError as exc:
-            slicer.util.errorDisplay(str(exc))
-            return False
-        return True
-
-    def _ensureTorch(self) -> None:
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            em = slicer.app.extensionsManagerModel()
-            if slicer.util.confirmOkCancelDisplay(
-                    _("EUSVoiceLabel needs the PyTorch extension. Install it now? Slicer "
-                      "restarts afterwards.")):
-                em.interactive = False
-                if em.installExtensionFromServer("PyTorch", True):
-                    raise InstallError(_("PyTorch extension installed: restart Slicer."))
-                raise InstallError(_("Installing the PyTorch extension failed. Install it from "
-                                     "the Extensions Manager, then restart Slicer."))
-            raise InstallError(_("EUSVoiceLabel needs the PyTorch extension: install it from "
-                                 "the Extensions Manager."))
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            if not slicer.util.confirmOkCancelDisplay(
-                    _("EUSVoiceLabel needs PyTorch, which is not installed yet. Download and "
-                      "install it now (this can take several minutes)?")):
-                raise InstallError(_("PyTorch is required: labelling and training are not "
-                                     "available until it is installed."))
-            try:
-                torchLogic.installTorch(askConfirmation=False,
-                                        torchVersionRequirement=TORCH_REQUIREMENT)
-            except Exception as exc:
-                raise InstallError(_("Installing PyTorch failed: {error}").format(error=exc))
-
-    def _ensureRequirements(self) -> None:
-        requirementsPath = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
-        if importlib_util.find_spec("slicer.packaging") is not None:  # Slicer 5.12+
-            import slicer.packaging
-
-            requirements = slicer.packaging.load_requirements(requirementsPath)
-            try:
-                slicer.packaging.pip_ensure(requirements, requester="EUSVoiceLabel",
-                                            skip_packages=["torch", "torchvision", "torchaudio"])
-            except RuntimeError as exc:
-                raise InstallError(_("Required Python packages were not installed ({error}).")
-                                   .format(error=exc))
-            except Exception as exc:
-                raise InstallError(_("Installing Python packages failed: {error}")
-                                   .format(error=exc))
-            return
-        # Slicer 5.10: check, ask, install (the check uses only the standard library).
-
-        missing = missing_requirements(read_requirements(requirementsPath))
-        if not missing:
-            return
-        if not slicer.util.confirmOkCancelDisplay(
-                _("EUSVoiceLabel needs these Python packages: {packages}. Install them now?")
-                .format(packages=", ".join(missing))):
-            raise InstallError(_("Required Python packages were not installed: {packages}")
-                               .format(packages=", ".join(missing)))
-        try:
-            slicer.util.pip_install(missing)
-        except Exception as exc:
-            raise InstallError(_("Installing Python packages failed: {error}").format(error=exc))
+        """Make sure the Python packages are there, asking before installing anything
+        (:class:`EUSVoiceLabelDependencies`).  Returns False (after telling the user why)
+        when an install was declined or failed."""
+        return self._dependencies.ensure(needTorch)
 
     # ------------------------------------------------------------------ procedures
     def loadProcedure(self, recordingPath, audioPath=None, audioOffsetS=None, fps: float = FPS,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 import unittest
 from pathlib import Path
 
@@ -469,3 +470,67 @@ def test_module_self_test(app, case):
     needs the application's PythonSlicer and QProcess)."""
     result = unittest.TextTestRunner(verbosity=0).run(app.module.EUSVoiceLabelTest(case))
     assert result.wasSuccessful(), [str(e[1]) for e in result.errors + result.failures]
+
+
+def test_dependencies_are_installed_only_with_consent(app, monkeypatch):
+    """Torch comes from the PyTorch extension (the shim says it is installed); a package of
+    requirements.txt that is missing is installed only when the user agrees, and a refusal
+    is told in one message and leaves labelling unavailable."""
+    module = app.module
+    import slicer
+
+    find_spec = module.importlib_util.find_spec  # Slicer 5.10: no slicer.packaging
+    monkeypatch.setattr(module.importlib_util, "find_spec",
+                        lambda name, *a: None if name == "slicer.packaging" else
+                        find_spec(name, *a))
+    missing = ["webrtc-noise-gain"]
+    checks, installs, shown, answers = [], [], [], []
+    monkeypatch.setattr(module, "missing_requirements",
+                        lambda reqs: checks.append(list(reqs)) or list(missing))
+    monkeypatch.setattr(slicer.util, "pip_install", lambda pkgs: installs.append(pkgs))
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, *a, **k: shown.append(text))
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda text, *a, **k: answers.pop(0))
+
+    logic = module.EUSVoiceLabelLogic()
+    answers.append(False)  # the user declines
+    assert logic.setupPythonRequirements(needTorch=True) is False
+    assert installs == [] and len(shown) == 1 and "webrtc-noise-gain" in shown[0]
+    assert checks and any("torch" in r or "pocketsphinx" in r for r in checks[0])
+    answers.append(True)   # asked again next time, and agreed
+    assert logic.setupPythonRequirements(needTorch=False) is True
+    assert installs == [missing]
+    # Checked once per session: nothing is asked again.
+    missing.clear()
+    n = len(checks)
+    assert logic.setupPythonRequirements() is True and len(checks) == n and not answers
+
+
+def test_dependencies_go_through_slicer_packaging_where_it_exists(app, monkeypatch):
+    """Slicer 5.12+: requirements.txt goes to slicer.packaging.pip_ensure (which asks the
+    user itself), torch and its companions skipped; a refusal there is one message."""
+    import importlib.machinery
+    import types
+
+    import slicer
+
+    module = app.module
+    calls, shown = [], []
+    fake = types.ModuleType("slicer.packaging")
+    fake.__spec__ = importlib.machinery.ModuleSpec("slicer.packaging", None)
+    fake.load_requirements = lambda path: calls.append(("load", Path(path).name)) or ["req"]
+
+    def pip_ensure(reqs, requester, skip_packages):
+        calls.append(("ensure", reqs, requester, tuple(skip_packages)))
+        if len(calls) > 2:
+            raise RuntimeError("declined by the user")
+
+    fake.pip_ensure = pip_ensure
+    monkeypatch.setitem(sys.modules, "slicer.packaging", fake)
+    monkeypatch.setattr(slicer, "packaging", fake, raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, *a, **k: shown.append(text))
+    assert module.EUSVoiceLabelLogic().setupPythonRequirements(needTorch=False) is True
+    assert calls == [("load", "requirements.txt"),
+                     ("ensure", ["req"], "EUSVoiceLabel", ("torch", "torchvision", "torchaudio"))]
+    assert module.EUSVoiceLabelLogic().setupPythonRequirements(needTorch=False) is False
+    assert len(shown) == 1 and "declined by the user" in shown[0]
