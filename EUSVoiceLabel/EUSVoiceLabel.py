@@ -15,13 +15,13 @@ and return MRML nodes (see the README section "3D Slicer extension").
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
 import shutil
 import tempfile
 import time
-import importlib
 from importlib import util as importlib_util
 from typing import Annotated, Callable, Optional
 
@@ -47,9 +47,9 @@ from EUSVoiceLabelLib.core.progress import CallbackProgress, parse_progress_line
 from EUSVoiceLabelLib.data.mentions import Mention, read_mentions
 from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.labelling.runs import TIMELINE_COLUMNS, runs_of
 from EUSVoiceLabelLib.nn.evidence import DISPLAY_THRESHOLD
 from EUSVoiceLabelLib.slicer.overlays import overlay_items, window_point, window_text
-from EUSVoiceLabelLib.labelling.runs import TIMELINE_COLUMNS, runs_of
 from EUSVoiceLabelLib.slicer.review import (MENTION_COLUMNS, RESULT_COLUMNS, ReviewTable,
                                             RunReview, mentions_from_rows, mentions_to_rows)
 from EUSVoiceLabelLib.slicer.support import (LARGE_SEQUENCE_BYTES, apply_problems, cine_ijk_to_ras,
@@ -803,7 +803,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._procedures = {}   # sequence node ID -> Procedure
         self._results = {}      # results table node ID -> LabelResult
-        self._whole = {}        # timeline table node ID -> WholeResult
+        self._whole = {}        # timeline table node ID -> (WholeResult, unreviewed RunReview)
         self._model = None      # (path, device, mtime, LabelModel)
         self._training = None
         self._dependencies = EUSVoiceLabelDependencies()
@@ -1442,20 +1442,17 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         timelineTable.SetAttribute(ATTR_PREFIX + "Stride", str(stride))
         timelineTable.SetNodeReferenceID(REF_RESULTS, resultsTable.GetID())
         timelineTable.SetNodeReferenceID(REF_FRAMES, frames.GetID())
-        self._whole[timelineTable.GetID()] = whole
-        self._showRunReview(timelineTable, self._newRunReview(whole))
+        # The runs are grouped once here: every review, jump and export reuses them.
+        unreviewed = RunReview(runs_of(whole.rows()), whole.fps, stride, tuple(whole.ids))
+        self._whole[timelineTable.GetID()] = (whole, unreviewed)
+        self._showRunReview(timelineTable, unreviewed)
         return timelineTable
-
-    @staticmethod
-    def _newRunReview(whole) -> RunReview:
-        return RunReview(runs_of(whole.rows()), whole.fps, whole.settings.stride,
-                         tuple(whole.ids))
 
     def runReview(self, timelineTable) -> RunReview:
         """The review state of a timeline table (``EUSVoiceLabelLib.slicer.review.RunReview``),
         labels typed into its ``reviewed_label`` column included."""
-        review = self._newRunReview(self._whole[timelineTable.GetID()])
-        return review.with_table(*self.readTable(timelineTable))
+        _, unreviewed = self._whole[timelineTable.GetID()]
+        return unreviewed.with_table(*self.readTable(timelineTable))
 
     def _showRunReview(self, timelineTable, review: RunReview) -> None:
         """Write a run review into the timeline table and the frames' label text."""
@@ -1479,7 +1476,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
     def wholeFrameLabels(self, timelineTable) -> list:
         """Every labelled frame of a whole-procedure run (dicts with the columns of its
         ``frame_labels.csv``), the reviewed runs' frames with their reviewed label."""
-        whole = self._whole[timelineTable.GetID()]
+        whole, _ = self._whole[timelineTable.GetID()]
         return self.runReview(timelineTable).frame_rows(whole.rows())
 
     def jumpToTime(self, timelineTable, timeS: float) -> int:
@@ -1515,8 +1512,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         from EUSVoiceLabelLib.slicer.export import export_whole  # deferred: torch
 
         result = self._results[timelineTable.GetNodeReference(REF_RESULTS).GetID()]
-        return export_whole(result, self._whole[timelineTable.GetID()],
-                            self.wholeFrameLabels(timelineTable), path)
+        whole, _ = self._whole[timelineTable.GetID()]
+        return export_whole(result, whole, self.wholeFrameLabels(timelineTable), path)
 
     # ------------------------------------------------------------------ export
     def exportResults(self, resultsTable, outputFolder, datasetFolder=None) -> dict:

@@ -82,4 +82,5 @@ def reviewed_rows(rows: Sequence[dict], runs: Sequence[Run], reviewed: dict) -> 
     return out
 
 
-__all__ = ["NONE", "Run", "runs_of", "TIMELINE_COLUMNS", "REVIEWED", "timeline_rows", "reviewed_rows"]
+__all__ = ["NONE", "Run", "runs_of", "TIMELINE_COLUMNS", "REVIEWED", "timeline_rows",
+           "reviewed_rows"]

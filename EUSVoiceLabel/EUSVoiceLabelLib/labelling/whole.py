@@ -563,8 +563,8 @@ def read_frame_labels(path: Path) -> list[dict]:
     return rows
 
 
-__all__ = ["WholeSettings", "WholeResult", "Anchor", "anchors_from_windows", "label_whole", "forward_backward",
-           "transition_matrix", "stay_probabilities", "calibrate_rejection",
+__all__ = ["WholeSettings", "WholeResult", "Anchor", "anchors_from_windows", "label_whole",
+           "forward_backward", "transition_matrix", "stay_probabilities", "calibrate_rejection",
            "write_frame_labels", "NONE", "SPOKEN", "INFERRED", "WHOLE_COLUMNS",
            "read_frame_labels", "descriptors", "fit_match", "frame_posterior", "MatchModel",
            "FRAME_LABELS"]
