@@ -1,7 +1,9 @@
 """Heat maps that show where in the image the evidence for a prediction lies.
 
 Grad-CAM (Selvaraju et al. 2017) on the last image-branch convolution, as in the paper: with
-A_r the activation maps of that layer and y_c the logit of class c,
+A_r the activation maps of that layer and y_c the image path's score of class c (the head's
+logit before any bound on it; the late voice path adds a term that does not depend on the
+image, so it changes nothing here),
 
     alpha_r = mean over (i, j) of d y_c / d A_r[i, j]
     CAM     = ReLU( sum_r alpha_r * A_r )
@@ -70,11 +72,15 @@ def grad_cam(model: nn.Module, image: torch.Tensor, voice: torch.Tensor,
     handle = layer.register_forward_hook(keep) if layer is not None else None
     try:
         with torch.enable_grad():
-            if joint and hasattr(model, "features"):
+            if hasattr(model, "features"):
                 feats = model.features(image, voice)
                 logits = feats["logits"]
             else:
                 feats, logits = {}, model(image, voice)
+            # The score explained: the head's own, before a bound on the joint logits (whose
+            # gradient vanishes where it saturates) and without the late voice path (which
+            # does not depend on the image, so the map is the same as for the full logit).
+            score = feats.get("image_logits", logits)
             probs = torch.softmax(logits.detach().float(), dim=1)[0]
             if callable(target):
                 cls = int(target(probs.cpu().numpy()))
@@ -83,7 +89,7 @@ def grad_cam(model: nn.Module, image: torch.Tensor, voice: torch.Tensor,
             cam = None
             if "A" in store:
                 model.zero_grad(set_to_none=True)
-                logits[0, cls].backward()
+                score[0, cls].backward()
                 a = store["A"]
                 grad = a.grad
                 if grad is None:  # layer output not on the path to the logit
@@ -98,7 +104,7 @@ def grad_cam(model: nn.Module, image: torch.Tensor, voice: torch.Tensor,
                     sign = 1
                 cam = _normalise(raw)
             joint_map = None
-            if "C" in feats:
+            if joint and "C" in feats:
                 joint_map = _normalise(feats["C"][0].detach().mean(dim=0))
     finally:
         if handle is not None:

@@ -342,7 +342,8 @@ class EUSVoiceLabelNet(nn.Module):
     def features(self, image: Optional[torch.Tensor], voice: Optional[torch.Tensor]
                  ) -> dict[str, torch.Tensor]:
         """The intermediate maps: ``P`` (voice), ``Q`` (image), ``C`` (joint), ``maps`` (head
-        output before GAP) and ``logits``; only those the variant computes."""
+        output before GAP), ``image_logits`` (the GAP of ``maps``: the head's own class
+        scores) and ``logits``; only those the variant computes."""
         out: dict[str, torch.Tensor] = {}
         if self.image_branch is not None:
             if image is None:
@@ -364,6 +365,9 @@ class EUSVoiceLabelNet(nn.Module):
             maps = self.head(out["P"])
         out["maps"] = maps
         out["logits"] = maps.flatten(2).mean(dim=2)  # global average pooling
+        # The image path's own class scores (before the bound, the dropout and the voice
+        # path): what Grad-CAM explains, so a saturated bound does not blank the heat map.
+        out["image_logits"] = out["logits"]
         if self.voice_head is not None:
             joint = out["logits"]
             if self.joint_bound > 0:

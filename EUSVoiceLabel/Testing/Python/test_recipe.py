@@ -173,6 +173,14 @@ def test_joint_bound_limits_what_the_image_path_adds(windows):
         free.__class__("proposed", free.image_branch, free.voice_branch, 3, joint_bound=1.0)
     assert TrainConfig(joint_bound=1.0).joint_bound == 0.0  # no late voice path: unbounded
     assert TrainConfig.from_settings(preset_settings("cpu")).joint_bound == 1.0
+    # Grad-CAM explains the image path's own score: where the bound saturates (its gradient
+    # is 0 in float32) the heat map is the unbounded model's, not an empty one.
+    from EUSVoiceLabelLib.nn.explain import grad_cam
+
+    free_cam = grad_cam(free, img[:1], voice[:1], target=0).cam
+    bounded_cam = grad_cam(bounded, img[:1], voice[:1], target=0).cam
+    assert free_cam is not None and float(free_cam.max()) == pytest.approx(1.0)
+    np.testing.assert_allclose(bounded_cam, free_cam, atol=1e-5)
 
 
 def _interrupt_at(monkeypatch, call: int) -> None:
