@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..core.errors import EUSVoiceLabelError
+from ..core.errors import EUSVoiceLabelError, MentionsError
 from ..core.fileio import atomic_write_text
 from ..core.outputlock import output_session
 from ..core.progress import ProgressLike, as_progress
@@ -143,8 +143,12 @@ def end_to_end(cohort: Path, model: LabelModel, patients: Optional[Sequence[str]
         for folder in folders:
             proc = load_procedure(folder, labelset=model.labelset)
             truth = list(proc.mentions)
-            found = resolve_mentions(proc, "auto", model.labelset)
-            result = label_procedure(proc, model, found, with_cam=False)
+            try:
+                found = resolve_mentions(proc, "auto", model.labelset)
+            except MentionsError:
+                found = []  # nothing heard: every true mention of it is missed
+            result = label_procedure(proc, model, found, with_cam=False) if found \
+                else LabelResult(proc, model.labelset)
             per_patient[folder.name] = score_result(result, truth)
             task.advance(patient=folder.name)
     summary = summarise(list(per_patient.values()))

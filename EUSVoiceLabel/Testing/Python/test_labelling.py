@@ -341,3 +341,17 @@ def test_outputs_carry_the_fused_label_beside_the_networks(tiny_model, procedure
     assert [p["label"].rsplit(" ", 1)[0] for p in points] == \
         [names[ids.index(lab)] for lab in expected]
     assert all("network: " in p["description"] for p in points[:-1])
+
+
+def test_end_to_end_counts_a_procedure_where_nothing_was_heard_as_misses(tiny_model):
+    """A procedure whose audio holds no spoken landmark (here a tone) is a row of missed
+    mentions in the end-to-end report, not the end of the run."""
+    from EUSVoiceLabelLib.labelling.endtoend import end_to_end
+
+    report = end_to_end(tiny_model.parent, LabelModel.load(tiny_model, device="cpu"),
+                        progress=False)
+    assert sorted(report["per_patient"]) == ["p0", "p1"]
+    assert report["true_mentions"] == 4 and report["windows"] == 0
+    assert report["true_mentions_detected"] == 0.0
+    assert report["true_mentions_right"]["fused"] == 0.0
+    assert report["false_windows"] is None
