@@ -8,6 +8,7 @@ import torch
 from EUSVoiceLabelLib import build_model
 from EUSVoiceLabelLib.core.errors import CheckpointError, ConfigError
 from EUSVoiceLabelLib.core.variants import VARIANTS, check_image_size
+from EUSVoiceLabelLib.nn.explain import grad_cam
 from EUSVoiceLabelLib.nn.network import (count_layers, evenly_spaced, feature_grid,
                                          voice_time_steps)
 
@@ -68,16 +69,21 @@ def test_joint_scale_sum_is_the_plain_product():
     assert torch.allclose(c_sum, c_mean * r, rtol=1e-4, atol=1e-4)
 
 
-def test_cam_layer_output_is_q_and_voice_only_has_none():
+def test_cam_layer_is_the_end_of_block_4_and_voice_only_has_none():
+    """Grad-CAM explains the image branch's block 4, on a grid twice as fine as Q's (the heat
+    maps of Q's 3 x 7 cells at 64 x 128 pointed at the named landmark less often)."""
     torch.manual_seed(0)
     m = build_model("proposed", width=0.125).eval()
     seen = {}
     handle = m.cam_layer().register_forward_hook(lambda mod, i, o: seen.setdefault("out", o))
-    x, v = torch.rand(1, 25, 64, 96), torch.randn(1, 1024, 66)
+    x, v = torch.rand(1, 25, 64, 128), torch.randn(1, 1024, 66)
     with torch.no_grad():
         q = m.features(x, v)["Q"]
     handle.remove()
-    assert torch.equal(seen["out"], q)
+    assert tuple(q.shape[2:]) == (3, 7)
+    assert tuple(seen["out"].shape[2:]) == (7, 15)
+    exp = grad_cam(m, x, v)
+    assert exp.cam is not None and exp.cam.shape == (7, 15) and exp.cam.max() == 1.0
     assert build_model("voice_only", width=0.125).cam_layer() is None
 
 
