@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The figures of docs/results.md, from nothing, on this machine (a benchmark, not a test: about
-# 26 minutes on 2 idle CPU cores with VARIANTS=all, most of it Table III).  Usage:
+# 40 minutes on 2 idle CPU cores with VARIANTS=all, most of it Table III).  Usage:
 #
 #     bash scripts/results.sh OUT [VARIANTS]
 #
 # OUT receives two paper-scale synthetic cohorts (seeds 0 and 1), Table III of the seed-0
 # cohort with --preset cpu (OUT/table3/table_iii.md), a model trained on all of seed 0 with
 # the temperature of its held-out folds, the end-to-end report of that model labelling the
-# seed-1 cohort with --mentions auto (OUT/end_to_end.json) and the detector's evaluation on
+# seed-1 cohort with --mentions auto (OUT/end_to_end.json), the same the other way round
+# (Table III's three main rows on the seed-1 cohort, OUT/table3_seed1; a model trained on it
+# labelling the seed-0 cohort, OUT/end_to_end_seed0.json) and the detector's evaluation on
 # both cohorts (OUT/detect_seed*.json).  VARIANTS (default: proposed,voice_only,image_only)
 # is the --variant list of Table III; 'all' runs every row that can run here.  Every step
 # resumes where it stopped when the command is run again.
@@ -31,7 +33,15 @@ run eusvoicelabel train "$out/paper0" --out "$out/model_cpu.pt" --preset cpu \
 # End to end on patients the model never saw: detect, label, score against mentions.csv.
 run python3 -m EUSVoiceLabelLib.labelling.endtoend "$out/paper1" --model "$out/model_cpu.pt" \
     --out "$out/end_to_end.json"
+# The other way round: seed 1 for training, seed 0 labelled (no setting is chosen on either).
+run eusvoicelabel evaluate "$out/paper1" --variant proposed,voice_only,image_only --preset cpu \
+    --out "$out/table3_seed1" --workers 2
+run eusvoicelabel train "$out/paper1" --out "$out/model_cpu_seed1.pt" --preset cpu \
+    --temperature-from "$out/table3_seed1/proposed"
+run python3 -m EUSVoiceLabelLib.labelling.endtoend "$out/paper0" \
+    --model "$out/model_cpu_seed1.pt" --out "$out/end_to_end_seed0.json"
 for seed in 0 1; do
     run eusvoicelabel detect "$out/paper$seed" --evaluate --out "$out/detect_seed$seed.json"
 done
-echo "done: $out/table3/table_iii.md, $out/end_to_end.json, $out/detect_seed0.json, $out/detect_seed1.json"
+echo "done: $out/table3/table_iii.md, $out/table3_seed1/table_iii.md, $out/end_to_end.json," \
+    "$out/end_to_end_seed0.json, $out/detect_seed0.json, $out/detect_seed1.json"
