@@ -432,6 +432,12 @@ def load_procedure(path: os.PathLike | str, labelset: Optional[LabelSet] = None,
     labelset = labelset or load_labelset(None, path)
     recording = find_recording(path)
     if recording is None:
+        inside = sorted(p for p in path.iterdir() if not p.name.startswith(".")
+                        and is_procedure_folder(p) and not is_output_folder(p))
+        if inside:  # a cohort given where one procedure is expected
+            raise ProcedureError(f"is a cohort of {len(inside)} procedure folders, not one "
+                                 "procedure", path,
+                                 f"give one of them, e.g. {inside[0]}")
         raise ProcedureError("not a procedure folder: no video.*, frames/ or frames.seq.nrrd",
                              path, "see the cohort layout in the README")
     settings = ProcedureSettings()

@@ -132,6 +132,17 @@ def test_single_procedure_given_as_cohort(tmp_path):
         build_window_set(folder, progress=False)
 
 
+def test_cohort_given_as_a_procedure(tmp_path, capsys):
+    """A cohort where one procedure is expected says so and names a procedure to give."""
+    for name in ("patient02", "patient01"):
+        mf.make_procedure(tmp_path / "cohort" / name)
+    with pytest.raises(ProcedureError, match="is a cohort of 2 procedure folders") as exc:
+        load_procedure(tmp_path / "cohort")
+    assert str(tmp_path / "cohort" / "patient01") in str(exc.value)
+    rc, err = run_info(tmp_path / "cohort", capsys)
+    assert rc == 2 and len(err) == 1 and "give one of them" in err[0]
+
+
 def test_errors_are_one_class_family():
     for cls in (MediaError, MentionsError, ProcedureError):
         assert issubclass(cls, EUSVoiceLabelError)
