@@ -1150,7 +1150,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         if checkpointPath:
             resultsTable.SetAttribute(ATTR_MODEL, str(checkpointPath))
         # Review order: windows flagged for review first (the network disagrees with what was
-        # said, or the fused label is uncertain), then the least confident.
+        # said, the fused label is uncertain, or the detection was), then the least confident.
         self.writeTable(resultsTable, RESULT_COLUMNS, review.to_rows("confidence"))
         browser = self.browserForSequence(sequenceNode, show=False)
         resultsTable.SetNodeReferenceID(REF_FRAMES, sequenceNode.GetID())

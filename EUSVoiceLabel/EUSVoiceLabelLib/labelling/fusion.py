@@ -43,8 +43,13 @@ The arithmetic is done in the log domain with every probability floored at :data
 (``log 0`` never happens), except that an exact zero of ``q`` (a certain mention) stays a hard
 zero, so a certain mention cannot be outvoted by any network output, and renormalised.
 
-A window **needs review** when the network's own top label differs from the spoken label, or
-when the fused label's probability is below :data:`REVIEW_BELOW`.
+A window **needs review** when the network's own top label differs from the spoken label, when
+the fused label's probability is below :data:`REVIEW_BELOW`, or when its spoken label is a
+detection heard with a confidence below :data:`REVIEW_BELOW`.  The last is needed because the
+two pieces of evidence are not independent: the network's voice branch hears the same speech
+as the detector, so where it mishears an acronym the same way, the fused probability counts
+the one misheard word twice and looks sure (0.94-0.97 on "bile duct" heard as "pancreatic
+duct" at 0.52-0.77); the detector's own confidence is the honest measure of what was heard.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ CERTAIN_SOURCES = ("file", "transcript", "review")
 #: Review reasons (``review_reason`` column).
 DISAGREES = "network disagrees"
 LOW_CONFIDENCE = "low confidence"
+UNCERTAIN_DETECTION = "uncertain detection"
 
 
 @dataclass(frozen=True)
@@ -82,10 +88,10 @@ class FusedLabel:
         label: the fused label id (what every output writes).
         confidence: its fused probability.
         probabilities: the fused posterior over the labels (float64, sums to 1).
-        needs_review: the network's top label differs from the spoken one, or ``confidence``
-            is below the review threshold.
-        review_reason: why (``"network disagrees"``, ``"low confidence"``, both joined by
-            ``"; "``), empty when not flagged.
+        needs_review: the network's top label differs from the spoken one, ``confidence``
+            is below the review threshold, or the spoken label is a detection heard below it.
+        review_reason: why (``"network disagrees"``, ``"low confidence"``, ``"uncertain detection"``,
+            joined by ``"; "``), empty when not flagged.
     """
 
     label: str
@@ -176,9 +182,13 @@ def fuse_window(p_net: np.ndarray, mention: Optional[Mention], ids: Sequence[str
         reasons.append(DISAGREES)
     if confidence < review_below:
         reasons.append(LOW_CONFIDENCE)
+    if spoken is not None and mention.source not in CERTAIN_SOURCES and \
+            mention.confidence is not None and float(mention.confidence) < review_below:
+        reasons.append(UNCERTAIN_DETECTION)
     return FusedLabel(ids[top], confidence, fused, bool(reasons), "; ".join(reasons))
 
 
 __all__ = ["FusedLabel", "speech_evidence", "training_prior", "checkpoint_temperature",
            "fuse_posteriors", "fuse_window",
-           "FLOOR", "REVIEW_BELOW", "CERTAIN_SOURCES", "DISAGREES", "LOW_CONFIDENCE"]
+           "FLOOR", "REVIEW_BELOW", "CERTAIN_SOURCES", "DISAGREES", "LOW_CONFIDENCE",
+           "UNCERTAIN_DETECTION"]

@@ -10,7 +10,8 @@ from EUSVoiceLabelLib.data.mentions import Mention
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.labelling.endtoend import main as end_to_end_main
 from EUSVoiceLabelLib.labelling.endtoend import pair_windows, score_result, summarise
-from EUSVoiceLabelLib.labelling.fusion import (DISAGREES, LOW_CONFIDENCE, checkpoint_temperature,
+from EUSVoiceLabelLib.labelling.fusion import (DISAGREES, LOW_CONFIDENCE, UNCERTAIN_DETECTION,
+                                               checkpoint_temperature,
                                                fuse_posteriors, fuse_window, speech_evidence,
                                                training_prior)
 from EUSVoiceLabelLib.train.metrics import (expected_calibration_error, fit_temperature,
@@ -58,7 +59,26 @@ def test_detector_confidence_weighs_against_the_network():
     assert not fuse_window(_net("bile_duct", 0.7), sure, IDS).needs_review
     unsure = fuse_window(np.full(5, 0.2), Mention(1.0, "bile_duct", confidence=0.5,
                                                   source="auto"), IDS)
-    assert unsure.label == "bile_duct" and unsure.review_reason.endswith(LOW_CONFIDENCE)
+    assert unsure.label == "bile_duct"
+    assert unsure.review_reason.endswith(f"{LOW_CONFIDENCE}; {UNCERTAIN_DETECTION}")
+
+
+def test_a_window_resting_on_an_uncertain_detection_is_flagged_even_when_both_agree():
+    """The network's voice branch hears the same speech as the detector: where both mishear
+    an acronym the same way the fused label looks sure, so a detection heard below the
+    review threshold is flagged whatever the fused confidence."""
+    agree = _net("pancreatic_duct", 0.8)
+    heard = Mention(1.0, "pancreatic_duct", confidence=0.72, source="auto")
+    fused = fuse_window(agree, heard, IDS)
+    assert fused.label == "pancreatic_duct" and fused.confidence > 0.9
+    assert fused.needs_review and fused.review_reason == UNCERTAIN_DETECTION
+    clear = Mention(1.0, "pancreatic_duct", confidence=0.85, source="auto")
+    assert not fuse_window(agree, clear, IDS).needs_review
+    # a mention someone wrote down is not a detection: never flagged for how it was heard
+    for source in ("file", "transcript", "review"):
+        written = Mention(1.0, "pancreatic_duct", confidence=0.5, source=source)
+        assert not fuse_window(agree, written, IDS).needs_review
+    assert not fuse_window(agree, None, IDS).needs_review  # nothing said: nothing heard
 
 
 def test_temperature_fitted_on_held_out_predictions_undoes_overconfidence():
