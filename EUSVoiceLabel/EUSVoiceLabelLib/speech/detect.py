@@ -35,6 +35,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..core.errors import EUSVoiceLabelError
+from ..core.paper import WINDOW_S
 from ..core.pool import process_cores, run_tasks, spawn_pool
 from ..core.progress import Cancelled, ProgressLike, as_progress
 from ..data.mentions import CSV_FIELDS, Mention
@@ -48,6 +49,9 @@ from .vad import voiced_regions
 log = logging.getLogger(__name__)
 
 OVERLAP_S = 0.05  # phrases overlapping less than this are both kept
+#: Detected mentions whose onsets are closer than one window compete like overlapping phrases:
+#: their windows (the second of speech and frames each is labelled from) would overlap.
+MIN_ONSET_GAP_S = WINDOW_S
 
 CHUNK_S = 60.0          # recordings are decoded in pieces of this length ...
 CHUNK_OVERLAP_S = 3.0   # ... overlapping so that no phrase is lost at a cut
@@ -177,12 +181,16 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
     # longer one on a tie).  A longer phrase needs no other favour: its per-frame score is a
     # fair match for the shorter one inside it once the decoder's beam lets it live (see
     # KeywordSpotter), and where the speaker said only "pancreas", "head of the pancreas"
-    # over "and the pancreas" scores worse.
+    # over "and the pancreas" scores worse.  So do phrases that start within one window of
+    # each other: each mention is labelled from the second that starts at its onset, so two
+    # that close would label the same speech and frames twice (on the synthetic cohorts the
+    # second one was a carrier word after the name, "... bile duct on the left" heard as
+    # "common duct", or a distractor; docs/detection.md).
     for h in sorted(hits, key=lambda h: (-h.confidence, h.start_s - h.end_s)):
         if h.confidence < keyphrases[h.phrase_index].threshold:
             continue
         if any(h.start_s < k.end_s - OVERLAP_S and k.start_s < h.end_s - OVERLAP_S
-               for k in kept):
+               or abs(h.start_s - k.start_s) < MIN_ONSET_GAP_S for k in kept):
             continue
         kept.append(h)
     out = []

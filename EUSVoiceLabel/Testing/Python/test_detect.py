@@ -265,6 +265,22 @@ def test_calibration_picks_thresholds_that_maximise_f1():
     assert [m.label for m in kept] == ["portal_vein"]
 
 
+def test_mentions_closer_than_one_window_compete():
+    """Two detections whose onsets are less than a window (1 s) apart would label the same
+    second twice: the more confident is kept, wherever the two phrases lie."""
+    kps = build_keyphrases(LABELS)
+    index = {kp.phrase: i for i, kp in enumerate(kps)}
+    bile, common, conf = index["bile duct"], index["common duct"], index["confluence"]
+    # "bile duct" said, then "on the left" heard as "common duct" right after it
+    hits = [Hit(8.19, 8.75, bile, 0, 0.95), Hit(8.76, 9.47, common, 0, 0.60),
+            Hit(12.0, 12.6, conf, 0, 0.55), Hit(12.9, 13.4, bile, 0, 0.90),
+            Hit(20.0, 20.5, conf, 0, 0.70), Hit(21.05, 21.5, bile, 0, 0.65)]
+    kept = select_mentions(hits, LABELS)
+    assert [(m.time_s, m.text) for m in kept] == [
+        (8.19, "bile duct"), (12.9, "bile duct"),           # the less confident one lost
+        (20.0, "confluence"), (21.05, "bile duct")]        # 1.05 s apart: both kept
+
+
 def test_dedupe_keeps_the_best_of_overlapping_hits_of_one_phrase():
     from EUSVoiceLabelLib.speech.detect import _dedupe
 
