@@ -52,6 +52,10 @@ OVERLAP_S = 0.05  # phrases overlapping less than this are both kept
 #: Detected mentions whose onsets are closer than one window compete like overlapping phrases:
 #: their windows (the second of speech and frames each is labelled from) would overlap.
 MIN_ONSET_GAP_S = WINDOW_S
+#: A kept phrase takes the onset of a longer phrase of its label that ends with it and starts
+#: at least this much earlier (a whole word more: "head of the pancreas" around "pancreas").
+NEST_MIN_S = 0.3
+NEST_END_S = 0.1  # "ends with it": the two ends this close
 
 CHUNK_S = 60.0          # recordings are decoded in pieces of this length ...
 CHUNK_OVERLAP_S = 3.0   # ... overlapping so that no phrase is lost at a cut
@@ -176,6 +180,7 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
     """Keep the hits whose confidence reaches their phrase's threshold, as video-clock
     mentions."""
     keyphrases = build_keyphrases(labelset, thresholds)
+    hits = list(hits)
     kept: list[Hit] = []
     # Phrases spotted on the same stretch of speech compete: the most confident one wins (the
     # longer one on a tie).  A longer phrase needs no other favour: its per-frame score is a
@@ -195,13 +200,40 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
         kept.append(h)
     out = []
     for h in kept:
-        kp = keyphrases[h.phrase_index]
-        t = round(h.start_s - audio_offset_s, 3)
+        start, phrase = _whole_phrase(h, hits, kept, keyphrases)
+        t = round(start - audio_offset_s, 3)
         if t < 0:
             continue  # spoken before the video started
-        out.append(Mention(t, kp.label, round(h.end_s - audio_offset_s, 3), kp.phrase,
+        out.append(Mention(t, keyphrases[h.phrase_index].label,
+                           round(h.end_s - audio_offset_s, 3), phrase,
                            round(h.confidence, 4), "auto"))
     return sorted(out, key=lambda m: m.time_s)
+
+
+def _whole_phrase(h: Hit, hits: Sequence[Hit], kept: Sequence[Hit],
+                  keyphrases: Sequence[Keyphrase]) -> tuple[float, str]:
+    """The onset and phrase of a kept hit, moved to the longest phrase of the same label
+    that ends with it, starts at least :data:`NEST_MIN_S` earlier and reaches its own
+    threshold.
+
+    The shorter phrase inside a longer one often scores higher per frame ("pancreas" inside
+    "head of the pancreas", "portal confluence" inside "splenoportal confluence"), so it wins
+    the competition and the mention was reported 0.5-0.7 s after its first word: a miss and a
+    false alarm to ``--evaluate``, and a window that starts after the name began.  The label
+    stays the kept hit's, and so does its confidence (the evidence for that label); only where
+    the name began moves.
+    """
+    label = keyphrases[h.phrase_index].label
+    longer = [o for o in hits
+              if keyphrases[o.phrase_index].label == label
+              and o.start_s <= h.start_s - NEST_MIN_S and abs(o.end_s - h.end_s) <= NEST_END_S
+              and o.confidence >= keyphrases[o.phrase_index].threshold
+              and not any(k is not h and o.start_s < k.end_s - OVERLAP_S and k.start_s < o.end_s
+                          for k in kept)]
+    if not longer:
+        return h.start_s, keyphrases[h.phrase_index].phrase
+    whole = min(longer, key=lambda o: o.start_s)
+    return whole.start_s, keyphrases[whole.phrase_index].phrase
 
 
 def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[LabelSet] = None,

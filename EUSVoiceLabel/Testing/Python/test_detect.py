@@ -281,6 +281,27 @@ def test_mentions_closer_than_one_window_compete():
         (20.0, "confluence"), (21.05, "bile duct")]        # 1.05 s apart: both kept
 
 
+def test_a_name_starts_where_the_longer_phrase_of_its_label_starts():
+    """"pancreas" wins inside "head of the pancreas" (it scores higher per frame), but the
+    mention starts at "head"; the label and the confidence stay those of the winner."""
+    kps = build_keyphrases(LABELS)
+    index = {kp.phrase: i for i, kp in enumerate(kps)}
+    hits = [Hit(4.19, 5.00, index["pancreas"], 0, 0.87),
+            Hit(3.49, 5.00, index["head of the pancreas"], 0, 0.60),
+            # "the portal vein" heard as "main portal vein": 0.2 s earlier only, not moved
+            Hit(10.30, 10.90, index["portal vein"], 0, 0.95),
+            Hit(10.10, 10.90, index["main portal vein"], 0, 0.70),
+            # a longer phrase of another label, or one below its threshold: not moved
+            Hit(20.50, 21.00, index["confluence"], 0, 0.90),
+            Hit(19.90, 21.00, index["bile duct"], 0, 0.80),
+            Hit(19.80, 21.02, index["portal venous confluence"], 0, 0.30)]
+    kept = select_mentions(hits, LABELS)
+    assert [(m.time_s, m.label, m.text, m.confidence, m.end_s) for m in kept] == [
+        (3.49, "pancreas", "head of the pancreas", 0.87, 5.0),
+        (10.3, "portal_vein", "portal vein", 0.95, 10.9),
+        (20.5, "portal_venous_confluence", "confluence", 0.9, 21.0)]
+
+
 def test_dedupe_keeps_the_best_of_overlapping_hits_of_one_phrase():
     from EUSVoiceLabelLib.speech.detect import _dedupe
 
