@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The figures of docs/results.md, from nothing, on this machine (a benchmark, not a test: about
-# 40 minutes on 2 idle CPU cores with VARIANTS=all, most of it Table III).  Usage:
+# 45 minutes on 2 idle CPU cores with VARIANTS=all, most of it Table III).  Usage:
 #
 #     bash scripts/results.sh OUT [VARIANTS]
 #
-# OUT receives two paper-scale synthetic cohorts (seeds 0 and 1), Table III of the seed-0
+# OUT receives four paper-scale synthetic cohorts (seeds 0-3), Table III of the seed-0
 # cohort with --preset cpu (OUT/table3/table_iii.md), a model trained on all of seed 0 with
 # the temperature of its held-out folds, the end-to-end report of that model labelling the
 # seed-1 cohort with --mentions auto (OUT/end_to_end.json), the same the other way round
 # (Table III's three main rows on the seed-1 cohort, OUT/table3_seed1; a model trained on it
-# labelling the seed-0 cohort, OUT/end_to_end_seed0.json) and the detector's evaluation on
-# both cohorts (OUT/detect_seed*.json).  VARIANTS (default: proposed,voice_only,image_only)
+# labelling the seed-0 cohort, OUT/end_to_end_seed0.json), two more cohorts (seeds 2 and 3)
+# labelled by the seed-0 model (OUT/end_to_end_seed2.json, ..._seed3.json) and the detector's
+# evaluation on all four (OUT/detect_seed*.json).  VARIANTS (default: proposed,voice_only,image_only)
 # is the --variant list of Table III; 'all' runs every row that can run here.  Every step
 # resumes where it stopped when the command is run again.
 set -euo pipefail
@@ -19,7 +20,7 @@ variants=${2:-proposed,voice_only,image_only}
 mkdir -p "$out"
 run() { echo "+ $*" >&2; "$@"; }
 
-for seed in 0 1; do
+for seed in 0 1 2 3; do
     if [ ! -f "$out/paper$seed/patient12/mentions.csv" ]; then
         run eusvoicelabel synth "$out/paper$seed" --counts paper --seed "$seed" --force
     fi
@@ -40,8 +41,13 @@ run eusvoicelabel train "$out/paper1" --out "$out/model_cpu_seed1.pt" --preset c
     --temperature-from "$out/table3_seed1/proposed"
 run python3 -m EUSVoiceLabelLib.labelling.endtoend "$out/paper0" \
     --model "$out/model_cpu_seed1.pt" --out "$out/end_to_end_seed0.json"
-for seed in 0 1; do
+# Two more draws (seeds 2 and 3), labelled by the seed-0 model: no setting is chosen on them.
+for seed in 2 3; do
+    run python3 -m EUSVoiceLabelLib.labelling.endtoend "$out/paper$seed" \
+        --model "$out/model_cpu.pt" --out "$out/end_to_end_seed$seed.json"
+done
+for seed in 0 1 2 3; do
     run eusvoicelabel detect "$out/paper$seed" --evaluate --out "$out/detect_seed$seed.json"
 done
 echo "done: $out/table3/table_iii.md, $out/table3_seed1/table_iii.md, $out/end_to_end.json," \
-    "$out/end_to_end_seed0.json, $out/detect_seed0.json, $out/detect_seed1.json"
+    "$out/end_to_end_seed{0,2,3}.json, $out/detect_seed{0,1,2,3}.json"
