@@ -180,7 +180,7 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
     """Keep the hits whose confidence reaches their phrase's threshold, as video-clock
     mentions."""
     keyphrases = build_keyphrases(labelset, thresholds)
-    hits = list(hits)
+    above = [h for h in hits if h.confidence >= keyphrases[h.phrase_index].threshold]
     kept: list[Hit] = []
     # Phrases spotted on the same stretch of speech compete: the most confident one wins (the
     # longer one on a tie).  A longer phrase needs no other favour: its per-frame score is a
@@ -191,16 +191,13 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
     # that close would label the same speech and frames twice (on the synthetic cohorts the
     # second one was a carrier word after the name, "... bile duct on the left" heard as
     # "common duct", or a distractor; docs/detection.md).
-    for h in sorted(hits, key=lambda h: (-h.confidence, h.start_s - h.end_s)):
-        if h.confidence < keyphrases[h.phrase_index].threshold:
-            continue
-        if any(h.start_s < k.end_s - OVERLAP_S and k.start_s < h.end_s - OVERLAP_S
-               or abs(h.start_s - k.start_s) < MIN_ONSET_GAP_S for k in kept):
+    for h in sorted(above, key=lambda h: (-h.confidence, h.start_s - h.end_s)):
+        if any(_overlaps(h, k) or abs(h.start_s - k.start_s) < MIN_ONSET_GAP_S for k in kept):
             continue
         kept.append(h)
     out = []
     for h in kept:
-        start, phrase = _whole_phrase(h, hits, kept, keyphrases)
+        start, phrase = _whole_phrase(h, above, kept, keyphrases)
         t = round(start - audio_offset_s, 3)
         if t < 0:
             continue  # spoken before the video started
@@ -210,11 +207,16 @@ def select_mentions(hits: Iterable[Hit], labelset: LabelSet,
     return sorted(out, key=lambda m: m.time_s)
 
 
-def _whole_phrase(h: Hit, hits: Sequence[Hit], kept: Sequence[Hit],
+def _overlaps(a: Hit, b: Hit) -> bool:
+    """Two hits share more than :data:`OVERLAP_S` of speech."""
+    return a.start_s < b.end_s - OVERLAP_S and b.start_s < a.end_s - OVERLAP_S
+
+
+def _whole_phrase(h: Hit, above: Sequence[Hit], kept: Sequence[Hit],
                   keyphrases: Sequence[Keyphrase]) -> tuple[float, str]:
     """The onset and phrase of a kept hit, moved to the longest phrase of the same label
-    that ends with it, starts at least :data:`NEST_MIN_S` earlier and reaches its own
-    threshold.
+    that ends with it, starts at least :data:`NEST_MIN_S` earlier and overlaps no other kept
+    hit (``above``: the hits that reach their phrase's threshold).
 
     The shorter phrase inside a longer one often scores higher per frame ("pancreas" inside
     "head of the pancreas", "portal confluence" inside "splenoportal confluence"), so it wins
@@ -224,12 +226,10 @@ def _whole_phrase(h: Hit, hits: Sequence[Hit], kept: Sequence[Hit],
     the name began moves.
     """
     label = keyphrases[h.phrase_index].label
-    longer = [o for o in hits
+    longer = [o for o in above
               if keyphrases[o.phrase_index].label == label
               and o.start_s <= h.start_s - NEST_MIN_S and abs(o.end_s - h.end_s) <= NEST_END_S
-              and o.confidence >= keyphrases[o.phrase_index].threshold
-              and not any(k is not h and o.start_s < k.end_s - OVERLAP_S and k.start_s < o.end_s
-                          for k in kept)]
+              and not any(k is not h and _overlaps(o, k) for k in kept)]
     if not longer:
         return h.start_s, keyphrases[h.phrase_index].phrase
     whole = min(longer, key=lambda o: o.start_s)
