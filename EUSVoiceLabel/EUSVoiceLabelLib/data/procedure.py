@@ -89,16 +89,21 @@ def find_patients(cohort: os.PathLike | str) -> list[Path]:
     if is_procedure_folder(cohort):
         raise ProcedureError("is a single procedure, not a cohort", cohort,
                              "give the folder that contains one sub-folder per patient")
-    # Output folders of ours (a label output holds frames.seq.nrrd) are not patients.
-    patients = sorted((p for p in cohort.iterdir()
-                       if not p.name.startswith(".") and is_procedure_folder(p)
-                       and not is_output_folder(p)), key=lambda p: p.name)
+    patients = _procedure_folders(cohort)
     if not patients:
         raise ProcedureError("contains no procedure folders", cohort,
                              "each patient needs a folder with video.* (or frames/ or "
                              "frames.seq.nrrd) and audio")
     _check_distinct(patients)
     return patients
+
+
+def _procedure_folders(folder: Path) -> list[Path]:
+    """The procedure folders directly inside ``folder``, sorted by name.  Output folders of
+    ours (a label output holds frames.seq.nrrd) and hidden folders are not procedures."""
+    return sorted((p for p in folder.iterdir()
+                   if not p.name.startswith(".") and is_procedure_folder(p)
+                   and not is_output_folder(p)), key=lambda p: p.name)
 
 
 def _check_distinct(patients: Sequence[Path]) -> None:
@@ -432,8 +437,7 @@ def load_procedure(path: os.PathLike | str, labelset: Optional[LabelSet] = None,
     labelset = labelset or load_labelset(None, path)
     recording = find_recording(path)
     if recording is None:
-        inside = sorted(p for p in path.iterdir() if not p.name.startswith(".")
-                        and is_procedure_folder(p) and not is_output_folder(p))
+        inside = _procedure_folders(path)
         if inside:  # a cohort given where one procedure is expected
             raise ProcedureError(f"is a cohort of {len(inside)} procedure folders, not one "
                                  "procedure", path,

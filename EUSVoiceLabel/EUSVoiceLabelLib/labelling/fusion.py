@@ -90,8 +90,8 @@ class FusedLabel:
         probabilities: the fused posterior over the labels (float64, sums to 1).
         needs_review: the network's top label differs from the spoken one, ``confidence``
             is below the review threshold, or the spoken label is a detection heard below it.
-        review_reason: why (``"network disagrees"``, ``"low confidence"``, ``"uncertain detection"``,
-            joined by ``"; "``), empty when not flagged.
+        review_reason: why (``"network disagrees"``, ``"low confidence"``,
+            ``"uncertain detection"``, joined by ``"; "``), empty when not flagged.
     """
 
     label: str
@@ -101,6 +101,11 @@ class FusedLabel:
     review_reason: str = ""
 
 
+def _detected(mention: Mention) -> bool:
+    """A mention found by the detector, with its confidence (not one taken as certain)."""
+    return mention.source not in CERTAIN_SOURCES and mention.confidence is not None
+
+
 def speech_evidence(mention: Optional[Mention], ids: Sequence[str]) -> np.ndarray:
     """``q``: the speech evidence over the labels ``ids`` (see the module doc)."""
     k = len(ids)
@@ -108,7 +113,7 @@ def speech_evidence(mention: Optional[Mention], ids: Sequence[str]) -> np.ndarra
         return np.full(k, 1.0 / k)
     heard = list(ids).index(mention.label)
     q = np.zeros(k)
-    if mention.source in CERTAIN_SOURCES or mention.confidence is None or k == 1:
+    if not _detected(mention) or k == 1:
         q[heard] = 1.0
         return q
     c = min(max(float(mention.confidence), FLOOR), 1.0 - FLOOR)
@@ -182,8 +187,7 @@ def fuse_window(p_net: np.ndarray, mention: Optional[Mention], ids: Sequence[str
         reasons.append(DISAGREES)
     if confidence < review_below:
         reasons.append(LOW_CONFIDENCE)
-    if spoken is not None and mention.source not in CERTAIN_SOURCES and \
-            mention.confidence is not None and float(mention.confidence) < review_below:
+    if spoken is not None and _detected(mention) and float(mention.confidence) < review_below:
         reasons.append(UNCERTAIN_DETECTION)
     return FusedLabel(ids[top], confidence, fused, bool(reasons), "; ".join(reasons))
 
