@@ -180,7 +180,8 @@ def _endtoend_line(e: dict) -> str:
             f"{right['network']:.2f}; the label heard: {e['right_spoken']}, "
             f"{right['spoken']:.2f}); {e['windows'] - e['paired']} of the {e['windows']} "
             f"written windows are not a true mention; {e['flagged']} windows flagged for "
-            "review (the network disagrees with what was heard, the label is uncertain, or it was heard with low confidence). "
+            "review (the network disagrees with what was heard, the label is uncertain, or it "
+            "was heard with low confidence). "
             "The label every output writes is the fused one (docs/fusion.md).")
 
 

@@ -2,9 +2,9 @@
 
 Grad-CAM (Selvaraju et al. 2017) on an image-branch layer (the paper's last convolution; for
 the scratch branch we take the end of its block 4, whose grid is twice as fine: see
-``ImageBranch.cam_layer``): with A_r the activation maps of that layer and y_c the image path's score of class c (the head's
-logit before any bound on it; the late voice path adds a term that does not depend on the
-image, so it changes nothing here),
+``ImageBranch.cam_layer``): with A_r the activation maps of that layer and y_c the image
+path's score of class c (the head's logit before any bound on it; the late voice path adds a
+term that does not depend on the image, so it changes nothing here),
 
     alpha_r = mean over (i, j) of d y_c / d A_r[i, j]
     CAM     = ReLU( sum_r alpha_r * A_r )
@@ -13,7 +13,8 @@ normalised to 0-1 by its maximum.  When that map is empty (no region argues *for
 the network decided by the absence of the other classes' features) the negative part is shown
 instead, so a heat map always points at the decisive evidence; ``Explanation.cam_sign`` says
 which.  A few lines with hooks do it; the result is tested against a case computed by hand.
-The *joint map* is the network's own product C = Q P^T averaged over the voice time steps: where the image features agree with what was said.
+The *joint map* is the network's own product C = Q P^T averaged over the voice time steps:
+where the image features agree with what was said.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ predictions (to float rounding) with less work:
   most: with trainable weights the backward pass of ``explain.grad_cam`` runs through all 13
   image convolutions (about twice the forward's FLOPs) and the forward keeps every activation
   for it; with frozen weights the graph starts at the Grad-CAM layer and the backward only
-  crosses what lies after it (the last image block, the joint product and the head).  (Measured: see docs/benchmarks.md.)
+  crosses what lies after it (the last image block, the joint product and the head).
+  (Measured: see docs/benchmarks.md.)
 - **BatchNorm folded into the preceding convolution** (eval-mode BatchNorm is an affine map),
   which saves one pass over every activation map.
 - **channels-last** weights and inputs on CPU and CUDA: oneDNN / cuDNN convolutions work in
