@@ -3,8 +3,9 @@
 Grad-CAM (Selvaraju et al. 2017) on an image-branch layer (the paper's last convolution; for
 the scratch branch we take the end of its block 4, whose grid is twice as fine: see
 ``ImageBranch.cam_layer``): with A_r the activation maps of that layer and y_c the image
-path's score of class c (the head's logit before any bound on it; the late voice path adds a
-term that does not depend on the image, so it changes nothing here),
+path's score of class c (the image head's logit where the model has one, ``--image-aux-weight``:
+what the image alone says of c; else the joint head's logit before any bound on it; the late
+voice path adds a term that does not depend on the image, so it changes nothing here),
 
     alpha_r = mean over (i, j) of d y_c / d A_r[i, j]
     CAM     = ReLU( sum_r alpha_r * A_r )
@@ -79,10 +80,11 @@ def grad_cam(model: nn.Module, image: torch.Tensor, voice: torch.Tensor,
                 logits = feats["logits"]
             else:
                 feats, logits = {}, model(image, voice)
-            # The score explained: the head's own, before a bound on the joint logits (whose
-            # gradient vanishes where it saturates) and without the late voice path (which
-            # does not depend on the image, so the map is the same as for the full logit).
-            score = feats.get("image_logits", logits)
+            # The score explained: the image head's own where the model has one (what the
+            # image alone says, trained by its own loss), else the joint head's, before a
+            # bound on the joint logits (whose gradient vanishes where it saturates) and
+            # without the late voice path (which does not depend on the image).
+            score = feats.get("image_head_logits", feats.get("image_logits", logits))
             probs = torch.softmax(logits.detach().float(), dim=1)[0]
             if callable(target):
                 cls = int(target(probs.cpu().numpy()))

@@ -282,7 +282,8 @@ class EUSVoiceLabelNet(nn.Module):
     def __init__(self, variant: str, image_branch: Optional[nn.Module],
                  voice_branch: Optional[nn.Module], num_classes: int,
                  joint_scale: str = "sum", late_voice: bool = False,
-                 image_dropout: float = 0.0, joint_bound: float = 0.0) -> None:
+                 image_dropout: float = 0.0, joint_bound: float = 0.0,
+                 image_head: bool = False) -> None:
         super().__init__()
         self.variant = variant
         self.image_branch = image_branch
@@ -327,6 +328,16 @@ class EUSVoiceLabelNet(nn.Module):
         if joint_bound < 0 or (joint_bound and self.voice_head is None):
             raise ConfigError("joint_bound must be >= 0 and needs the late voice path")
         self.joint_bound = float(joint_bound)
+        # The image path's own head (an extension of the paper, off by default): class scores
+        # from Q alone, as the image-only network computes them, trained by an auxiliary loss
+        # of their own (uni-modal auxiliary losses against "modality laziness", Wang et al.
+        # 2020): in the joint model the image branch is otherwise only trained through the
+        # product with P, and a confident voice leaves it little to learn.
+        self.image_head: Optional[nn.Module] = None
+        if image_head:
+            if self.mode != "joint":
+                raise ConfigError("image_head needs a model with both branches")
+            self.image_head = nn.Conv2d(image_branch.out_channels, num_classes, 3, padding=1)
 
     def cam_layer(self) -> Optional[nn.Module]:
         """Module whose output is the image feature map Q used for Grad-CAM (None if no image)."""
@@ -374,6 +385,8 @@ class EUSVoiceLabelNet(nn.Module):
         # The image path's own class scores (before the bound, the dropout and the voice
         # path): what Grad-CAM explains, so a saturated bound does not blank the heat map.
         out["image_logits"] = out["logits"]
+        if self.image_head is not None:
+            out["image_head_logits"] = self.image_head(out["Q"]).flatten(2).mean(dim=2)
         if self.voice_head is not None:
             joint = out["logits"]
             if self.joint_bound > 0:
@@ -384,10 +397,14 @@ class EUSVoiceLabelNet(nn.Module):
             out["logits"] = joint + self.voice_head(out["P"]).mean(dim=2)
         return out
 
-    def forward(self, image: Optional[torch.Tensor], voice: Optional[torch.Tensor]
-                ) -> torch.Tensor:
-        """Logits (B, K) from image (B, frames, H, W) and voice (B, 1024, 66)."""
-        return self.features(image, voice)["logits"]
+    def forward(self, image: Optional[torch.Tensor], voice: Optional[torch.Tensor],
+                image_head: bool = False):
+        """Logits (B, K) from image (B, frames, H, W) and voice (B, 1024, 66); with
+        ``image_head``, the pair (logits, the image head's logits) for training."""
+        out = self.features(image, voice)
+        if image_head:
+            return out["logits"], out["image_head_logits"]
+        return out["logits"]
 
 
 def voice_time_steps(time_bins: int = N_FRAMES) -> int:
@@ -444,7 +461,8 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
                 weights: Optional[str | Path] = None, width: float = 1.0,
                 joint_scale: str = "sum", load_pretrained: bool = True,
                 late_voice: bool = False, image_dropout: float = 0.0,
-                joint_bound: float = 0.0, **kw: Any) -> EUSVoiceLabelNet:
+                joint_bound: float = 0.0, image_head: bool = False, **kw: Any
+                ) -> EUSVoiceLabelNet:
     """Build the network of ``variant`` (see the module docstring).
 
     Args:
@@ -466,6 +484,8 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
             joint (image) logits (see :class:`EUSVoiceLabelNet`).
         joint_bound: with ``late_voice``, > 0 bounds the joint logits to (-b, b) by
             b * tanh(joint / b) (see :class:`EUSVoiceLabelNet`); 0 leaves them unbounded.
+        image_head: joint variants only: give the image branch its own class head (see
+            :class:`EUSVoiceLabelNet`), trained by an auxiliary loss.
         **kw: ``in_bins`` (spectrogram bins, default :data:`..core.paper.N_BINS`).
 
     Returns:
@@ -500,7 +520,8 @@ def build_model(variant: str = "proposed", num_classes: int = 5, frames: int = W
         voice = PretrainedVoiceBranch(wpath, r, load_pretrained)
     late = late_voice and image is not None and voice is not None
     model = EUSVoiceLabelNet(variant, image, voice, num_classes, joint_scale, late,
-                             image_dropout if late else 0.0, joint_bound if late else 0.0)
+                             image_dropout if late else 0.0, joint_bound if late else 0.0,
+                             image_head and image is not None and voice is not None)
     model.input_frames = frames  # frames per window the caller supplies
     return model
 

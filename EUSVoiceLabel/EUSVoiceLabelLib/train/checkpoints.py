@@ -174,7 +174,7 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
                         width=cfg.width, joint_scale=cfg.joint_scale, load_pretrained=False,
                         late_voice=cfg.late_voice,
                         image_dropout=cfg.image_dropout,
-                        joint_bound=cfg.joint_bound)
+                        joint_bound=cfg.joint_bound, image_head=cfg.image_aux_weight > 0)
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError) as exc:

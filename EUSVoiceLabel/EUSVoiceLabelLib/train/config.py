@@ -35,8 +35,11 @@ _BOUNDS = (("epochs", True, 0, 1_000_000, True), ("lr", False, 0, 1e3, True),
            ("width", False, 0, 4, False), ("seed", True, 0, 2 ** 32 - 1, False),
            ("weight_decay", False, 0, 1, False), ("label_smoothing", False, 0, 1, False),
            ("voice_lr_scale", False, 0, 10, False), ("image_dropout", False, 0, 0.95, False),
-           ("joint_bound", False, 0, 1e3, False))
+           ("joint_bound", False, 0, 1e3, False), ("image_aux_weight", False, 0, 100, False))
 
+
+#: Fields added to TrainConfig later, with their defaults (see TrainConfig.signature).
+_LATER_FIELDS = {"image_aux_weight": 0.0}
 
 #: ``optimizer``: the paper's Adam, or AdamW (decoupled weight decay).
 OPTIMIZERS = ("adam", "adamw")
@@ -80,6 +83,7 @@ class TrainConfig:
     late_voice: bool = False
     image_dropout: float = 0.0
     joint_bound: float = 0.0
+    image_aux_weight: float = 0.0
 
     def __post_init__(self) -> None:
         spec = variant_spec(self.variant)
@@ -115,6 +119,8 @@ class TrainConfig:
         if not self.late_voice:  # both act on the joint logits beside the voice path's
             object.__setattr__(self, "image_dropout", 0.0)
             object.__setattr__(self, "joint_bound", 0.0)
+        if not (spec.joint and spec.image is not None):
+            object.__setattr__(self, "image_aux_weight", 0.0)
 
     @property
     def augments_voice(self) -> bool:
@@ -195,6 +201,11 @@ class TrainConfig:
         """Hash of what changes the trained weights (not the weights file's location)."""
         d = self.to_json()
         d.pop("weights", None)
+        # Fields added after runs were made leave the signature as it was at their default,
+        # so those runs still resume and are reused.
+        for name, default in _LATER_FIELDS.items():
+            if d.get(name) == default:
+                d.pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

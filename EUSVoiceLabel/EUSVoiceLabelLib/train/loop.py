@@ -327,7 +327,7 @@ def _start_run(data: Any, cfg: TrainConfig, num_classes: int,
     model = build_model(cfg.variant, num_classes, cfg.frames, weights=cfg.weights,
                         width=cfg.width, joint_scale=cfg.joint_scale, late_voice=cfg.late_voice,
                         image_dropout=cfg.image_dropout,
-                        joint_bound=cfg.joint_bound)
+                        joint_bound=cfg.joint_bound, image_head=cfg.image_aux_weight > 0)
     _check_voice_settings(model, data)
     spectrogram = getattr(getattr(data, "settings", None), "spectrogram", None)
     if cfg.voice_init == "vocabulary":
@@ -548,8 +548,14 @@ def _run_epoch(run: _Run, epoch: int, position: _Position,
         for group in run.opt.param_groups:
             group["lr"] = group.get("base_lr", group["lr"]) * factor
         with autocast_for(run.device, training=True):
-            logits = run.net(img, voice)
+            if run.cfg.image_aux_weight > 0:
+                logits, image_logits = run.net(img, voice, image_head=True)
+            else:
+                logits, image_logits = run.net(img, voice), None
         loss = weighted_loss(logits, y, run.weight_t, run.cfg.label_smoothing)
+        if image_logits is not None:  # the image head's own loss (see EUSVoiceLabelNet)
+            loss = loss + run.cfg.image_aux_weight * weighted_loss(
+                image_logits, y, run.weight_t, run.cfg.label_smoothing)
         loss_value = float(loss.detach())
         _check_finite(run, loss_value, epoch, k)
         if ctx is not None:

@@ -183,6 +183,58 @@ def test_joint_bound_limits_what_the_image_path_adds(windows):
     np.testing.assert_allclose(bounded_cam, free_cam, atol=1e-5)
 
 
+def test_the_image_head_learns_from_its_own_loss_and_is_what_heat_maps_explain(windows):
+    """``image_aux_weight``: the joint model's image branch gets a class head of its own,
+    trained by its own loss, and Grad-CAM explains that head."""
+    import hashlib
+    import json
+
+    from EUSVoiceLabelLib.nn.explain import grad_cam
+
+    assert TrainConfig(variant="voice_only", image_aux_weight=1.0).image_aux_weight == 0.0
+    assert TrainConfig(variant="image_only", image_aux_weight=1.0).image_aux_weight == 0.0
+    assert TrainConfig.from_settings(preset_settings("cpu")).image_aux_weight == 1.0
+    # A run made before the field existed keeps its signature (and is resumed and reused).
+    plain = TrainConfig()
+    old = plain.to_json()
+    old.pop("weights")
+    old.pop("image_aux_weight")
+    assert plain.signature() == \
+        hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert TrainConfig(image_aux_weight=1.0).signature() != plain.signature()
+    with pytest.raises(ConfigError):
+        build_model("image_only", 3, 3, width=0.125).__class__(
+            "image_only", build_model("image_only", 3, 3, width=0.125).image_branch, None, 3,
+            image_head=True)
+
+    base = dict(image_size=(32, 48), frames=3, width=0.125, batch_size=4, late_voice=True,
+                joint_bound=1.0, lr=1e-2)
+    k = len(windows.labelset)
+    start = train_model(windows, TrainConfig(epochs=0, image_aux_weight=1.0, **base), k,
+                        device="cpu", progress=False).model
+    with_head = train_model(windows, TrainConfig(epochs=2, image_aux_weight=1.0, **base), k,
+                            device="cpu", progress=False).model
+    without = train_model(windows, TrainConfig(epochs=2, **base), k, device="cpu",
+                          progress=False).model
+    assert without.image_head is None and with_head.image_head is not None
+    # Its loss trains the head and reaches the image branch.
+    assert not torch.equal(start.image_head.weight, with_head.image_head.weight)
+    first = lambda m: next(m.image_branch.parameters())  # noqa: E731
+    assert not torch.equal(first(with_head), first(without))
+    img = torch.from_numpy(windows.images[:1]).float() / 255.0
+    voice = torch.from_numpy(windows.voices[:1])
+    with torch.no_grad():
+        out = with_head.eval().features(img, voice)
+    assert out["image_head_logits"].shape == (1, k)
+    # The heat map explains the image head: with the joint head blanked (no gradient through
+    # the product with the voice) the map is unchanged.
+    cam = grad_cam(with_head, img, voice, target=0).cam
+    with torch.no_grad():
+        with_head.head.weight.zero_()
+    assert cam is not None and float(cam.max()) == pytest.approx(1.0)
+    np.testing.assert_allclose(grad_cam(with_head, img, voice, target=0).cam, cam, atol=1e-5)
+
+
 def _interrupt_at(monkeypatch, call: int) -> None:
     from EUSVoiceLabelLib.train import loop
 
