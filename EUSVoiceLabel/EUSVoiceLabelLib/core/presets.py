@@ -10,7 +10,9 @@ so the command line lists the presets without importing torch.
   paper-sized cohort (12 patients, 143 windows) takes about half an hour on 2 CPU cores, with
   what generalised to unseen patients in our measurements (docs/results.md): AdamW with weight
   decay and a cosine schedule, speech and frame augmentation, a voice branch pretrained on the
-  spoken label vocabulary (fine-tuned at 0.3 x the rate) and the late voice path.
+  spoken label vocabulary (fine-tuned at 0.3 x the rate), the late voice path with the joint
+  logits bounded beside it, and the image branch's own class head trained by a loss of its
+  own (what the heat maps explain).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"image_size": (64, 128), "width": 0.25, "epochs": 20, "lr": 1e-3,
             "optimizer": "adamw", "weight_decay": 0.01, "schedule": "cosine",
             "augment": "all", "voice_init": "vocabulary", "voice_lr_scale": 0.3,
-            "late_voice": True, "joint_bound": 1.0},
+            "late_voice": True, "joint_bound": 1.0, "image_aux_weight": 1.0},
 }
 
 
