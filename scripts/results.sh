@@ -10,8 +10,9 @@
 # seed-1 cohort with --mentions auto (OUT/end_to_end.json), the same the other way round
 # (Table III's three main rows on the seed-1 cohort, OUT/table3_seed1; a model trained on it
 # labelling the seed-0 cohort, OUT/end_to_end_seed0.json), two more cohorts (seeds 2 and 3)
-# labelled by the seed-0 model (OUT/end_to_end_seed2.json, ..._seed3.json) and the detector's
-# evaluation on all four (OUT/detect_seed*.json).  VARIANTS (default: proposed,voice_only,image_only)
+# labelled by the seed-0 model (OUT/end_to_end_seed2.json, ..._seed3.json), the detector's
+# evaluation on all four (OUT/detect_seed*.json) and where each model's heat maps point on the
+# cohort it did not see (OUT/localisation_seed1.json, ..._seed0.json).  VARIANTS (default: proposed,voice_only,image_only)
 # is the --variant list of Table III; 'all' runs every row that can run here.  Every step
 # resumes where it stopped when the command is run again.
 set -euo pipefail
@@ -49,5 +50,11 @@ done
 for seed in 0 1 2 3; do
     run eusvoicelabel detect "$out/paper$seed" --evaluate --out "$out/detect_seed$seed.json"
 done
+# Where the heat maps point, on patients each model never saw (docs/evidence.md).
+run python3 -m EUSVoiceLabelLib.labelling.localisation "$out/paper1" --model "$out/model_cpu.pt" \
+    --out "$out/localisation_seed1.json"
+run python3 -m EUSVoiceLabelLib.labelling.localisation "$out/paper0" \
+    --model "$out/model_cpu_seed1.pt" --out "$out/localisation_seed0.json"
 echo "done: $out/table3/table_iii.md, $out/table3_seed1/table_iii.md, $out/end_to_end.json," \
-    "$out/end_to_end_seed{0,2,3}.json, $out/detect_seed{0,1,2,3}.json"
+    "$out/end_to_end_seed{0,2,3}.json, $out/detect_seed{0,1,2,3}.json," \
+    "$out/localisation_seed{0,1}.json"
