@@ -52,6 +52,11 @@ Variants (the paper's Table II/III; the rows of :data:`..core.variants.VARIANT_S
 - ``reduced_input``: the proposed network fed 3 frames (the first conv has 3 input channels);
   training picks 3 random frames per sample and epoch, evaluation the 3 evenly spaced frames.
 
+Image head (*ours*, ``build_model(image_head=True)``, ``--image-aux-weight``): a joint model
+can also give the image branch the image-only head (Conv2d(R -> K) -> GAP on Q), trained by a
+loss of its own beside the joint loss; the labels still come from the joint logits, and
+Grad-CAM explains this head (docs/evidence.md).
+
 Grad-CAM: :meth:`EUSVoiceLabelNet.cam_layer` returns the module whose output is the image
 feature map used for heat maps: the last ReLU of block 4 of the scratch image branch (*ours*:
 its grid is twice as fine as Q's in each direction, 7 x 15 cells against 3 x 7 at 64 x 128; the
@@ -277,6 +282,8 @@ class EUSVoiceLabelNet(nn.Module):
         variant: the variant name it was built as.
         image_branch / voice_branch: the branches (``None`` when a variant does not use one).
         head: the Conv2d (joint / image-only) or Conv1d (voice-only) producing class maps.
+        image_head: joint models trained with ``image_aux_weight``: the image branch's own
+            Conv2d to class maps (its logits are ``features()["image_head_logits"]``).
     """
 
     def __init__(self, variant: str, image_branch: Optional[nn.Module],
@@ -398,7 +405,8 @@ class EUSVoiceLabelNet(nn.Module):
         return out
 
     def forward(self, image: Optional[torch.Tensor], voice: Optional[torch.Tensor],
-                image_head: bool = False):
+                image_head: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, K) from image (B, frames, H, W) and voice (B, 1024, 66); with
         ``image_head``, the pair (logits, the image head's logits) for training."""
         out = self.features(image, voice)
