@@ -12,9 +12,9 @@
 # labelling the seed-0 cohort, OUT/end_to_end_seed0.json), two more cohorts (seeds 2 and 3)
 # labelled by the seed-0 model (OUT/end_to_end_seed2.json, ..._seed3.json), the detector's
 # evaluation on all four (OUT/detect_seed*.json) and where each model's heat maps point on the
-# cohort it did not see (OUT/localisation_seed1.json, ..._seed0.json).  VARIANTS (default: proposed,voice_only,image_only)
-# is the --variant list of Table III; 'all' runs every row that can run here.  Every step
-# resumes where it stopped when the command is run again.
+# cohort it did not see (OUT/localisation_seed1.json, ..._seed0.json).  VARIANTS (default:
+# proposed,voice_only,image_only) is the --variant list of Table III; 'all' runs every row
+# that can run here.  Every step resumes where it stopped when the command is run again.
 set -euo pipefail
 out=${1:?usage: bash scripts/results.sh OUT [VARIANTS]}
 variants=${2:-proposed,voice_only,image_only}

@@ -170,11 +170,8 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     if bad is not None:
         raise CheckpointError(f"weights {bad} hold NaN or infinite values", path,
                               "the model diverged or the file was altered: train it again")
-    model = build_model(cfg.variant, len(stored), cfg.frames, weights=cfg.weights,
-                        width=cfg.width, joint_scale=cfg.joint_scale, load_pretrained=False,
-                        late_voice=cfg.late_voice,
-                        image_dropout=cfg.image_dropout,
-                        joint_bound=cfg.joint_bound, image_head=cfg.image_aux_weight > 0)
+    model = build_model(cfg.variant, len(stored), cfg.frames, load_pretrained=False,
+                        **cfg.model_options())
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError) as exc:

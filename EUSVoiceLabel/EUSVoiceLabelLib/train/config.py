@@ -122,6 +122,14 @@ class TrainConfig:
         if not (spec.joint and spec.image is not None):
             object.__setattr__(self, "image_aux_weight", 0.0)
 
+    def model_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`..nn.network.build_model` this config decides
+        (besides the variant, the number of labels and the frames), so training and loading
+        a checkpoint build the same network."""
+        return {"weights": self.weights, "width": self.width, "joint_scale": self.joint_scale,
+                "late_voice": self.late_voice, "image_dropout": self.image_dropout,
+                "joint_bound": self.joint_bound, "image_head": self.image_aux_weight > 0}
+
     @property
     def augments_voice(self) -> bool:
         return self.augment in ("voice", "all") and self.spec.voice is not None

@@ -324,10 +324,7 @@ def _start_run(data: Any, cfg: TrainConfig, num_classes: int,
         dev = ctx.device
     check_data_shape(data, cfg)
     seed_everything(cfg.seed, dev)
-    model = build_model(cfg.variant, num_classes, cfg.frames, weights=cfg.weights,
-                        width=cfg.width, joint_scale=cfg.joint_scale, late_voice=cfg.late_voice,
-                        image_dropout=cfg.image_dropout,
-                        joint_bound=cfg.joint_bound, image_head=cfg.image_aux_weight > 0)
+    model = build_model(cfg.variant, num_classes, cfg.frames, **cfg.model_options())
     _check_voice_settings(model, data)
     spectrogram = getattr(getattr(data, "settings", None), "spectrogram", None)
     if cfg.voice_init == "vocabulary":

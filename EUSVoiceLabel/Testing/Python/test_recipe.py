@@ -202,10 +202,9 @@ def test_the_image_head_learns_from_its_own_loss_and_is_what_heat_maps_explain(w
     assert plain.signature() == \
         hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert TrainConfig(image_aux_weight=1.0).signature() != plain.signature()
-    with pytest.raises(ConfigError):
-        build_model("image_only", 3, 3, width=0.125).__class__(
-            "image_only", build_model("image_only", 3, 3, width=0.125).image_branch, None, 3,
-            image_head=True)
+    image_only = build_model("image_only", 3, 3, width=0.125)
+    with pytest.raises(ConfigError):  # a head of its own needs a joint model
+        image_only.__class__("image_only", image_only.image_branch, None, 3, image_head=True)
 
     base = dict(image_size=(32, 48), frames=3, width=0.125, batch_size=4, late_voice=True,
                 joint_bound=1.0, lr=1e-2)
