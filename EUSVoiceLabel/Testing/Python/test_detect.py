@@ -38,11 +38,13 @@ RATE = 16000
 LABELS = LabelSet.default()
 
 
-def say(text: str, voice: str) -> np.ndarray:
-    """flite speech at 16 kHz, leading/trailing silence trimmed."""
+def say(text: str, voice: str, stretch: float = 1.0) -> np.ndarray:
+    """flite speech at 16 kHz, leading/trailing silence trimmed (``stretch``: slower speech,
+    each sound that many times its usual length)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "say.wav"
-        subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
+        subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}",
+                        "-t", text, "-o", str(path)], check=True)
         rate, x = wavfile.read(path)
     x = x.astype(np.float32) / 32768.0
     if rate != RATE:
@@ -52,9 +54,10 @@ def say(text: str, voice: str) -> np.ndarray:
 
 
 def track(events: list[tuple[float, str, str, str, str]], seconds: float, snr_db: float = 25.0,
-          seed: int = 0) -> tuple[np.ndarray, list[tuple[float, str]]]:
+          seed: int = 0, stretch: float = 1.0) -> tuple[np.ndarray, list[tuple[float, str]]]:
     """Mix (start_s, prefix, landmark words, suffix, voice) phrases into a noisy recording;
-    returns it and the (onset, words) of each landmark."""
+    returns it and the (onset, words) of each landmark (``stretch``: landmark names spoken
+    that many times slower)."""
     out = np.zeros(int(seconds * RATE), np.float32)
     truth = []
     for start, prefix, words, suffix, voice in events:
@@ -62,7 +65,7 @@ def track(events: list[tuple[float, str, str, str, str]], seconds: float, snr_db
         for kind, text in (("pre", prefix), ("words", words), ("suf", suffix)):
             if not text:
                 continue
-            clip = say(text, voice)
+            clip = say(text, voice, stretch if kind == "words" else 1.0)
             if kind == "words":
                 truth.append((pos / RATE, words))
             out[pos:pos + len(clip)] += 0.5 * clip
@@ -100,7 +103,14 @@ def test_finds_known_mentions_with_labels_and_onsets(speech, suppressor, monkeyp
     found = detect_mentions(audio, RATE, LABELS)
     assert [m.label for m in found] == EXPECTED_LABELS
     for m, (onset, words) in zip(found, truth):
-        assert abs(m.time_s - onset) < 0.15, (m, onset)
+        if m.text != words and m.text.endswith(words):
+            # The whole-phrase rule (docs/detection.md, step 4) may take a longer name of the
+            # label over the carrier word before it ("okay confluence" read as "portal venous
+            # confluence"): a known trade-off, measured.  The onset is then early, never late,
+            # and by less than a window, so the labelled second still holds the name.
+            assert onset - 1.0 < m.time_s < onset, (m, onset)
+        else:
+            assert abs(m.time_s - onset) < 0.15, (m, onset)
         assert m.end_s is not None and m.end_s > m.time_s
         assert m.source == "auto" and 0.0 <= m.confidence <= 1.0
         assert LABELS.resolve(m.text) == m.label
@@ -402,6 +412,26 @@ def test_long_phrase_is_found_whole_with_its_own_onset(seed):
     found = detect_mentions(audio, RATE, LABELS)
     assert [(m.label, m.text) for m in found] == [("pancreas", "tail of the pancreas"),
                                                   ("pancreas", "head of the pancreas")]
+    for m, (onset, _) in zip(found, truth):
+        assert abs(m.time_s - onset) < 0.15, (m, onset)
+
+
+def test_confidence_of_a_hopeless_hit_is_zero_not_an_overflow():
+    from EUSVoiceLabelLib.speech.spotter import _confidence
+    assert _confidence(-1e6) == 0.0
+    assert 0.0 < _confidence(-3.7 - 5.0) < _confidence(-3.7) == 0.5 < _confidence(0.0) < 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_slowly_spoken_long_phrase_is_a_candidate(seed):
+    # Spoken slowly (1.7 s), "tail of the pancreas" trails the phone loop by more than a
+    # phrase-level ratio of 1e-60: with that candidate threshold the phrase was never reported
+    # (only its "pancreas", 0.7 s late) in both noise draws; as wide as the search beam, it is.
+    events = [(0.8, "we are on the", "tail of the pancreas", "", "kal"),
+              (5.5, "and here is the", "body of the pancreas", "", "kal")]
+    audio, truth = track(events, 10.0, snr_db=15.0, seed=seed, stretch=1.3)
+    found = detect_mentions(audio, RATE, LABELS)
+    assert [m.text for m in found] == ["tail of the pancreas", "body of the pancreas"]
     for m, (onset, _) in zip(found, truth):
         assert abs(m.time_s - onset) < 0.15, (m, onset)
 
