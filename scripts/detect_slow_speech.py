@@ -1,0 +1,113 @@
+"""Detection on speech made apart from `synth`: flite voices, names spoken up to 1.3x slower.
+
+A benchmark, not a test (about a minute on 2 cores; needs flite, which scripts/install.sh
+installs).  Sixteen recordings, four flite voices, seven names each between carrier words
+("now we see the ... right there") at 15 dB white noise; every vocabulary phrase may come up,
+each spoken at 0.9-1.3 times its usual length.  Prints precision and recall as
+``detect --evaluate`` counts them.
+
+    python3 scripts/detect_slow_speech.py [--candidate-threshold 1e-60]
+
+``--candidate-threshold`` replaces the spotter's (default: its search beam) to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy.io import wavfile
+from scipy.signal import resample_poly
+
+from EUSVoiceLabelLib.data.mentions import Mention
+from EUSVoiceLabelLib.data.vocabulary import LabelSet
+from EUSVoiceLabelLib.speech import detect, spotter
+from EUSVoiceLabelLib.speech.evaluate import PatientCandidates, evaluate_candidates
+
+RATE = 16_000
+VOICES = ("slt", "awb", "rms", "kal")
+BEFORE = ("okay", "now we see the", "and this is the", "here is the", "I can see the",
+          "looking at the", "there", "we are on the")
+AFTER = ("", "right there", "nice and clear", "okay", "here", "just there")
+STRETCH = (0.9, 1.0, 1.15, 1.3)
+
+
+def say(text: str, voice: str, stretch: float) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "say.wav"
+        subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}",
+                        "-t", text, "-o", str(path)], check=True)
+        rate, x = wavfile.read(path)
+    x = x.astype(np.float32) / 32768.0
+    if rate != RATE:
+        x = resample_poly(x, RATE, rate).astype(np.float32)
+    loud = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())
+    return x[loud[0]:loud[-1] + 1]
+
+
+def recording(voice: str, seed: int, rng: random.Random, labels: LabelSet,
+              names: int = 7) -> tuple[np.ndarray, list[Mention]]:
+    phrases = list(labels.phrases())
+    x = np.zeros(int(60 * RATE), np.float32)
+    refs: list[Mention] = []
+    pos = int(0.5 * RATE)
+    for _ in range(names):
+        phrase, label = rng.choice(phrases)
+        stretch = rng.choice(STRETCH)
+        for kind, text in (("before", rng.choice(BEFORE)), ("name", phrase),
+                           ("after", rng.choice(AFTER))):
+            if not text:
+                continue
+            clip = say(text, voice, stretch if kind == "name" else 1.0)
+            if kind == "name":
+                refs.append(Mention(pos / RATE, label, None, phrase, None, "file"))
+            x[pos:pos + len(clip)] += 0.5 * clip
+            pos += len(clip) + int(0.08 * RATE)
+        pos += int(rng.uniform(1.2, 2.5) * RATE)
+    x = x[:pos]
+    power = np.mean(x[np.abs(x) > 0.01] ** 2)
+    noise = np.random.default_rng(seed).standard_normal(x.size).astype(np.float32)
+    return x + noise * np.sqrt(power / 10 ** 1.5), refs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidate-threshold", type=float, default=None)
+    args = parser.parse_args()
+    if shutil.which("flite") is None:
+        print("flite is not installed (scripts/install.sh installs it)", file=sys.stderr)
+        return 2
+    if args.candidate_threshold is not None:
+        built: dict[tuple, spotter.KeywordSpotter] = {}
+
+        def get_spotter(keyphrases):
+            key = tuple(kp.phrase for kp in keyphrases)
+            if key not in built:
+                built[key] = spotter.KeywordSpotter(keyphrases, args.candidate_threshold)
+            return built[key]
+
+        detect.get_spotter = get_spotter  # this process only: decode with workers=1 below
+    labels = LabelSet.default()
+    rng = random.Random(0)
+    candidates = []
+    for voice in VOICES:
+        for seed in range(4):
+            audio, refs = recording(voice, seed, rng, labels)
+            hits = detect.spot_candidates(audio, RATE, labels, workers=1)
+            candidates.append(PatientCandidates(f"{voice}{seed}", hits, refs, 0.0,
+                                                len(audio) / RATE, 0.0))
+    overall = evaluate_candidates(candidates, labels)["overall"]
+    print(f"{sum(len(c.reference) for c in candidates)} names: precision "
+          f"{overall['precision']:.3f}, recall {overall['recall']:.3f}, F1 {overall['f1']:.3f} "
+          f"(tp {overall['tp']}, fp {overall['fp']}, fn {overall['fn']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
