@@ -26,13 +26,37 @@ sys.path.insert(0, str(REPO / "EUSVoiceLabel" / "Testing" / "Python"))
 import mrmlscene  # noqa: E402  (after the path above)
 
 
+CAPTION_PX = 36  # two lines under each view
+
+
+def _name(label_id: str) -> str:
+    return label_id.replace("_", " ") or "-"
+
+
+def caption_lines(win: dict) -> list[tuple[str, str]]:
+    """What a reviewer needs beside the view: the window's label (what the point shows), the
+    network's own and what was said (with the detector's confidence), and the review flag
+    in red (labels.csv's columns)."""
+    label = win.get("label") or win["predicted_label"]
+    confidence = float(win.get("label_confidence") or win["confidence"])
+    first = (f"t = {float(win['time_s']):.2f} s   label: {_name(label)} ({confidence:.2f})"
+             f"   network: {_name(win['predicted_label'])} ({float(win['confidence']):.2f})")
+    heard = win.get("mention_confidence") or ""
+    second = f"said: {_name(win['spoken_label'])}" + (f" (heard at {float(heard):.2f})"
+                                                       if heard else "")
+    if win.get("needs_review") == "1":
+        return [(first, "black"), (f"{second}   REVIEW: {win.get('review_reason', '')}", "red")]
+    return [(first, "black"), (second, "black")]
+
+
 def pick_windows(rows: list[dict], count: int) -> list[dict]:
-    """Up to ``count`` windows, different predicted landmarks first, in time order."""
+    """Up to ``count`` windows, different landmarks first, in time order."""
     chosen, seen = [], set()
     for r in rows:
-        if r["predicted_label"] not in seen and len(chosen) < count:
+        label = r.get("label") or r["predicted_label"]
+        if label not in seen and len(chosen) < count:
             chosen.append(r)
-            seen.add(r["predicted_label"])
+            seen.add(label)
     for r in rows:
         if len(chosen) >= count:
             break
@@ -70,20 +94,19 @@ def render(label_dir: Path, out: Path, count: int = 4, width: int = 690, columns
             fov = node.GetFieldOfView()
             node.SetFieldOfView(fov[0] * 1.3, fov[1] * 1.3, fov[2])
             image = Image.fromarray(view.render())
-            caption = (f"t = {float(win['time_s']):.2f} s   predicted: "
-                       f"{win['predicted_label'].replace('_', ' ')} ({float(win['confidence']):.2f})"
-                       f"   said: {win['spoken_label'].replace('_', ' ') or '-'}")
-            panel = Image.new("RGB", (width, height + 22), "white")
+            panel = Image.new("RGB", (width, height + CAPTION_PX), "white")
             panel.paste(image, (0, 0))
-            ImageDraw.Draw(panel).text((6, height + 5), caption, fill="black")
+            draw = ImageDraw.Draw(panel)
+            for k, (line, colour) in enumerate(caption_lines(win)):
+                draw.text((6, height + 5 + 15 * k), line, fill=colour)
             panels.append(panel)
     finally:
         view.close()
     rows = (len(panels) + columns - 1) // columns
     sheet = Image.new("RGB", (columns * width + (columns - 1) * 6,
-                              rows * (height + 22) + (rows - 1) * 6), "white")
+                              rows * (height + CAPTION_PX) + (rows - 1) * 6), "white")
     for k, panel in enumerate(panels):
-        sheet.paste(panel, ((k % columns) * (width + 6), (k // columns) * (height + 28)))
+        sheet.paste(panel, ((k % columns) * (width + 6), (k // columns) * (height + CAPTION_PX + 6)))
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
