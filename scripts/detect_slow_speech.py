@@ -6,7 +6,7 @@ installs).  Sixteen recordings, four flite voices, seven names each between carr
 each spoken at 0.9-1.3 times its usual length.  Prints precision and recall as
 ``detect --evaluate`` counts them.
 
-    python3 scripts/detect_slow_speech.py [--candidate-threshold 1e-60]
+    python3 scripts/detect_slow_speech.py [--candidate-threshold 1e-60] [--stretch 0.7,0.8]
 
 ``--candidate-threshold`` replaces the spotter's (default: its search beam) to compare.
 """
@@ -52,14 +52,14 @@ def say(text: str, voice: str, stretch: float) -> np.ndarray:
 
 
 def recording(voice: str, seed: int, rng: random.Random, labels: LabelSet,
-              names: int = 7) -> tuple[np.ndarray, list[Mention]]:
+              stretches: tuple[float, ...] = STRETCH, names: int = 7) -> tuple[np.ndarray, list[Mention]]:
     phrases = list(labels.phrases())
     x = np.zeros(int(60 * RATE), np.float32)
     refs: list[Mention] = []
     pos = int(0.5 * RATE)
     for _ in range(names):
         phrase, label = rng.choice(phrases)
-        stretch = rng.choice(STRETCH)
+        stretch = rng.choice(stretches)
         for kind, text in (("before", rng.choice(BEFORE)), ("name", phrase),
                            ("after", rng.choice(AFTER))):
             if not text:
@@ -79,6 +79,8 @@ def recording(voice: str, seed: int, rng: random.Random, labels: LabelSet,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidate-threshold", type=float, default=None)
+    parser.add_argument("--stretch", default=",".join(map(str, STRETCH)),
+                        help="comma-separated lengths of the names, 1 = flite's usual")
     args = parser.parse_args()
     if shutil.which("flite") is None:
         print("flite is not installed (scripts/install.sh installs it)", file=sys.stderr)
@@ -93,12 +95,13 @@ def main() -> int:
             return built[key]
 
         detect.get_spotter = get_spotter  # this process only: decode with workers=1 below
+    stretches = tuple(float(v) for v in args.stretch.split(","))
     labels = LabelSet.default()
     rng = random.Random(0)
     candidates = []
     for voice in VOICES:
         for seed in range(4):
-            audio, refs = recording(voice, seed, rng, labels)
+            audio, refs = recording(voice, seed, rng, labels, stretches)
             hits = detect.spot_candidates(audio, RATE, labels, workers=1)
             candidates.append(PatientCandidates(f"{voice}{seed}", hits, refs, 0.0,
                                                 len(audio) / RATE, 0.0))
