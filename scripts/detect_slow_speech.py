@@ -16,19 +16,20 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy.io import wavfile
-from scipy.signal import resample_poly
 
 from EUSVoiceLabelLib.data.mentions import Mention
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.speech import detect, spotter
 from EUSVoiceLabelLib.speech.evaluate import PatientCandidates, evaluate_candidates
+
+# flite speech as the detection tests make it (Testing/Python/mediafactory.py).
+TESTS = Path(__file__).resolve().parents[1] / "EUSVoiceLabel" / "Testing" / "Python"
+sys.path.insert(0, str(TESTS))
+from mediafactory import say  # noqa: E402  (after the path above)
 
 RATE = 16_000
 VOICES = ("slt", "awb", "rms", "kal")
@@ -36,19 +37,6 @@ BEFORE = ("okay", "now we see the", "and this is the", "here is the", "I can see
           "looking at the", "there", "we are on the")
 AFTER = ("", "right there", "nice and clear", "okay", "here", "just there")
 STRETCH = (0.9, 1.0, 1.15, 1.3)
-
-
-def say(text: str, voice: str, stretch: float) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "say.wav"
-        subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}",
-                        "-t", text, "-o", str(path)], check=True)
-        rate, x = wavfile.read(path)
-    x = x.astype(np.float32) / 32768.0
-    if rate != RATE:
-        x = resample_poly(x, RATE, rate).astype(np.float32)
-    loud = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())
-    return x[loud[0]:loud[-1] + 1]
 
 
 def recording(voice: str, seed: int, rng: random.Random, labels: LabelSet,

@@ -5,12 +5,31 @@ losslessly), so a test can tell exactly which frame a reader returned."""
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 import wave
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy.io import wavfile
+from scipy.signal import resample_poly
+
+
+def say(text: str, voice: str, stretch: float = 1.0, rate: int = 16000) -> np.ndarray:
+    """flite speech at ``rate`` Hz, leading and trailing silence trimmed (``stretch``: slower
+    speech, each sound that many times its usual length; flite must be installed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "say.wav"
+        subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}",
+                        "-t", text, "-o", str(path)], check=True)
+        native, x = wavfile.read(path)
+    x = x.astype(np.float32) / 32768.0
+    if native != rate:
+        x = resample_poly(x, rate, native).astype(np.float32)
+    loud = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())
+    return x[loud[0]:loud[-1] + 1]
 
 
 def frame_level(i: int) -> int:

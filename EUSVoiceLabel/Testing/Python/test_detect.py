@@ -10,9 +10,6 @@ import csv
 import importlib.util
 import json
 import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,26 +28,12 @@ from EUSVoiceLabelLib.speech.evaluate import (PatientCandidates, evaluate_candid
                                               evaluate_detection, match, score_detections)
 from EUSVoiceLabelLib.speech.pronunciation import word_pronunciations
 from EUSVoiceLabelLib.speech.spotter import DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter
+from mediafactory import say
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed")
 
 RATE = 16000
 LABELS = LabelSet.default()
-
-
-def say(text: str, voice: str, stretch: float = 1.0) -> np.ndarray:
-    """flite speech at 16 kHz, leading/trailing silence trimmed (``stretch``: slower speech,
-    each sound that many times its usual length)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "say.wav"
-        subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}",
-                        "-t", text, "-o", str(path)], check=True)
-        rate, x = wavfile.read(path)
-    x = x.astype(np.float32) / 32768.0
-    if rate != RATE:
-        x = resample_poly(x, RATE, rate).astype(np.float32)
-    loud = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())
-    return x[loud[0]:loud[-1] + 1]
 
 
 def track(events: list[tuple[float, str, str, str, str]], seconds: float, snr_db: float = 25.0,
