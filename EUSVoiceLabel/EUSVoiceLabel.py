@@ -49,6 +49,7 @@ from EUSVoiceLabelLib.data.procedure import load_procedure
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.labelling.runs import TIMELINE_COLUMNS, runs_of
 from EUSVoiceLabelLib.nn.evidence import DISPLAY_THRESHOLD
+from EUSVoiceLabelLib.slicer.files import POINT_COLOR, REVIEW_POINT_COLOR
 from EUSVoiceLabelLib.slicer.overlays import overlay_items, window_point, window_text
 from EUSVoiceLabelLib.slicer.review import (MENTION_COLUMNS, RESULT_COLUMNS, ReviewTable,
                                             RunReview, mentions_from_rows, mentions_to_rows)
@@ -1232,6 +1233,10 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             proxy = browser.GetProxyNode(sequences[key]) if key in sequences else None
             if proxy is not None and proxy.GetDisplayNode() is None:
                 proxy.CreateDefaultDisplayNodes()
+            if key == "points" and proxy is not None:
+                # Points of windows that need review are selected: drawn in the review colour.
+                proxy.GetDisplayNode().SetColor(*POINT_COLOR)
+                proxy.GetDisplayNode().SetSelectedColor(*REVIEW_POINT_COLOR)
 
     @staticmethod
     def _overlayIjkToRas(sequenceNode, crop) -> np.ndarray:
@@ -1282,6 +1287,7 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
             i = points.AddControlPoint(ras[:3].tolist(), point["label"])
             points.SetNthControlPointDescription(i, point["description"])
             points.SetNthControlPointLocked(i, True)
+            points.SetNthControlPointSelected(i, point["review"])
 
     def outputNodes(self, resultsTable) -> dict:
         """The nodes a results table belongs to: ``frames``, ``browser``, ``mentions``,

@@ -187,24 +187,34 @@ MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Module
                   "Markups/Resources/Schema/markups-schema-v1.0.3.json#")
 
 
+#: Colours of the landmark points: a window's point in :data:`POINT_COLOR`, and in
+#: :data:`REVIEW_POINT_COLOR` when the window needs review (such points are written selected,
+#: and Slicer draws selected control points in the list's selected colour).
+POINT_COLOR = (1.0, 0.5, 0.5)
+REVIEW_POINT_COLOR = (1.0, 0.8, 0.0)
+
+
 def markups_points_json(name: str, points: Sequence[dict],
-                        color: tuple[float, float, float] = (1.0, 0.5, 0.5)) -> str:
+                        color: tuple[float, float, float] = POINT_COLOR,
+                        review_color: tuple[float, float, float] = REVIEW_POINT_COLOR) -> str:
     """A ``.mrk.json`` point list.  Each point: ``position`` (LPS mm), ``label``,
-    ``description``; all are written as defined, locked points."""
+    ``description`` and optionally ``review`` (True: written selected, drawn in
+    ``review_color``; the others in ``color``); all are defined, locked points."""
     control_points = []
     for i, p in enumerate(points, start=1):
         control_points.append({
             "id": str(i), "label": str(p["label"]), "description": str(p.get("description", "")),
             "associatedNodeID": "", "position": [float(v) for v in p["position"]],
             "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],
-            "selected": True, "locked": True, "visibility": True, "positionStatus": "defined"})
+            "selected": bool(p.get("review", False)), "locked": True, "visibility": True,
+            "positionStatus": "defined"})
     doc = {"@schema": MARKUPS_SCHEMA, "markups": [{
         "type": "Fiducial", "name": name, "coordinateSystem": "LPS", "coordinateUnits": "mm",
         "locked": True, "fixedNumberOfControlPoints": False, "labelFormat": "%N-%d",
         "lastUsedControlPointNumber": len(control_points), "controlPoints": control_points,
         "measurements": [],
         "display": {"visibility": True, "opacity": 1.0, "color": list(color),
-                    "selectedColor": list(color), "activeColor": [0.4, 1.0, 0.0],
+                    "selectedColor": list(review_color), "activeColor": [0.4, 1.0, 0.0],
                     "propertiesLabelVisibility": False, "pointLabelsVisibility": True,
                     "textScale": 3.0, "glyphType": "Sphere3D", "glyphScale": 1.5,
                     "glyphSize": 5.0, "useGlyphScale": True, "sliceProjection": False,

@@ -44,8 +44,10 @@ def window_point(win: "WindowResult", labelset: LabelSet) -> Optional[dict]:
     """The window's heat-map peak as a control point: ``col``, ``row`` (pixel of the cropped
     frame), ``label`` (landmark and confidence, shown next to the point) and ``description``
     (window, time, confidence of its label, what was said, the network's label where it
-    differs, the review flag); None for a window without a heat map.  The label is the
-    window's fused one."""
+    differs, the review flag), ``review`` (the window needs review: the point is written
+    *selected*, so Slicer draws it in the list's selected colour,
+    :data:`~.files.REVIEW_POINT_COLOR`); None for a window without a heat map.  The label is
+    the window's fused one."""
     if win.peak is None:
         return None
     description = (f"window {win.index}, t={win.time_s:.2f} s, "
@@ -59,7 +61,7 @@ def window_point(win: "WindowResult", labelset: LabelSet) -> Optional[dict]:
         description += f", review: {win.review_reason}"
     return {"col": int(win.peak[0]), "row": int(win.peak[1]),
             "label": f"{labelset.get(win.label).name} {win.label_confidence:.2f}",
-            "description": description}
+            "description": description, "review": bool(win.needs_review)}
 
 
 @dataclass(frozen=True)

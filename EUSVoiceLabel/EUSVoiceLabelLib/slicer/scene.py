@@ -98,7 +98,8 @@ Display settings
     the table's type to "File" because none is given.  The markups storage node does not apply
     the file's display settings when read from a scene (only
     ``vtkMRMLMarkupsJsonStorageNode::AddNewMarkupsNodeFromFile`` does), so the point list gets
-    an explicit default display node.
+    an explicit display node (with the colours of the point lists, see
+    :data:`.files.REVIEW_POINT_COLOR`).
 
 Importing into a scene that already has nodes with the same ids is safe: ``vtkMRMLScene::Import``
 gives clashing nodes new ids and updates references and ``colorNodeID`` to match.
@@ -116,6 +117,7 @@ from ..core.errors import ConfigError
 from ..core.fileio import atomic_write_text
 from ..core.paper import FPS
 from ..nn.evidence import DISPLAY_THRESHOLD
+from .files import POINT_COLOR, REVIEW_POINT_COLOR
 
 #: Written as the scene's version (``vtkMRMLScene::ParseVersion`` "new style"); Slicer warns
 #: when it loads a scene made for a newer version than itself.
@@ -274,8 +276,12 @@ def build_scene_mrml(scene_dir: os.PathLike | str, *, frames_seq: os.PathLike | 
     if points_seq is not None:
         # The current window's peak point (and its label) only: a point-list sequence.
         points_name = f"{name} landmark points"
+        # vtkMRMLDisplayNode::ReadXMLAttributes: "color" / "selectedColor" as "r g b"; the
+        # points of windows that need review are selected (review colour).
         display_id = scene.add("MarkupsFiducialDisplay",
-                               scene.new_id("vtkMRMLMarkupsFiducialDisplayNode"), None, {})
+                               scene.new_id("vtkMRMLMarkupsFiducialDisplayNode"), None,
+                               {"color": " ".join(map(str, POINT_COLOR)),
+                                "selectedColor": " ".join(map(str, REVIEW_POINT_COLOR))})
         points_proxy = scene.add("MarkupsFiducial", scene.new_id("vtkMRMLMarkupsFiducialNode"),
                                  points_name, {"locked": "true"}, {"display": [display_id]})
         sequences.append((points_name, _relative_name(points_seq, scene_dir), points_proxy))

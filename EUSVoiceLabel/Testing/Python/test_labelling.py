@@ -341,6 +341,7 @@ def test_outputs_carry_the_fused_label_beside_the_networks(tiny_model, procedure
     assert [p["label"].rsplit(" ", 1)[0] for p in points] == \
         [names[ids.index(lab)] for lab in expected]
     assert all("network: " in p["description"] for p in points[:-1])
+    assert all(p["selected"] for p in points)  # every window is flagged: review colour
 
 
 def test_end_to_end_counts_a_procedure_where_nothing_was_heard_as_misses(tiny_model):

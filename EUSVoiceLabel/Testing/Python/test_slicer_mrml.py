@@ -39,7 +39,7 @@ from EUSVoiceLabelLib.data.mentions import Mention
 from EUSVoiceLabelLib.data.procedure import load_procedure, window_frame_indices
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.nn.evidence import DISPLAY_THRESHOLD, evidence_region, peak_of
-from EUSVoiceLabelLib.slicer.files import frame_geometry
+from EUSVoiceLabelLib.slicer.files import POINT_COLOR, REVIEW_POINT_COLOR, frame_geometry
 from EUSVoiceLabelLib.slicer.support import write_tiny_procedure
 
 REPO = Path(__file__).resolve().parents[3]
@@ -186,10 +186,17 @@ def test_every_output_file_is_read_by_slicers_storage_nodes(clean, cli_out):
     frame = sequences["frames.seq.nrrd"].GetNthDataNode(0)
     listed = points_of(markups)
     assert len(listed) == len(windows)
-    for (label, ras), w in zip(listed, windows):
+    for i, ((label, ras), w) in enumerate(zip(listed, windows)):
         assert ras_to_ijk(frame, ras) == (int(w["peak_col"]), int(w["peak_row"]))
         name = LabelSet.default().get(w["label"]).name
         assert label == f"{name} {float(w['label_confidence']):.2f}"
+        # a window that needs review has its point selected: drawn in the review colour
+        assert markups.GetNthControlPointSelected(i) == (w["needs_review"] == "1")
+    # Loaded as "Add data" does (the Markups logic), the file's colours are the display's.
+    loaded = app.logics["Markups"].LoadMarkups(str(cli_out / "landmarks.mrk.json"))
+    display = app.scene.GetNodeByID(loaded).GetDisplayNode()
+    assert display.GetSelectedColor() == pytest.approx(REVIEW_POINT_COLOR)
+    assert display.GetColor() == pytest.approx(POINT_COLOR)
     point_seq = read(app, "vtkMRMLSequenceStorageNode", "vtkMRMLSequenceNode",
                      cli_out / "landmark_points.seq.mrb")
     assert point_seq.GetDataNodeClassName() == "vtkMRMLMarkupsFiducialNode"
@@ -265,7 +272,11 @@ def test_scene_mrml_opens_as_one_synchronised_procedure(clean, cli_out):
     frame_rows = list(csv.DictReader(open(cli_out / "frame_labels.csv", encoding="utf-8")))
     view = ms.SliceView(app, "Red", (480, 320))
     try:
-        points.GetDisplayNode().SetSelectedColor(0.0, 1.0, 0.0)  # find it in the render
+        # The scene gives the points the review colours (selected: needs review) ...
+        assert points.GetDisplayNode().GetColor() == pytest.approx(POINT_COLOR)
+        assert points.GetDisplayNode().GetSelectedColor() == pytest.approx(REVIEW_POINT_COLOR)
+        # ... here both green, to find the point in the render
+        points.GetDisplayNode().SetSelectedColor(0.0, 1.0, 0.0)
         points.GetDisplayNode().SetColor(0.0, 1.0, 0.0)
         seen = set()
         for item, row in enumerate(frame_rows):
@@ -367,6 +378,15 @@ def test_module_overlays_follow_a_cropped_procedure(clean, cohort):
             region=evidence_region(cam), fused=fused if k == 2 else None))
     results = logic.resultsToNodes(result, frames)
     assert assert_overlays_on_frames(logic, results) == len(peaks)
+    # Only the flagged window's point is selected, so Slicer draws it in the review colour.
+    point_seq = logic.outputNodes(results)["points"]
+    selected = [node.GetNthControlPointSelected(0) for node in
+                (point_seq.GetNthDataNode(i) for i in range(point_seq.GetNumberOfDataNodes()))
+                if node.GetNumberOfControlPoints()]
+    assert selected == [False, False, True]
+    display = logic.outputNodes(results)["browser"].GetProxyNode(point_seq).GetDisplayNode()
+    assert display.GetSelectedColor() == pytest.approx(REVIEW_POINT_COLOR)
+    assert display.GetColor() == pytest.approx(POINT_COLOR)
     # The review table starts with the flagged window, its fused label beside the network's.
     columns = [results.GetColumnName(c) for c in range(results.GetNumberOfColumns())]
     first = {c: results.GetCellText(0, i) for i, c in enumerate(columns)}
