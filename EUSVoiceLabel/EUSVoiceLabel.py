@@ -1658,6 +1658,19 @@ class EUSVoiceLabelTest(ScriptedLoadableModuleTest):
                   for i in range(pointSeq.GetNumberOfDataNodes())]
         self.assertEqual(sorted(set(counts)), [0, 1] if 0 in counts else [1])
         self.assertEqual(sum(counts), nWindows)
+        # a window that needs review has its point selected, drawn in the review colour
+        columns = [results.GetColumnName(c) for c in range(results.GetNumberOfColumns())]
+        if "needs_review" in columns:
+            rows = sorted((float(results.GetCellText(r, columns.index("time_s"))),
+                           results.GetCellText(r, columns.index("needs_review")) == "1")
+                          for r in range(results.GetNumberOfRows()))
+            selected = [pointSeq.GetNthDataNode(i).GetNthControlPointSelected(0)
+                        for i in range(pointSeq.GetNumberOfDataNodes())
+                        if pointSeq.GetNthDataNode(i).GetNumberOfControlPoints()]
+            self.assertEqual(selected, [flagged for _, flagged in rows])
+            display = browser.GetProxyNode(pointSeq).GetDisplayNode()
+            self.assertEqual([round(c, 3) for c in display.GetSelectedColor()],
+                             list(REVIEW_POINT_COLOR))
         if framesAreCropped:  # every overlay lies exactly on the frames
             frameBounds = self._bounds(frames.GetNthDataNode(0))
             for i in range(nodes["heatMap"].GetNumberOfDataNodes()):
