@@ -24,6 +24,7 @@ import numpy as np
 from EUSVoiceLabelLib.data.mentions import Mention
 from EUSVoiceLabelLib.data.vocabulary import LabelSet
 from EUSVoiceLabelLib.speech import detect, spotter
+from EUSVoiceLabelLib.speech.denoise import RATE  # the recogniser's rate
 from EUSVoiceLabelLib.speech.evaluate import PatientCandidates, evaluate_candidates
 
 # flite speech as the detection tests make it (Testing/Python/mediafactory.py).
@@ -31,7 +32,6 @@ TESTS = Path(__file__).resolve().parents[1] / "EUSVoiceLabel" / "Testing" / "Pyt
 sys.path.insert(0, str(TESTS))
 from mediafactory import say  # noqa: E402  (after the path above)
 
-RATE = 16_000
 VOICES = ("slt", "awb", "rms", "kal")
 BEFORE = ("okay", "now we see the", "and this is the", "here is the", "I can see the",
           "looking at the", "there", "we are on the")
@@ -40,7 +40,9 @@ STRETCH = (0.9, 1.0, 1.15, 1.3)
 
 
 def recording(voice: str, seed: int, rng: random.Random, labels: LabelSet,
-              stretches: tuple[float, ...] = STRETCH, names: int = 7) -> tuple[np.ndarray, list[Mention]]:
+              stretches: tuple[float, ...] = STRETCH, names: int = 7
+              ) -> tuple[np.ndarray, list[Mention]]:
+    """One noisy recording of ``names`` names in carrier words, and the names' onsets."""
     phrases = list(labels.phrases())
     x = np.zeros(int(60 * RATE), np.float32)
     refs: list[Mention] = []
@@ -52,7 +54,7 @@ def recording(voice: str, seed: int, rng: random.Random, labels: LabelSet,
                            ("after", rng.choice(AFTER))):
             if not text:
                 continue
-            clip = say(text, voice, stretch if kind == "name" else 1.0)
+            clip = say(text, voice, stretch if kind == "name" else 1.0, RATE)
             if kind == "name":
                 refs.append(Mention(pos / RATE, label, None, phrase, None, "file"))
             x[pos:pos + len(clip)] += 0.5 * clip

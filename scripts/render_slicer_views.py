@@ -106,7 +106,8 @@ def render(label_dir: Path, out: Path, count: int = 4, width: int = 690, columns
     sheet = Image.new("RGB", (columns * width + (columns - 1) * 6,
                               rows * (height + CAPTION_PX) + (rows - 1) * 6), "white")
     for k, panel in enumerate(panels):
-        sheet.paste(panel, ((k % columns) * (width + 6), (k // columns) * (height + CAPTION_PX + 6)))
+        sheet.paste(panel, ((k % columns) * (width + 6),
+                            (k // columns) * (height + CAPTION_PX + 6)))
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out

@@ -400,9 +400,10 @@ def test_long_phrase_is_found_whole_with_its_own_onset(seed):
 
 
 def test_confidence_of_a_hopeless_hit_is_zero_not_an_overflow():
-    from EUSVoiceLabelLib.speech.spotter import _confidence
+    from EUSVoiceLabelLib.speech.spotter import SCORE_CENTRE, _confidence
     assert _confidence(-1e6) == 0.0
-    assert 0.0 < _confidence(-3.7 - 5.0) < _confidence(-3.7) == 0.5 < _confidence(0.0) < 1.0
+    assert 0.0 < _confidence(SCORE_CENTRE - 5.0) < _confidence(SCORE_CENTRE) == 0.5 \
+        < _confidence(SCORE_CENTRE + 3.7) < 1.0
 
 
 @pytest.mark.parametrize("seed", [0, 1])
