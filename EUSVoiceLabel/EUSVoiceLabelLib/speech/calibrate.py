@@ -40,7 +40,8 @@ def calibrate_candidates(candidates: Sequence[PatientCandidates], labelset: Labe
                          rounds: int = 3) -> dict[str, float]:
     """Per-phrase thresholds maximising the pooled F1 of the candidates."""
     keyphrases = build_keyphrases(labelset)
-    phrases = [kp.phrase for kp in keyphrases]
+    # A phrase searched in several readings (a spelled letter read two ways) has one threshold.
+    phrases = list(dict.fromkeys(kp.phrase for kp in keyphrases))
 
     def f1(th: Mapping[str, float]) -> float:
         return evaluate_candidates(candidates, labelset, th)["overall"]["f1"]
@@ -53,9 +54,9 @@ def calibrate_candidates(candidates: Sequence[PatientCandidates], labelset: Labe
     best = f1(current)
     for _ in range(rounds):
         improved = False
-        for i, p in enumerate(phrases):
+        for p in phrases:
             mine = sorted({round(h.confidence, 4) for c in candidates for h in c.hits
-                           if h.phrase_index == i})
+                           if keyphrases[h.phrase_index].phrase == p})
             if not mine:
                 continue
             for t in [0.0] + mine + [min(1.0, mine[-1] + 1e-4)]:
@@ -81,7 +82,7 @@ def calibrate(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = No
     chosen = calibrate_candidates(candidates, labelset)
     keyphrases = build_keyphrases(labelset)
     per_label: dict[str, list[tuple[str, float]]] = {lid: [] for lid in labelset.ids}
-    for kp in keyphrases:
+    for kp in {kp.phrase: kp for kp in keyphrases}.values():  # one entry per phrase
         per_label[kp.label].append((kp.phrase, round(chosen.get(kp.phrase, kp.threshold), 4)))
     calibrated = LabelSet(tuple(replace(label, thresholds=tuple(per_label[label.id]))
                                 for label in labelset.labels))

@@ -17,7 +17,7 @@ from pocketsphinx import Decoder
 from ..core.errors import VocabularyError
 from ..data.vocabulary import LabelSet, normalize_words
 from .denoise import RATE
-from .pronunciation import model_paths, raw_words, word_pronunciations
+from .pronunciation import model_paths, raw_words, word_readings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def build_keyphrases(labelset: LabelSet,
     ``thresholds`` maps a phrase (any spelling that normalises to it) or a label id to a
     minimum confidence; phrases without one use the label set's calibrated thresholds, then
     :data:`DEFAULT_THRESHOLD`.  Phrases with a word that has no pronunciation are skipped with
-    a warning.
+    a warning.  A phrase with a spelled letter that has another reading gives one keyphrase
+    per reading, the usual one first (:func:`.pronunciation.word_readings`).
     """
     given = {tuple(normalize_words(k)): float(v) for k, v in (thresholds or {}).items()}
     by_label = {lid: float(v) for lid, v in (thresholds or {}).items() if lid in labelset}
@@ -65,17 +66,20 @@ def build_keyphrases(labelset: LabelSet,
         raws = raw_words(syn)
         if len(raws) != len(words):
             raws = words
-        units: list[tuple[str, ...]] = []
+        readings: list[list[tuple[str, ...]]] = [[]]
         for token, raw in zip(words, raws):
-            spoken = word_pronunciations(token, raw)
+            spoken = word_readings(token, raw)
             if not spoken:
                 log.warning("no pronunciation for %r (in %r): phrase not detected", token, syn)
                 break
-            units.extend(tuple(u) for u in spoken)
+            readings = [r + [tuple(u) for u in units] for r in readings for units in spoken]
         else:
             key = tuple(words)
             thr = given.get(key, by_label.get(lid, stored.get(key, DEFAULT_THRESHOLD)))
-            out.append(Keyphrase(syn, lid, tuple(units), thr))
+            # The first reading is the phrase's usual one; others (a spelled letter read
+            # another way) are searched as phrases of their own with the same label and
+            # threshold, and compete with it like any other phrase (select_mentions).
+            out.extend(Keyphrase(syn, lid, tuple(units), thr) for units in readings)
     return out
 
 

@@ -26,7 +26,7 @@ from EUSVoiceLabelLib.speech.denoise import (SUPPRESSOR_ENV, level_gain, noise_s
 from EUSVoiceLabelLib.speech.detect import detect_mentions, detect_procedure, select_mentions
 from EUSVoiceLabelLib.speech.evaluate import (PatientCandidates, evaluate_candidates,
                                               evaluate_detection, match, score_detections)
-from EUSVoiceLabelLib.speech.pronunciation import word_pronunciations
+from EUSVoiceLabelLib.speech.pronunciation import word_pronunciations, word_readings
 from EUSVoiceLabelLib.speech.spotter import DEFAULT_THRESHOLD, Hit, build_keyphrases, get_spotter
 from mediafactory import say
 
@@ -224,6 +224,24 @@ def test_acronyms_are_spelled():
     assert all(kp.threshold == DEFAULT_THRESHOLD for kp in phrases.values())
 
 
+def test_a_spelled_d_is_also_searched_as_tee():
+    # Each reading of a spelled letter is a phrase of its own; words keep one reading.
+    assert word_readings("pd", "PD") == [[["P IY"], ["D IY"]], [["P IY"], ["T IY"]]]
+    assert word_readings("pv", "PV") == [[["P IY"], ["V IY"]]]
+    assert word_readings("duct") == [word_pronunciations("duct")]
+    readings: dict[str, list] = {}
+    for kp in build_keyphrases(LABELS):
+        readings.setdefault(kp.phrase, []).append(kp)
+    assert [kp.pronunciation for kp in readings["PD"]] == ["P IY D IY", "P IY T IY"]
+    assert [kp.pronunciation for kp in readings["CBD"]] == ["S IY B IY D IY", "S IY B IY T IY"]
+    assert [kp.pronunciation for kp in readings["MPD"]] == ["EH M P IY D IY", "EH M P IY T IY"]
+    assert all(len(kps) == 1 for p, kps in readings.items() if p not in ("PD", "CBD", "MPD"))
+    assert {kp.label for kp in readings["PD"]} == {"pancreatic_duct"}
+    # A calibrated threshold is the phrase's, whichever reading was heard.
+    kps = build_keyphrases(LABELS, {"PD": 0.7})
+    assert [kp.threshold for kp in kps if kp.phrase == "PD"] == [0.7, 0.7]
+
+
 def _m(t: float, label: str) -> Mention:
     return Mention(t, label)
 
@@ -241,10 +259,11 @@ def test_matching_and_scores():
 
 def test_calibration_picks_thresholds_that_maximise_f1():
     kps = build_keyphrases(LABELS)
-    pd = next(i for i, kp in enumerate(kps) if kp.phrase == "PD")
+    pd, pd_tee = [i for i, kp in enumerate(kps) if kp.phrase == "PD"]
     pv = next(i for i, kp in enumerate(kps) if kp.phrase == "portal vein")
-    # "PD" hits: true ones at confidence 0.3-0.4, false ones at 0.1; "portal vein": false at 0.9.
-    hits = [Hit(1.0, 1.3, pd, 0, 0.35), Hit(4.0, 4.3, pd, 0, 0.3), Hit(7.0, 7.3, pd, 0, 0.1),
+    # "PD" hits: true ones at confidence 0.3-0.4 (one of them heard in its "P IY T IY"
+    # reading), false ones at 0.1; "portal vein": false at 0.9.
+    hits = [Hit(1.0, 1.3, pd, 0, 0.35), Hit(4.0, 4.3, pd_tee, 0, 0.3), Hit(7.0, 7.3, pd, 0, 0.1),
             Hit(9.0, 9.5, pv, 0, 0.9), Hit(12.0, 12.5, pv, 0, 0.95)]
     ref = [_m(1.0, "pancreatic_duct"), _m(4.0, "pancreatic_duct"), _m(12.0, "portal_vein")]
     cands = [PatientCandidates("p", hits, ref, 0.0, 20.0, 1.0)]
@@ -437,3 +456,16 @@ def test_spelled_acronyms_are_told_apart():
     spotter = get_spotter(LABELS)
     pd = next(i for i, kp in enumerate(spotter.keyphrases) if kp.phrase == "PD")
     assert spotter.decoder.lookup_word(f"k{pd}") == "P IY D IY"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_spelled_d_heard_as_tee_in_noise_is_found(seed):
+    # At 15 dB the recogniser hears the D of flite awb's "MPD" and "CBD" as T: searched as
+    # "dee" only, the CBD was missed in the first noise draw and both in the second; with the
+    # letter's "tee" reading beside it both are found, with their onsets.
+    events = [(0.8, "looking at the", "MPD", "", "awb"), (4.5, "there is the", "CBD", "", "awb")]
+    audio, truth = track(events, 8.0, snr_db=15.0, seed=seed)
+    found = detect_mentions(audio, RATE, LABELS)
+    assert [(m.label, m.text) for m in found] == [("pancreatic_duct", "MPD"), ("bile_duct", "CBD")]
+    for m, (onset, _) in zip(found, truth):
+        assert abs(m.time_s - onset) < 0.15, (m, onset)
