@@ -151,9 +151,8 @@ def word_pronunciations(token: str, raw: str = "") -> list[list[str]]:
         return [[LETTERS[c]] for c in token]
     prons = list(_cmudict().get(token, ()))[:MAX_VARIANTS]
     if not prons and token.isalpha():
-        # Rare words: the curated readings; espeak-ng's letter-to-sound rules only for a word
-        # the lexicon lacks (a reading after the first is never searched, so asking espeak-ng
-        # for a known word would only start a process for nothing).
+        # Rare words: the curated readings; espeak-ng's letter-to-sound rules for a word the
+        # lexicon lacks (word_readings adds them beside the lexicon's as well).
         prons = list(MEDICAL_LEXICON.get(token, ()))[:MAX_VARIANTS]
         if not prons:
             guess = _espeak_pronunciation(token)
@@ -166,7 +165,9 @@ def word_readings(token: str, raw: str = "") -> list[list[list[str]]]:
     :func:`word_pronunciations` gives them.
 
     A word has one reading (the search uses its first pronunciation; searching every
-    combination of the words' variants gave more false alarms).  A spelled acronym has its
+    combination of the words' variants gave more false alarms), and a word of the medical
+    lexicon that the CMU dictionary lacks one more, espeak-ng's letter-to-sound reading, when
+    espeak-ng is installed and that reading is not one of the lexicon's.  A spelled acronym has its
     letters' names and, for each letter with another reading (:data:`LETTER_READINGS`), one
     more with that letter read so ("PD": P IY D IY and P IY T IY).  Empty when the word has no
     pronunciation.
@@ -175,6 +176,15 @@ def word_readings(token: str, raw: str = "") -> list[list[list[str]]]:
     if not units:
         return []
     readings = [units]
+    if token in MEDICAL_LEXICON and token not in _cmudict():
+        # A rare word is also searched as its spelling suggests: speakers who do not know it,
+        # and speech synthesisers, read "choledochus" with the "ch" of "church", where the
+        # lexicon has the clinical K.  On the four synthetic cohorts at 15 dB this found 3
+        # more mentions (2 "choledochus", 1 "splenoportal confluence") and no false alarm
+        # ("pancreatic parenchyma" gets one too).
+        spelled = _espeak_pronunciation(token)
+        if spelled and spelled not in units[0]:
+            readings.append([[spelled]])
     if token.isalpha() and _is_acronym(token, raw or token):
         for i, letter in enumerate(token):
             for other in LETTER_READINGS.get(letter, ()):
