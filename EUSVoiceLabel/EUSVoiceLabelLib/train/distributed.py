@@ -24,6 +24,7 @@ single-process run.  A global batch smaller than K is padded by repeating window
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -150,6 +151,12 @@ def shutdown() -> None:
     global _CONTEXT
 
     if dist.is_available() and dist.is_initialized():
+        # A training stopped mid-batch (a non-finite loss) leaves its DDP wrapper in reference
+        # cycles of the exception's frames; freed only at interpreter exit, after the group,
+        # its reducer aborted the process ("terminate called without an active exception",
+        # SIGABRT) in 6 of 14 runs of test_ddp_loss_nan_in_one_process_stops_all_of_them, and
+        # in none of 12 with this.  Free it while the group still exists.
+        gc.collect()
         dist.destroy_process_group()
     _CONTEXT = None
 
