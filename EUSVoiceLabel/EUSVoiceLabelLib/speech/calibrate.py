@@ -40,7 +40,7 @@ def calibrate_candidates(candidates: Sequence[PatientCandidates], labelset: Labe
                          rounds: int = 3) -> dict[str, float]:
     """Per-phrase thresholds maximising the pooled F1 of the candidates."""
     keyphrases = build_keyphrases(labelset)
-    # A phrase searched in several readings (a spelled letter read two ways) has one threshold.
+    # A phrase searched in several readings (build_keyphrases) has one threshold.
     phrases = list(dict.fromkeys(kp.phrase for kp in keyphrases))
 
     def f1(th: Mapping[str, float]) -> float:

@@ -167,10 +167,10 @@ def word_readings(token: str, raw: str = "") -> list[list[list[str]]]:
     A word has one reading (the search uses its first pronunciation; searching every
     combination of the words' variants gave more false alarms), and a word of the medical
     lexicon that the CMU dictionary lacks one more, espeak-ng's letter-to-sound reading, when
-    espeak-ng is installed and that reading is not one of the lexicon's.  A spelled acronym has its
-    letters' names and, for each letter with another reading (:data:`LETTER_READINGS`), one
-    more with that letter read so ("PD": P IY D IY and P IY T IY).  Empty when the word has no
-    pronunciation.
+    espeak-ng is installed and that reading is not one of the lexicon's.  A spelled acronym
+    has its letters' names and, for each letter with another reading
+    (:data:`LETTER_READINGS`), one more with that letter read so ("PD": P IY D IY and
+    P IY T IY).  Empty when the word has no pronunciation.
     """
     units = word_pronunciations(token, raw)
     if not units:
@@ -179,9 +179,9 @@ def word_readings(token: str, raw: str = "") -> list[list[list[str]]]:
     if token in MEDICAL_LEXICON and token not in _cmudict():
         # A rare word is also searched as its spelling suggests: speakers who do not know it,
         # and speech synthesisers, read "choledochus" with the "ch" of "church", where the
-        # lexicon has the clinical K.  On the four synthetic cohorts at 15 dB this found 3
-        # more mentions (2 "choledochus", 1 "splenoportal confluence") and no false alarm
-        # ("pancreatic parenchyma" gets one too).
+        # lexicon has the clinical K ("splenoportal" and "parenchyma" get one too).  On the
+        # four synthetic cohorts at 15 dB this found 3 more mentions (2 "choledochus", 1
+        # "splenoportal confluence") and no false alarm.
         spelled = _espeak_pronunciation(token)
         if spelled and spelled not in units[0]:
             readings.append([[spelled]])

@@ -54,8 +54,9 @@ def build_keyphrases(labelset: LabelSet,
     ``thresholds`` maps a phrase (any spelling that normalises to it) or a label id to a
     minimum confidence; phrases without one use the label set's calibrated thresholds, then
     :data:`DEFAULT_THRESHOLD`.  Phrases with a word that has no pronunciation are skipped with
-    a warning.  A phrase with a spelled letter that has another reading gives one keyphrase
-    per reading, the usual one first (:func:`.pronunciation.word_readings`).
+    a warning.  A phrase with a word of several readings (a spelled D, a rare word's spelling
+    reading: :func:`.pronunciation.word_readings`) gives one keyphrase per reading, the usual
+    one first.
     """
     given = {tuple(normalize_words(k)): float(v) for k, v in (thresholds or {}).items()}
     by_label = {lid: float(v) for lid, v in (thresholds or {}).items() if lid in labelset}
@@ -76,9 +77,9 @@ def build_keyphrases(labelset: LabelSet,
         else:
             key = tuple(words)
             thr = given.get(key, by_label.get(lid, stored.get(key, DEFAULT_THRESHOLD)))
-            # The first reading is the phrase's usual one; others (a spelled letter read
-            # another way) are searched as phrases of their own with the same label and
-            # threshold, and compete with it like any other phrase (select_mentions).
+            # The first reading is the phrase's usual one; the others are searched as
+            # phrases of their own with the same label and threshold, and compete with it
+            # like any other phrase (select_mentions).
             out.extend(Keyphrase(syn, lid, tuple(units), thr) for units in readings)
     return out
 
