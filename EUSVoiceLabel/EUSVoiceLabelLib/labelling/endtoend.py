@@ -103,6 +103,8 @@ def score_result(result: LabelResult, truth: Sequence[Mention]) -> dict:
         rows.append({"time_s": round(w.time_s, 3), "true_label": true_label,
                      "spoken_label": w.spoken_label, "mention_confidence": w.mention.confidence,
                      "network_label": w.predicted, "network_confidence": round(w.confidence, 4),
+                     "network_probabilities": {k: round(float(v), 4) for k, v in
+                                               zip(result.labelset.ids, w.probabilities)},
                      "label": w.label, "label_confidence": round(w.label_confidence, 4),
                      "needs_review": w.needs_review})
     counts["rows"] = rows
