@@ -39,18 +39,22 @@ def test_a_certain_mention_decides_whatever_the_network_says():
 
 
 def test_detector_confidence_weighs_against_the_network():
-    # q = c on the heard label, (1 - c) / 4 on the others; fused = q * p / uniform prior.
+    # Said with probability c (then heard right with r = 0.95), else uniform:
+    # q(heard) = 0.96 * 0.95 + 0.04 / 5, q(other) = 0.96 * 0.05 / 4 + 0.04 / 5.
     sure = Mention(1.0, "bile_duct", confidence=0.96, source="auto")
     q = speech_evidence(sure, IDS)
-    np.testing.assert_allclose(q, [0.01, 0.01, 0.01, 0.01, 0.96])
+    np.testing.assert_allclose(q, [0.02, 0.02, 0.02, 0.02, 0.92])
     p = _net("portal_vein", 0.9)
     fused = fuse_window(p, sure, IDS)
     expected = q * p / (q * p).sum()
     np.testing.assert_allclose(fused.probabilities, expected)
     assert fused.label == "bile_duct" and fused.needs_review   # the network disagrees
-    # The heard label wins while the network gives it more than 1/96 of its top label ...
-    assert fuse_window(_net("portal_vein", 0.95), sure, IDS).label == "bile_duct"  # .0125
-    assert fuse_window(_net("portal_vein", 0.99), sure, IDS).label == "portal_vein"  # .0025
+    # The heard label wins while the network gives it more than 1/46 of its top label ...
+    assert fuse_window(_net("portal_vein", 0.9), sure, IDS).label == "bile_duct"  # 1/36
+    assert fuse_window(_net("portal_vein", 0.95), sure, IDS).label == "portal_vein"  # 1/76
+    # ... a detection nobody can be sure was said speaks for no label ...
+    np.testing.assert_allclose(speech_evidence(Mention(1.0, "bile_duct", confidence=0.0,
+                                                       source="auto"), IDS), np.full(5, 0.2))
     # ... and a hesitant detection loses to a confident network.
     weak = Mention(1.0, "bile_duct", confidence=0.4, source="auto")
     fused = fuse_window(_net("portal_vein", 0.95), weak, IDS)
@@ -61,6 +65,21 @@ def test_detector_confidence_weighs_against_the_network():
                                                   source="auto"), IDS)
     assert unsure.label == "bile_duct"
     assert unsure.review_reason.endswith(f"{LOW_CONFIDENCE}; {UNCERTAIN_DETECTION}")
+
+
+def test_a_doubtful_detection_is_doubt_about_whether_it_was_said_not_about_its_label():
+    """A detection at 0.55 is a true mention about half the time, and then its label is
+    nearly always the one heard: a network that leans to another label, 5.5 times the heard
+    one, must not turn it (read as the heard label's own probability, 0.55 against 0.1125 on
+    each other label, it did)."""
+    heard = Mention(1.0, "portal_vein", confidence=0.55, source="auto")
+    q = speech_evidence(heard, IDS)
+    np.testing.assert_allclose(q.sum(), 1.0)
+    assert q[IDS.index("portal_vein")] / q[IDS.index("pancreatic_duct")] > 6
+    leaning = np.array([0.08, 0.12, 0.66, 0.07, 0.07])  # the network: pancreatic duct
+    fused = fuse_window(leaning, heard, IDS)
+    assert fused.label == "portal_vein" and fused.needs_review
+    assert DISAGREES in fused.review_reason and UNCERTAIN_DETECTION in fused.review_reason
 
 
 def test_a_window_resting_on_an_uncertain_detection_is_flagged_even_when_both_agree():
@@ -158,7 +177,7 @@ def _window(i, t, spoken, predicted, label, flagged, conf=0.9, label_conf=0.99):
                            predicted=predicted, confidence=conf, label=label,
                            label_confidence=label_conf, needs_review=flagged,
                            mention=Mention(t, spoken or "", source="auto", confidence=0.9),
-                           frame_indices=np.arange(25))
+                           probabilities=_net(predicted, conf), frame_indices=np.arange(25))
 
 
 def test_review_table_puts_flagged_windows_first_and_keeps_the_fused_label():
@@ -196,8 +215,12 @@ def test_end_to_end_scoring_pairs_windows_with_true_mentions():
                _window(3, 9.0, "bile_duct", "bile_duct", "bile_duct", False)]
     pairing = pair_windows([(w.time_s, w.time_s + 1.0) for w in windows], truth)
     assert pairing.pairs == {0: 0, 2: 1}
-    result = SimpleNamespace(procedure=SimpleNamespace(fps=25.0), windows=windows)
-    s = summarise([score_result(result, truth)])
+    result = SimpleNamespace(procedure=SimpleNamespace(fps=25.0), windows=windows,
+                             labelset=LabelSet.default())
+    counts = score_result(result, truth)
+    # each row keeps the network's whole posterior, so a report can be fused again
+    assert counts["rows"][0]["network_probabilities"] == dict(zip(IDS, [0.025] * 4 + [0.9]))
+    s = summarise([counts])
     assert s["true_mentions_right"] == {"network": round(1 / 3, 4), "spoken": round(2 / 3, 4),
                                         "fused": round(2 / 3, 4)}
     assert s["false_windows"] == 0.5
