@@ -75,8 +75,7 @@ import numpy as np
 from ..data.mentions import Mention
 from ..train.metrics import is_temperature, scale_probabilities
 
-#: Smallest probability used in the log domain (a network output of exactly 0, a detector
-#: confidence of exactly 1).
+#: Smallest probability used in the log domain (a network output of exactly 0).
 FLOOR = 1e-9
 
 #: Probability that the detector heard the right label where a landmark was said.  Measured:
@@ -213,5 +212,5 @@ def fuse_window(p_net: np.ndarray, mention: Optional[Mention], ids: Sequence[str
 
 __all__ = ["FusedLabel", "speech_evidence", "training_prior", "checkpoint_temperature",
            "fuse_posteriors", "fuse_window",
-           "FLOOR", "REVIEW_BELOW", "HEARD_LABEL_RELIABILITY", "CERTAIN_SOURCES", "DISAGREES", "LOW_CONFIDENCE",
-           "UNCERTAIN_DETECTION"]
+           "FLOOR", "REVIEW_BELOW", "HEARD_LABEL_RELIABILITY", "CERTAIN_SOURCES", "DISAGREES",
+           "LOW_CONFIDENCE", "UNCERTAIN_DETECTION"]
