@@ -392,7 +392,8 @@ class EUSVoiceLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 table = self.logic.detectMentions(
                     p.inputSequence, p.mentionsTable,
                     progressCallback=self._progressReporter(progress),
-                    shouldStop=lambda: progress.wasCanceled)
+                    shouldStop=lambda: progress.wasCanceled,
+                    checkpointPath=path_or_none(p.modelPath))
                 if table is None:
                     slicer.util.showStatusMessage(_("Detection cancelled: the mentions are "
                                                     "unchanged."), 5000)
@@ -1022,25 +1023,33 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         return self.mentionsToTable(mentions, sequenceNode, tableNode)
 
     def detectMentions(self, sequenceNode, tableNode=None, progressCallback=None,
-                       shouldStop=None) -> Optional[vtkMRMLTableNode]:
+                       shouldStop=None, checkpointPath=None) -> Optional[vtkMRMLTableNode]:
         """Find spoken landmark names in the sequence's audio (offline keyword spotting) and
         put them in a mentions table.
 
         ``progressCallback(done, total)`` gets seconds of audio; when ``shouldStop()`` returns
-        True detection stops, the table is left as it was and None is returned.
+        True detection stops, the table is left as it was and None is returned.  With the
+        checkpoint of a model that holds a mention verifier (``checkpointPath``), every
+        candidate is checked by it, as ``eusvoicelabel label --mentions auto`` does.
         """
         # deferred: pocketsphinx (requirements.txt)
-        from EUSVoiceLabelLib.speech.detect import DetectionCancelled, detect_mentions
+        from EUSVoiceLabelLib.speech.detect import (DetectionCancelled, select_mentions,
+                                                    spot_candidates)
+        from EUSVoiceLabelLib.speech.verify import verify_mentions
 
         proc = self.procedureForSequence(sequenceNode)
+        verifier = None
+        if checkpointPath is not None and pathlib.Path(checkpointPath).is_file():
+            verifier = self.loadModel(checkpointPath).verifier
         try:
             # In this process (workers=1): worker processes would be started from Slicer's
             # own executable.
-            found = detect_mentions(proc.audio, proc.sample_rate, proc.labelset,
-                                    audio_offset_s=proc.audio_offset_s, workers=1,
-                                    progress=CallbackProgress(progressCallback, shouldStop))
+            hits = spot_candidates(proc.audio, proc.sample_rate, proc.labelset, workers=1,
+                                   progress=CallbackProgress(progressCallback, shouldStop))
         except DetectionCancelled:
             return None
+        found = select_mentions(hits, proc.labelset, audio_offset_s=proc.audio_offset_s) \
+            if verifier is None else verify_mentions(proc, hits, proc.labelset, verifier)
         found = [m for m in found if 0 <= m.time_s < proc.duration_s]
         return self.mentionsToTable(found, sequenceNode, tableNode)
 

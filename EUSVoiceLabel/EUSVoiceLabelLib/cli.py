@@ -307,14 +307,25 @@ def _run_train(args: argparse.Namespace) -> int:
     if ctx is not None:
         ctx.barrier()
     if ctx is None or ctx.is_main:  # the replicas are identical: the first process saves
-        _save_trained(args, ws, cfg, result, state, world, calibration)
+        verifier = None if args.no_verifier else _train_verifier(args, ws, cfg)
+        _save_trained(args, ws, cfg, result, state, world, calibration, verifier)
     if ctx is not None:
         shutdown()
     return 0
 
 
+def _train_verifier(args: argparse.Namespace, ws, cfg):
+    """The mention verifier of ``train`` on the training patients' recordings, as checkpoint
+    state (None when the cohort gives none)."""
+    from .speech.verify import train_verifier  # deferred: torch, pocketsphinx
+
+    verifier = train_verifier(args.cohort, ws.labelset, progress=_progress(args),
+                              patients=ws.patient_ids, seed=cfg.seed)
+    return None if verifier is None else verifier.to_state()
+
+
 def _save_trained(args: argparse.Namespace, ws, cfg, result, state: Path, world: int,
-                  calibration: Optional[dict] = None) -> None:
+                  calibration: Optional[dict] = None, verifier=None) -> None:
     """Write the checkpoint of ``train`` (then drop its resume file) and say what was
     trained."""
     from .train.checkpoints import preprocessing_settings, save_checkpoint  # deferred: torch
@@ -324,7 +335,7 @@ def _save_trained(args: argparse.Namespace, ws, cfg, result, state: Path, world:
              "device": result.device, "data_parallel_processes": world}
     try:
         save_checkpoint(args.out, result, ws.labelset, preprocessing_settings(ws, cfg), extra,
-                        _run_inputs(args), calibration=calibration)
+                        _run_inputs(args), calibration=calibration, verifier=verifier)
     except OutputError as exc:
         kept = f"the trained weights are kept in {state}; " if state.is_file() else ""
         raise OutputError(exc.message, exc.path,
@@ -530,6 +541,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "held-out folds (EVAL_DIR/calibration.json, same variant) in the "
                         "checkpoint; label fusion then weighs the network as often right as "
                         "it was on unseen patients (default: none, temperature 1)")
+    p.add_argument("--no-verifier", action="store_true",
+                   help="do not train the mention verifier that checks each detected mention "
+                        "when the model labels with '--mentions auto' (docs/detection.md)")
     _training_options(p)
     _common(p)
 

@@ -41,6 +41,7 @@ from .data.outputs import OutputKind, claim_output, json_with_keys
 from .data.vocabulary import LabelSet
 from .labelling.endtoend import score_result, summarise
 from .labelling.folder import label_to_folder
+from .speech.verify import train_verifier
 from .synth import synth_cohort
 from .train.checkpoints import preprocessing_settings, save_checkpoint
 from .core.presets import preset_settings
@@ -128,8 +129,10 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     model_path = out / "model.pt"
     # The held-out folds' temperature calibrates the network for label fusion (docs/fusion.md).
     calibration = read_calibration(out / "evaluate", cfg.variant)
+    verifier = train_verifier(cohort, labelset, progress=progress, seed=s.seed)
     save_checkpoint(model_path, result, labelset, preprocessing_settings(ws, cfg),
-                    {"cohort": str(cohort), "demo": asdict(s)}, calibration=calibration)
+                    {"cohort": str(cohort), "demo": asdict(s)}, calibration=calibration,
+                    verifier=None if verifier is None else verifier.to_state())
     t = mark("train", t)
 
     label_result, files = label_to_folder(heldout, model_path, out / "labels", mentions="auto",

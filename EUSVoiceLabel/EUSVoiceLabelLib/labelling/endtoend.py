@@ -146,7 +146,7 @@ def end_to_end(cohort: Path, model: LabelModel, patients: Optional[Sequence[str]
             proc = load_procedure(folder, labelset=model.labelset)
             truth = list(proc.mentions)
             try:
-                found = resolve_mentions(proc, "auto", model.labelset)
+                found = resolve_mentions(proc, "auto", model.labelset, verifier=model.verifier)
             except MentionsError:
                 found = []  # nothing heard: every true mention of it is missed
             result = label_procedure(proc, model, found, with_cam=False) if found \

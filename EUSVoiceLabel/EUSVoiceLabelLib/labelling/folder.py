@@ -14,7 +14,8 @@ from ..data.mentions import Mention, read_mentions
 from ..data.outputs import claim_output, input_paths
 from ..data.procedure import Procedure, load_procedure
 from ..data.vocabulary import LabelSet
-from ..speech.detect import detect_mentions
+from ..speech.detect import detect_mentions, spot_candidates
+from ..speech.verify import MentionVerifier, verify_mentions
 from .output import LABEL_OUTPUT, LabelOutputWriter
 from .framemodel import check_labelset, default_frame_model_path, load_frame_model
 from .run import DEFAULT_CAM_THRESHOLD, LabelModel, LabelResult, label_procedure
@@ -22,14 +23,22 @@ from .whole import Anchor, label_steps, label_whole
 
 
 def resolve_mentions(proc: Procedure, mentions: Optional[str], labelset: LabelSet,
-                     progress: ProgressLike = False) -> list[Mention]:
+                     progress: ProgressLike = False,
+                     verifier: Optional[MentionVerifier] = None) -> list[Mention]:
     """The windows to label: ``"auto"`` detects them from the audio, a path reads a mentions
-    CSV or SRT/WebVTT transcript, None takes the procedure's own mentions.csv (else auto)."""
+    CSV or SRT/WebVTT transcript, None takes the procedure's own mentions.csv (else auto).
+
+    With ``verifier`` (the model's, :attr:`.run.LabelModel.verifier`) every detected candidate
+    is checked by it (:func:`..speech.verify.verify_mentions`)."""
     if mentions is None and proc.mentions:
         return list(proc.mentions)
     if mentions is None or str(mentions) == "auto":
-        found = detect_mentions(proc.audio, proc.sample_rate, labelset,
-                                audio_offset_s=proc.audio_offset_s, progress=progress)
+        if verifier is None:
+            found = detect_mentions(proc.audio, proc.sample_rate, labelset,
+                                    audio_offset_s=proc.audio_offset_s, progress=progress)
+        else:
+            hits = spot_candidates(proc.audio, proc.sample_rate, labelset, progress=progress)
+            found = verify_mentions(proc, hits, labelset, verifier)
         found = [m for m in found if 0 <= m.time_s < proc.duration_s]
         if not found:
             raise MentionsError("no landmark mention was detected in the audio", proc.path,
@@ -75,7 +84,8 @@ def label_to_folder(procedure: os.PathLike | str, model_path: os.PathLike | str,
         check_labelset(fm, model.labelset, fm_path)
     proc = load_procedure(procedure, labelset=model.labelset,
                           mentions=None if mentions is None else [])
-    chosen = resolve_mentions(proc, mentions, model.labelset, progress=progress)
+    chosen = resolve_mentions(proc, mentions, model.labelset, progress=progress,
+                              verifier=model.verifier)
     proc.check_mentions(chosen)
     writer = LabelOutputWriter(out_dir, proc, model.labelset, chosen, model.settings.frames,
                                cam_threshold, provenance={

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..core.errors import MentionsError
+from ..core.errors import CheckpointError, MentionsError
 from ..core.progress import ProgressLike, as_progress
 from ..data.audio import SpectrogramSettings, spectrogram
 from ..data.dataset import WindowSettings, resize_frames
@@ -59,6 +59,7 @@ class LabelModel:
         #: The network's calibration temperature for fusion (:func:`.fusion.checkpoint_temperature`).
         self.temperature: float = checkpoint_temperature(loaded.meta)
         self.device = device
+        self._verifier = None
         pre = loaded.preprocessing or {}
         size = pre.get("image_size") or list(loaded.config.image_size)
         self.settings = WindowSettings(
@@ -80,6 +81,22 @@ class LabelModel:
     @property
     def has_image(self) -> bool:
         return getattr(self.model, "image_branch", None) is not None
+
+    @property
+    def verifier(self):
+        """The checkpoint's mention verifier (:class:`..speech.verify.MentionVerifier`), None
+        when it holds none (a model trained before verifiers, or ``train --no-verifier``)."""
+        if self._loaded.verifier_state is None:
+            return None
+        if self._verifier is None:
+            from ..speech.verify import MentionVerifier  # deferred: pocketsphinx
+            try:
+                self._verifier = MentionVerifier.from_state(*self._loaded.verifier_state)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise CheckpointError(f"the checkpoint's mention verifier does not load "
+                                      f"({str(exc).splitlines()[0]})", None,
+                                      "train the model again with this version") from None
+        return self._verifier
 
 
 @dataclass

@@ -39,30 +39,35 @@ def load_untrusted_torch(path: os.PathLike | str, missing: tuple[str, str],
 DIGEST_KEY = "content_sha256"
 
 
-def weights_digest(data: dict, weights_key: str) -> str:
+def weights_digest(data: dict, weights_key: str, *more_keys: str) -> str:
     """SHA-256 over a checkpoint's metadata (as JSON) and every tensor's name, type, shape and
-    bytes under ``data[weights_key]``.  torch's zip reader does not check its CRCs, so without
-    this a flipped byte in the weights would load silently (found by fuzzing, test_fuzz.py)."""
+    bytes under ``data[weights_key]`` (and under each of ``more_keys``, its names prefixed with
+    the key; a file with one key hashes as before).  torch's zip reader does not check its CRCs,
+    so without this a flipped byte in the weights would load silently (found by fuzzing,
+    test_fuzz.py)."""
     h = hashlib.sha256()
-    meta = {k: v for k, v in data.items() if k not in (weights_key, DIGEST_KEY)}
+    keys = (weights_key, *more_keys)
+    meta = {k: v for k, v in data.items() if k not in (*keys, DIGEST_KEY)}
     h.update(json.dumps(meta, sort_keys=True).encode())
-    weights = data.get(weights_key)
-    for name in sorted(weights):
-        t = weights[name].detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(weights[name].shape)}".encode())
-        h.update(t.view(torch.uint8).numpy())
+    for key in keys:
+        weights = data.get(key)
+        prefix = "" if key == weights_key else f"{key}/"
+        for name in sorted(weights):
+            t = weights[name].detach().cpu().contiguous().reshape(-1)
+            h.update(f"{prefix}{name}|{t.dtype}|{tuple(weights[name].shape)}".encode())
+            h.update(t.view(torch.uint8).numpy())
     return h.hexdigest()
 
 
 def check_weights_digest(data: dict, weights_key: str, path: os.PathLike | str,
-                         hint: str) -> None:
+                         hint: str, more_keys: tuple[str, ...] = ()) -> None:
     """Raise CheckpointError when a checkpoint's stored digest does not match its content
     (files written before digests existed carry none and pass)."""
     stored = data.get(DIGEST_KEY)
     if stored is None:
         return
     try:
-        digest = weights_digest(data, weights_key)
+        digest = weights_digest(data, weights_key, *more_keys)
     except (TypeError, ValueError, AttributeError, RuntimeError):
         digest = None
     if digest != stored:

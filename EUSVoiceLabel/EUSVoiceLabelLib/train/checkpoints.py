@@ -29,6 +29,8 @@ from .loop import TrainResult
 
 CHECKPOINT_FORMAT = "eusvoicelabel-model"
 FORMAT_VERSION = 1
+VERIFIER_KEY = "verifier"                  # the mention verifier's settings (JSON) ...
+VERIFIER_WEIGHTS_KEY = "verifier_weights"  # ... and its weights, when the model has one
 #: ``train --out``: an existing file is replaced only when it is a model checkpoint of ours.
 CHECKPOINT = OutputKind("checkpoint", "a model checkpoint written by 'eusvoicelabel train'",
                         folder=False, signature=torch_file_of_format(CHECKPOINT_FORMAT))
@@ -54,10 +56,12 @@ def preprocessing_settings(data: Any, cfg: TrainConfig) -> dict[str, Any]:
 def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
                     preprocessing: dict[str, Any], extra: Optional[dict[str, Any]] = None,
                     inputs: Sequence[os.PathLike | str] = (),
-                    calibration: Optional[dict[str, Any]] = None) -> None:
+                    calibration: Optional[dict[str, Any]] = None,
+                    verifier: Optional[tuple[dict, dict[str, torch.Tensor]]] = None) -> None:
     """Write a model checkpoint atomically: weights, config, label set, preprocessing, version,
-    and the network's calibration for label fusion when given (``{"temperature": T, ...}``:
-    :func:`.evaluation.read_calibration`).
+    the network's calibration for label fusion when given (``{"temperature": T, ...}``:
+    :func:`.evaluation.read_calibration`) and the mention verifier when given (its settings and
+    weights, :meth:`..speech.verify.MentionVerifier.to_state`).
 
     ``path`` is claimed first (:func:`..data.outputs.claim_output`: not one of ``inputs``, and
     an existing file only when it is a checkpoint of ours).
@@ -77,14 +81,23 @@ def save_checkpoint(path: os.PathLike | str, result: TrainResult, labelset: Any,
         "calibration": calibration or {},
         "model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
     }
-    json.dumps({k: v for k, v in data.items() if k != "model"})  # fail early if not JSON-able
+    if verifier is not None:
+        data[VERIFIER_KEY] = dict(verifier[0])
+        data[VERIFIER_WEIGHTS_KEY] = {k: v.detach().cpu() for k, v in verifier[1].items()}
+    json.dumps({k: v for k, v in data.items()
+                if k not in ("model", VERIFIER_WEIGHTS_KEY)})  # fail early if not JSON-able
     data[DIGEST_KEY] = checkpoint_digest(data)
     torch_save_atomic(path, data)
 
 
+def _more_weights(data: dict[str, Any]) -> tuple[str, ...]:
+    return (VERIFIER_WEIGHTS_KEY,) if VERIFIER_WEIGHTS_KEY in data else ()
+
+
 def checkpoint_digest(data: dict[str, Any]) -> str:
-    """SHA-256 of a model checkpoint's metadata and weights (see :func:`..nn.torchfile.weights_digest`)."""
-    return weights_digest(data, "model")
+    """SHA-256 of a model checkpoint's metadata and weights, the verifier's included (see
+    :func:`..nn.torchfile.weights_digest`)."""
+    return weights_digest(data, "model", *_more_weights(data))
 
 
 @dataclass
@@ -97,6 +110,9 @@ class LoadedModel:
     preprocessing: dict[str, Any]
     package_version: str
     meta: dict[str, Any]
+    #: The mention verifier's (settings, weights) when the checkpoint holds one
+    #: (:class:`..speech.verify.MentionVerifier.from_state`).
+    verifier_state: Optional[tuple[dict, dict[str, torch.Tensor]]] = None
 
 
 def _check_preprocessing(pre: Any, cfg: TrainConfig) -> None:
@@ -134,7 +150,8 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError("not an EUSVoiceLabel model checkpoint", path,
                               "use a file written by 'eusvoicelabel train'")
-    check_weights_digest(data, "model", path, "use an undamaged copy or train the model again")
+    check_weights_digest(data, "model", path, "use an undamaged copy or train the model again",
+                         _more_weights(data))
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format {data.get('format_version')} is not "
                               f"supported by this version (expects {FORMAT_VERSION})", path,
@@ -179,9 +196,18 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
         raise CheckpointError(f"weights do not fit the {cfg.variant} network ({first})",
                               path) from None
     model.to(select_device(device)).eval()
-    meta = {k: v for k, v in data.items() if k not in ("model", DIGEST_KEY)}
-    return LoadedModel(model, cfg, stored, dict(data.get("preprocessing", {})), version, meta)
+    meta = {k: v for k, v in data.items() if k not in ("model", VERIFIER_WEIGHTS_KEY, DIGEST_KEY)}
+    verifier = None
+    if isinstance(data.get(VERIFIER_KEY), dict):
+        vw = data.get(VERIFIER_WEIGHTS_KEY)
+        if not isinstance(vw, dict) or not all(isinstance(v, torch.Tensor) for v in vw.values()):
+            raise CheckpointError("checkpoint names a mention verifier but holds no weights "
+                                  "for it", path, "train the model again")
+        verifier = (dict(data[VERIFIER_KEY]), vw)
+    return LoadedModel(model, cfg, stored, dict(data.get("preprocessing", {})), version, meta,
+                       verifier)
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "LoadedModel", "preprocessing_settings",
-           "checkpoint_digest", "CHECKPOINT_FORMAT", "FORMAT_VERSION", "CHECKPOINT"]
+           "checkpoint_digest", "CHECKPOINT_FORMAT", "FORMAT_VERSION", "CHECKPOINT",
+           "VERIFIER_KEY", "VERIFIER_WEIGHTS_KEY"]

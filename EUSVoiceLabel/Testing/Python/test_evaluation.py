@@ -215,7 +215,7 @@ def test_cli_evaluate_and_train_on_a_synthetic_cohort(tiny_cohort, tmp_path, mon
     # fuses with it; for another variant it is refused before any training.
     calibrated = tmp_path / "calibrated.pt"
     assert main(["train", str(tiny_cohort), "--out", str(calibrated), "--variant",
-                 "image_only", "--temperature-from", str(out), *small]) == 0
+                 "image_only", "--temperature-from", str(out), "--no-verifier", *small]) == 0
     from EUSVoiceLabelLib.labelling.run import LabelModel
     assert LabelModel.load(calibrated, device="cpu").temperature == \
         pytest.approx(cal["temperature"])
@@ -230,6 +230,14 @@ def test_cli_evaluate_and_train_on_a_synthetic_cohort(tiny_cohort, tmp_path, mon
     assert loaded.preprocessing["spectrogram"]["scale"] in ("log", "magnitude")
     assert not (tmp_path / "model.pt.resume.pt").exists()
     assert loaded.meta["calibration"] == {}  # no --temperature-from: temperature 1
+    # The mention verifier learnt from the cohort's recordings rides in the checkpoint
+    # (not with --no-verifier), and labelling with detected mentions is checked by it.
+    assert loaded.verifier_state is not None and load_checkpoint(calibrated).verifier_state is None
+    assert LabelModel.load(model, device="cpu").verifier is not None
+    patient = sorted(p for p in tiny_cohort.iterdir() if p.is_dir())[0]
+    assert main(["label", str(patient), "--model", str(model), "--mentions", "auto", "--out",
+                 str(tmp_path / "labels"), "--quiet", "--device", "cpu"]) == 0
+    assert (tmp_path / "labels" / "labels.csv").is_file()
     # a pretrained variant without weights is a one-line error, exit code 2
     assert main(["evaluate", str(tiny_cohort), "--out", str(tmp_path / "e2"), "--variant",
                  "vgg16_pretrained", *small]) == 2
