@@ -129,7 +129,9 @@ def run_demo(out: Path, settings: Optional[DemoSettings] = None, device: str = "
     model_path = out / "model.pt"
     # The held-out folds' temperature calibrates the network for label fusion (docs/fusion.md).
     calibration = read_calibration(out / "evaluate", cfg.variant)
-    verifier = train_verifier(cohort, labelset, progress=progress, seed=s.seed)
+    # One member, fewer epochs: the demo's cohort is tiny and its budget minutes.
+    verifier = train_verifier(cohort, labelset, progress=progress, seed=s.seed, members=1,
+                              epochs=20)
     save_checkpoint(model_path, result, labelset, preprocessing_settings(ws, cfg),
                     {"cohort": str(cohort), "demo": asdict(s)}, calibration=calibration,
                     verifier=None if verifier is None else verifier.to_state())
