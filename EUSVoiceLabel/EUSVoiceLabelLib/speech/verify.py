@@ -52,6 +52,8 @@ VERIFIER_FORMAT = 1
 N_BANDS = 48                  # mel bands ...
 BAND_RANGE_HZ = (60.0, 7600.0)  # ... over the speech band
 CROP_FRAMES = CONTEXT_FRAMES - 10  # training crops shift the context by up to 10 frames
+MAX_BAND_MASK = 6             # SpecAugment-style masks of training windows: bands ...
+MAX_TIME_MASK = 10            # ... and frames
 CANDIDATE_THRESHOLD = 0.2     # spotter confidence a candidate needs to be checked
 TRAIN_CANDIDATE_THRESHOLD = 0.01  # ... and to be a training window
 ONSET_TOLERANCE_S = 0.5       # a candidate this close to a mention's onset is that mention
@@ -118,11 +120,12 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n, bands, frames = x.shape
     off = torch.randint(0, frames - CROP_FRAMES + 1, (n,), generator=gen)
     out = torch.stack([x[i, :, o:o + CROP_FRAMES] for i, o in enumerate(off.tolist())])
+    def draw(high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=gen))
+
     for i in range(n):
-        f, t = (int(v) for v in torch.randint(0, 7, (1,), generator=gen).tolist() +
-                torch.randint(0, 11, (1,), generator=gen).tolist())
-        f0 = int(torch.randint(0, bands - f + 1, (1,), generator=gen))
-        t0 = int(torch.randint(0, CROP_FRAMES - t + 1, (1,), generator=gen))
+        f, t = draw(MAX_BAND_MASK + 1), draw(MAX_TIME_MASK + 1)
+        f0, t0 = draw(bands - f + 1), draw(CROP_FRAMES - t + 1)
         out[i, f0:f0 + f] = 0.0
         out[i, :, t0:t0 + t] = 0.0
     return out
