@@ -483,7 +483,28 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
                         "paper's five)")
     p.add_argument("--workers", type=_positive, default=None,
                    help="decoding processes (default: up to 2 on long recordings)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="check every detected mention with this model's mention verifier, "
+                        "as 'label --mentions auto' does (docs/detection.md step 6)")
     _common(p)
+
+
+def _verified_mentions(args: argparse.Namespace, progress) -> list:
+    """``detect --model``: the spotter's candidates checked by the model's verifier."""
+    from .labelling.run import LabelModel  # deferred: torch
+    from .speech.detect import spot_candidates
+    from .speech.verify import verify_mentions
+
+    model = LabelModel.load(args.model, device="cpu")
+    if model.verifier is None:
+        raise ConfigError("the model holds no mention verifier", args.model,
+                          "train it again without --no-verifier, or detect without --model")
+    labelset = model.labelset
+    proc = load_procedure(args.procedure, labelset=labelset, mentions=[])
+    hits = spot_candidates(proc.audio, proc.sample_rate, labelset, progress=progress,
+                           workers=args.workers)
+    return [m for m in verify_mentions(proc, hits, labelset, model.verifier)
+            if 0 <= m.time_s < proc.duration_s]
 
 
 def _run_detect(args: argparse.Namespace) -> int:
@@ -493,7 +514,11 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     labelset = load_labelset(args.vocab or args.labels, args.procedure)
     progress = _progress(args)
-    inputs = input_paths(args.procedure, labels_file(args.procedure), args.vocab, args.labels)
+    inputs = input_paths(args.procedure, labels_file(args.procedure), args.vocab, args.labels,
+                         args.model)
+    if args.model is not None and (args.calibrate or args.evaluate):
+        raise ConfigError("--model checks the mentions of one procedure",
+                          hint="drop --model with --evaluate or --calibrate")
     if args.calibrate:
         if args.out is None:
             raise ConfigError("--calibrate needs --out VOCAB.json")
@@ -524,8 +549,11 @@ def _run_detect(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("detect needs --out MENTIONS.csv")
     claim_output(args.out, DETECTED_MENTIONS, inputs)
-    mentions = detect_procedure(args.procedure, labelset, progress=progress,
-                                workers=args.workers)
+    if args.model is not None:
+        mentions = _verified_mentions(args, progress)
+    else:
+        mentions = detect_procedure(args.procedure, labelset, progress=progress,
+                                    workers=args.workers)
     write_mentions_csv(args.out, mentions)
     print(f"{len(mentions)} mentions written to {args.out}")
     return 0

@@ -238,6 +238,17 @@ def test_cli_evaluate_and_train_on_a_synthetic_cohort(tiny_cohort, tmp_path, mon
     assert main(["label", str(patient), "--model", str(model), "--mentions", "auto", "--out",
                  str(tmp_path / "labels"), "--quiet", "--device", "cpu"]) == 0
     assert (tmp_path / "labels" / "labels.csv").is_file()
+    # detect --model writes the verified mentions: a subset of the spotter's candidates at
+    # 0.2, each with the combined confidence; a model without a verifier is refused.
+    verified = tmp_path / "verified.csv"
+    assert main(["detect", str(patient), "--model", str(model), "--out", str(verified),
+                 "--quiet"]) == 0
+    from EUSVoiceLabelLib.data.mentions import read_mentions_csv
+    rows = read_mentions_csv(verified, LabelSet.default())
+    assert rows and all(m.source == "auto" and 0.5 <= m.confidence <= 1 for m in rows)
+    assert main(["detect", str(patient), "--model", str(calibrated), "--out",
+                 str(tmp_path / "v2.csv"), "--quiet"]) == 2
+    assert not (tmp_path / "v2.csv").exists()
     # a pretrained variant without weights is a one-line error, exit code 2
     assert main(["evaluate", str(tiny_cohort), "--out", str(tmp_path / "e2"), "--variant",
                  "vgg16_pretrained", *small]) == 2
