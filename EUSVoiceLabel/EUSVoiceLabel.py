@@ -1033,9 +1033,8 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         candidate is checked by it, as ``eusvoicelabel label --mentions auto`` does.
         """
         # deferred: pocketsphinx (requirements.txt)
-        from EUSVoiceLabelLib.speech.detect import (DetectionCancelled, select_mentions,
-                                                    spot_candidates)
-        from EUSVoiceLabelLib.speech.verify import verify_mentions
+        from EUSVoiceLabelLib.speech.detect import DetectionCancelled
+        from EUSVoiceLabelLib.speech.verify import find_mentions
 
         proc = self.procedureForSequence(sequenceNode)
         verifier = None
@@ -1044,13 +1043,10 @@ class EUSVoiceLabelLogic(ScriptedLoadableModuleLogic):
         try:
             # In this process (workers=1): worker processes would be started from Slicer's
             # own executable.
-            hits = spot_candidates(proc.audio, proc.sample_rate, proc.labelset, workers=1,
-                                   progress=CallbackProgress(progressCallback, shouldStop))
+            found = find_mentions(proc, proc.labelset, verifier, workers=1,
+                                  progress=CallbackProgress(progressCallback, shouldStop))
         except DetectionCancelled:
             return None
-        found = select_mentions(hits, proc.labelset, audio_offset_s=proc.audio_offset_s) \
-            if verifier is None else verify_mentions(proc, hits, proc.labelset, verifier)
-        found = [m for m in found if 0 <= m.time_s < proc.duration_s]
         return self.mentionsToTable(found, sequenceNode, tableNode)
 
     # ------------------------------------------------------------------ tables

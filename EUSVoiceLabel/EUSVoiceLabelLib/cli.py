@@ -485,30 +485,31 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
                    help="decoding processes (default: up to 2 on long recordings)")
     p.add_argument("--model", type=Path, default=None,
                    help="check every detected mention with this model's mention verifier, "
-                        "as 'label --mentions auto' does (docs/detection.md step 6)")
+                        "as 'label --mentions auto' does (docs/detection.md step 6); a "
+                        "--vocab must name the model's labels")
     _common(p)
 
 
-def _verified_mentions(args: argparse.Namespace, progress) -> list:
-    """``detect --model``: the spotter's candidates checked by the model's verifier."""
+def _detection_model(args: argparse.Namespace, labelset):
+    """``detect --model``: (the model's mention verifier, the vocabulary to detect with: the
+    model's, or ``--vocab`` when it names the model's labels)."""
     from .labelling.run import LabelModel  # deferred: torch
-    from .speech.detect import spot_candidates
-    from .speech.verify import verify_mentions
 
     model = LabelModel.load(args.model, device="cpu")
     if model.verifier is None:
         raise ConfigError("the model holds no mention verifier", args.model,
                           "train it again without --no-verifier, or detect without --model")
-    labelset = model.labelset
-    proc = load_procedure(args.procedure, labelset=labelset, mentions=[])
-    hits = spot_candidates(proc.audio, proc.sample_rate, labelset, progress=progress,
-                           workers=args.workers)
-    return [m for m in verify_mentions(proc, hits, labelset, model.verifier)
-            if 0 <= m.time_s < proc.duration_s]
+    if args.vocab is None:
+        return model.verifier, model.labelset
+    if list(labelset.ids) != list(model.labelset.ids):
+        raise ConfigError(f"the vocabulary names other labels than the model "
+                          f"({', '.join(model.labelset.ids)})", args.vocab,
+                          "calibrate a vocabulary of the model's labels, or drop --vocab")
+    return model.verifier, labelset
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from .speech.detect import DETECTED_MENTIONS, detect_procedure  # deferred: pocketsphinx
+    from .speech.detect import DETECTED_MENTIONS  # deferred: pocketsphinx
     from .speech.calibrate import CALIBRATED_VOCABULARY, calibrate
     from .speech.evaluate import DETECTION_REPORT, evaluate_detection
 
@@ -549,11 +550,13 @@ def _run_detect(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("detect needs --out MENTIONS.csv")
     claim_output(args.out, DETECTED_MENTIONS, inputs)
+    from .speech.verify import find_mentions  # deferred: torch
+
+    verifier = None
     if args.model is not None:
-        mentions = _verified_mentions(args, progress)
-    else:
-        mentions = detect_procedure(args.procedure, labelset, progress=progress,
-                                    workers=args.workers)
+        verifier, labelset = _detection_model(args, labelset)
+    proc = load_procedure(args.procedure, labelset=labelset, mentions=[])
+    mentions = find_mentions(proc, labelset, verifier, progress=progress, workers=args.workers)
     write_mentions_csv(args.out, mentions)
     print(f"{len(mentions)} mentions written to {args.out}")
     return 0

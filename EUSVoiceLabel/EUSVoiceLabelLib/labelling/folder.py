@@ -14,8 +14,7 @@ from ..data.mentions import Mention, read_mentions
 from ..data.outputs import claim_output, input_paths
 from ..data.procedure import Procedure, load_procedure
 from ..data.vocabulary import LabelSet
-from ..speech.detect import detect_mentions, spot_candidates
-from ..speech.verify import MentionVerifier, verify_mentions
+from ..speech.verify import MentionVerifier, find_mentions
 from .output import LABEL_OUTPUT, LabelOutputWriter
 from .framemodel import check_labelset, default_frame_model_path, load_frame_model
 from .run import DEFAULT_CAM_THRESHOLD, LabelModel, LabelResult, label_procedure
@@ -29,17 +28,11 @@ def resolve_mentions(proc: Procedure, mentions: Optional[str], labelset: LabelSe
     CSV or SRT/WebVTT transcript, None takes the procedure's own mentions.csv (else auto).
 
     With ``verifier`` (the model's, :attr:`.run.LabelModel.verifier`) every detected candidate
-    is checked by it (:func:`..speech.verify.verify_mentions`)."""
+    is checked by it (:func:`..speech.verify.find_mentions`)."""
     if mentions is None and proc.mentions:
         return list(proc.mentions)
     if mentions is None or str(mentions) == "auto":
-        if verifier is None:
-            found = detect_mentions(proc.audio, proc.sample_rate, labelset,
-                                    audio_offset_s=proc.audio_offset_s, progress=progress)
-        else:
-            hits = spot_candidates(proc.audio, proc.sample_rate, labelset, progress=progress)
-            found = verify_mentions(proc, hits, labelset, verifier)
-        found = [m for m in found if 0 <= m.time_s < proc.duration_s]
+        found = find_mentions(proc, labelset, verifier, progress=progress)
         if not found:
             raise MentionsError("no landmark mention was detected in the audio", proc.path,
                                 "check the recording, or give a mentions CSV or transcript")

@@ -266,12 +266,19 @@ def detect_mentions(audio: np.ndarray, sample_rate: int, labelset: Optional[Labe
     return select_mentions(hits, labelset, thresholds, audio_offset_s)
 
 
+def in_video(mentions: Iterable[Mention], duration_s: float) -> list[Mention]:
+    """The mentions whose onset lies within a video of ``duration_s`` (the audio may run
+    longer, or start before it)."""
+    return [m for m in mentions if 0 <= m.time_s < duration_s]
+
+
 def detect_procedure(path_or_procedure: Union[str, os.PathLike, Procedure],
                      labelset: Optional[LabelSet] = None,
                      vocab: Union[str, os.PathLike, LabelSet, None] = None,
                      progress: ProgressLike = False, workers: Optional[int] = None
                      ) -> list[Mention]:
-    """Detect the mentions of a procedure folder (or a loaded :class:`Procedure`).
+    """Detect the mentions of a procedure folder (or a loaded :class:`Procedure`), those whose
+    onset lies within its video.
 
     ``vocab`` is a calibrated vocabulary (``detect --calibrate`` output) or a LabelSet; it
     replaces ``labelset``.  Default vocabulary: the procedure's ``labels.json`` or the paper's.
@@ -287,5 +294,6 @@ def detect_procedure(path_or_procedure: Union[str, os.PathLike, Procedure],
         labelset = labelset or load_labelset(None, path_or_procedure)
         proc = load_procedure(path_or_procedure, labelset=labelset)
     samples, rate = proc._native_audio()
-    return detect_mentions(samples, rate, labelset, audio_offset_s=proc.audio_offset_s,
-                           progress=progress, workers=workers)
+    found = detect_mentions(samples, rate, labelset, audio_offset_s=proc.audio_offset_s,
+                            progress=progress, workers=workers)
+    return in_video(found, proc.duration_s)

@@ -123,9 +123,11 @@ def _patient_candidates(folder: Path, labelset: LabelSet, workers: Optional[int]
 
 
 def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[LabelSet] = None,
-                       progress: ProgressLike = True, workers: Optional[int] = None
+                       progress: ProgressLike = True, workers: Optional[int] = None,
+                       patients: Optional[Sequence[str]] = None
                        ) -> tuple[list[PatientCandidates], LabelSet]:
-    """Run the spotter (no thresholds) on every patient of a cohort that has mentions.
+    """Run the spotter (no thresholds) on every patient of a cohort that has mentions
+    (``patients``: only the folders of these names).
 
     Patients are decoded ``workers`` at a time in separate processes (default: one per core, at
     most 2), each patient in one process; a patient's ``seconds`` is then its share of the
@@ -134,7 +136,8 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
     """
     cohort = Path(cohort)
     labelset = labelset or load_labelset(None, cohort)
-    patients = find_patients(cohort)
+    names = None if patients is None else set(patients)
+    patients = [f for f in find_patients(cohort) if names is None or f.name in names]
     n_workers = default_workers() if workers is None else max(1, int(workers))
     n_workers = min(n_workers, len(patients))
     with as_progress(progress).task("detect", total=len(patients), unit="patient") as task:

@@ -43,7 +43,8 @@ from ..data.audio import power_db_context
 from ..data.mentions import Mention
 from ..data.procedure import Procedure, load_procedure
 from ..data.vocabulary import LabelSet
-from .detect import select_mentions
+from .detect import detect_procedure, in_video, select_mentions, spot_candidates
+from .evaluate import ONSET_TOLERANCE_S, collect_candidates
 from .spotter import DEFAULT_THRESHOLD, Hit, build_keyphrases
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ MAX_BAND_MASK = 6             # SpecAugment-style masks of training windows: ban
 MAX_TIME_MASK = 10            # ... and frames
 CANDIDATE_THRESHOLD = 0.2     # spotter confidence a candidate needs to be checked
 TRAIN_CANDIDATE_THRESHOLD = 0.01  # ... and to be a training window
-ONSET_TOLERANCE_S = 0.5       # a candidate this close to a mention's onset is that mention
 SPEECH_NEGATIVES = 40         # other-speech windows per training recording, at most
 NEGATIVE_GAP_S = 0.3          # ... at least this far apart
 VERIFIER_WEIGHT = 0.5
@@ -209,15 +209,21 @@ def combined_confidence(spotter: float, verifier: float,
     return 1.0 / (1.0 + math.exp(-(logit(spotter) + weight * logit(verifier))))
 
 
+def _candidates(proc: Procedure, hits: Sequence[Hit], labelset: LabelSet,
+                threshold: float) -> list[Mention]:
+    """The mentions of a recording's hits at one confidence threshold for every label, within
+    the video."""
+    found = select_mentions(hits, labelset, {lab.id: threshold for lab in labelset.labels},
+                            proc.audio_offset_s)
+    return in_video(found, proc.duration_s)
+
+
 def verify_mentions(proc: Procedure, hits: Sequence[Hit], labelset: LabelSet,
                     verifier: MentionVerifier) -> list[Mention]:
     """The mentions of a recording's spotter hits that the verifier confirms: candidates down
     to its candidate threshold, each with the combined confidence, kept at their phrase's
     threshold."""
-    ids = [lab.id for lab in labelset.labels]
-    candidates = select_mentions(hits, labelset, {i: verifier.candidate_threshold for i in ids},
-                                 proc.audio_offset_s)
-    candidates = [m for m in candidates if 0 <= m.time_s < proc.duration_s]
+    candidates = _candidates(proc, hits, labelset, verifier.candidate_threshold)
     thresholds = {kp.phrase: kp.threshold for kp in build_keyphrases(labelset)}
     p = verifier.probability(proc, candidates)
     out = []
@@ -228,15 +234,29 @@ def verify_mentions(proc: Procedure, hits: Sequence[Hit], labelset: LabelSet,
     return out
 
 
+def find_mentions(proc: Procedure, labelset: Optional[LabelSet] = None,
+                  verifier: Optional[MentionVerifier] = None, *,
+                  progress: ProgressLike = False,
+                  workers: Optional[int] = None) -> list[Mention]:
+    """The landmark mentions heard in a procedure's audio, on the video clock and within the
+    video: the spotter's detections (:func:`.detect.detect_procedure`), or with ``verifier``
+    its candidates checked by it (:func:`verify_mentions`).  The one detection path of
+    ``detect``, ``label --mentions auto`` and the Slicer module; ``progress`` and ``workers``
+    as for :func:`.detect.spot_candidates`."""
+    labelset = labelset or proc.labelset
+    if verifier is None:
+        return detect_procedure(proc, labelset, progress=progress, workers=workers)
+    samples, rate = proc._native_audio()
+    hits = spot_candidates(samples, rate, labelset, progress=progress, workers=workers)
+    return verify_mentions(proc, hits, labelset, verifier)
+
+
 def training_windows(proc: Procedure, hits: Sequence[Hit], labelset: LabelSet,
                      reference: Sequence[Mention], seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
     """The verifier's training windows of one recording (see the module doc): features
     (N, N_BANDS, CONTEXT_FRAMES) and 1 / 0 targets."""
-    ids = [lab.id for lab in labelset.labels]
-    cands = select_mentions(hits, labelset, {i: TRAIN_CANDIDATE_THRESHOLD for i in ids},
-                            proc.audio_offset_s)
-    cands = [m for m in cands if 0 <= m.time_s < proc.duration_s]
+    cands = _candidates(proc, hits, labelset, TRAIN_CANDIDATE_THRESHOLD)
     near = [any(abs(m.time_s - r.time_s) <= ONSET_TOLERANCE_S for r in reference)
             for m in cands]
     lead = 1.2  # an other-speech onset this far before a mention would hear its start
@@ -264,12 +284,10 @@ def train_verifier(cohort: Path | str, labelset: LabelSet, progress: ProgressLik
                    patients: Optional[Sequence[str]] = None) -> Optional[MentionVerifier]:
     """Train the verifier on a cohort's recordings and their mentions (``patients``: only
     those procedures); None when the cohort gives no negative or no positive window."""
-    from .evaluate import collect_candidates  # deferred: pocketsphinx workers
-
-    cands, labelset = collect_candidates(cohort, labelset, progress=progress)
+    chosen, labelset = collect_candidates(cohort, labelset, progress=progress,
+                                          patients=patients)
     feats, targets = [], []
     reporter = as_progress(progress)
-    chosen = [c for c in cands if patients is None or c.name in set(patients)]
     with reporter.task("verifier windows", total=len(chosen), unit="patient") as task:
         for i, pc in enumerate(chosen):
             proc = load_procedure(Path(cohort) / pc.name, labelset=labelset)
@@ -296,5 +314,6 @@ def train_verifier(cohort: Path | str, labelset: LabelSet, progress: ProgressLik
 
 
 __all__ = ["MentionVerifier", "MentionVerifierNet", "train_verifier", "verify_mentions",
+           "find_mentions",
            "combined_confidence", "context_features", "mel_filters", "training_windows",
            "CANDIDATE_THRESHOLD", "VERIFIER_WEIGHT"]

@@ -195,6 +195,14 @@ def test_detect_cli_writes_mentions_csv(speech, tmp_path):
     assert abs(float(rows[0]["time_s"]) - (truth[0][0] - 0.5)) < 0.15
     # The same through the Python API, and a cohort evaluation against those mentions.
     assert [m.label for m in detect_procedure(proc)] == EXPECTED_LABELS
+    # Audio starting 2 s before the video: the first mention (1 s into the audio) has no
+    # video, so it is not written.
+    early = make_procedure(tmp_path / "other" / "p2", seconds=18.0, mentions=None,
+                           settings={"audio_offset_s": 2.0})
+    shutil.copy(proc / "audio.wav", early / "audio.wav")
+    assert main(["detect", str(early), "--out", str(tmp_path / "early.csv"), "--quiet"]) == 0
+    assert [r["label"] for r in csv.DictReader((tmp_path / "early.csv").open())] == \
+        EXPECTED_LABELS[1:]
     shutil.copy(out, proc / "mentions.csv")
     report_path = tmp_path / "report.json"
     assert main(["detect", str(cohort), "--evaluate", "--out", str(report_path),

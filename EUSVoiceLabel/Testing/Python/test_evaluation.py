@@ -249,6 +249,22 @@ def test_cli_evaluate_and_train_on_a_synthetic_cohort(tiny_cohort, tmp_path, mon
     assert main(["detect", str(patient), "--model", str(calibrated), "--out",
                  str(tmp_path / "v2.csv"), "--quiet"]) == 2
     assert not (tmp_path / "v2.csv").exists()
+    # A calibrated vocabulary of the model's labels is used (every threshold 1: nothing is
+    # kept); one of other labels is refused.
+    strict = LabelSet.default().to_json()
+    for lab in strict["labels"]:
+        lab["thresholds"] = {ph: 1.0 for ph in [lab["name"], *lab.get("synonyms", [])]}
+    (tmp_path / "strict.json").write_text(json.dumps(strict))
+    assert main(["detect", str(patient), "--model", str(model), "--vocab",
+                 str(tmp_path / "strict.json"), "--out", str(tmp_path / "v3.csv"),
+                 "--quiet"]) == 0
+    assert (tmp_path / "v3.csv").read_text().strip().splitlines()[1:] == []
+    other = {"labels": [{"id": "liver", "name": "liver"}]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["detect", str(patient), "--model", str(model), "--vocab",
+                 str(tmp_path / "other.json"), "--out", str(tmp_path / "v4.csv"),
+                 "--quiet"]) == 2
+    assert not (tmp_path / "v4.csv").exists()
     # a pretrained variant without weights is a one-line error, exit code 2
     assert main(["evaluate", str(tiny_cohort), "--out", str(tmp_path / "e2"), "--variant",
                  "vgg16_pretrained", *small]) == 2
