@@ -274,9 +274,14 @@ class Procedure:
     def has_audio(self) -> bool:
         return self.audio_path is not None
 
-    def _native_audio(self) -> tuple[np.ndarray, int]:
-        """Audio at the file's own rate (decoded once, kept: 4x smaller than 48 kHz for
-        16 kHz recordings, so long procedures stay light)."""
+    def native_audio(self) -> tuple[np.ndarray, int]:
+        """(samples, rate): the recording at its file's own rate, as the detector decodes it
+        (decoded once and kept: 4x smaller than 48 kHz for 16 kHz recordings, so long
+        procedures stay light).
+
+        Raises:
+            MediaError: the procedure has no audio.
+        """
         if self._native is None:
             if self.audio_path is None:
                 raise MediaError("no audio: no audio.* file and no audio track in the video",
@@ -294,13 +299,13 @@ class Procedure:
             MediaError: the procedure has no audio.
         """
         if self._audio is None:
-            samples, rate = self._native_audio()
+            samples, rate = self.native_audio()
             self._audio = resample(samples, rate, self.sample_rate)
         return self._audio
 
     @property
     def audio_duration_s(self) -> float:
-        samples, rate = self._native_audio()
+        samples, rate = self.native_audio()
         return len(samples) / rate
 
     def audio_segment(self, t0: float, t1: float) -> np.ndarray:
@@ -313,7 +318,7 @@ class Procedure:
         if self._audio is not None:
             src, rate = self._audio, self.sample_rate
         else:
-            src, rate = self._native_audio()
+            src, rate = self.native_audio()
         a0 = t0 + self.audio_offset_s
         margin = 0.05 if rate != self.sample_rate else 0.0
         i0 = int(np.floor((a0 - margin) * rate))
@@ -397,7 +402,7 @@ class Procedure:
             "audio": str(self.audio_path) if self.audio_path else "none",
         }
         if self.audio_path is not None:
-            out["audio_native_rate"] = self._native_audio()[1]
+            out["audio_native_rate"] = self.native_audio()[1]
             out["audio_rate"] = self.sample_rate
             out["audio_duration_s"] = round(self.audio_duration_s, 3)
         out["audio_offset_s"] = self.audio_offset_s

@@ -293,7 +293,7 @@ def detect_procedure(path_or_procedure: Union[str, os.PathLike, Procedure],
     else:
         labelset = labelset or load_labelset(None, path_or_procedure)
         proc = load_procedure(path_or_procedure, labelset=labelset)
-    samples, rate = proc._native_audio()
+    samples, rate = proc.native_audio()
     found = detect_mentions(samples, rate, labelset, audio_offset_s=proc.audio_offset_s,
                             progress=progress, workers=workers)
     return in_video(found, proc.duration_s)

@@ -115,7 +115,7 @@ def _patient_candidates(folder: Path, labelset: LabelSet, workers: Optional[int]
     if proc.mentions_path is None:
         log.warning("%s has no mentions.csv: skipped", folder)
         return None
-    samples, rate = proc._native_audio()
+    samples, rate = proc.native_audio()
     t0 = time.perf_counter()
     hits = spot_candidates(samples, rate, labelset, workers=workers)
     return PatientCandidates(proc.name, hits, list(proc.mentions), proc.audio_offset_s,

@@ -246,7 +246,7 @@ def find_mentions(proc: Procedure, labelset: Optional[LabelSet] = None,
     labelset = labelset or proc.labelset
     if verifier is None:
         return detect_procedure(proc, labelset, progress=progress, workers=workers)
-    samples, rate = proc._native_audio()
+    samples, rate = proc.native_audio()
     hits = spot_candidates(samples, rate, labelset, progress=progress, workers=workers)
     return verify_mentions(proc, hits, labelset, verifier)
 
