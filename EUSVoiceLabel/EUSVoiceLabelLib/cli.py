@@ -495,17 +495,13 @@ def _detection_model(args: argparse.Namespace, labelset):
     model's, or ``--vocab`` when it names the model's labels)."""
     from .labelling.run import LabelModel  # deferred: torch
 
-    model = LabelModel.load(args.model, device="cpu")
+    vocab = labelset if args.vocab is not None else None
+    # the checkpoint's own check refuses a vocabulary of other labels
+    model = LabelModel.load(args.model, device="cpu", labelset=vocab)
     if model.verifier is None:
         raise ConfigError("the model holds no mention verifier", args.model,
                           "train it again without --no-verifier, or detect without --model")
-    if args.vocab is None:
-        return model.verifier, model.labelset
-    if list(labelset.ids) != list(model.labelset.ids):
-        raise ConfigError(f"the vocabulary names other labels than the model "
-                          f"({', '.join(model.labelset.ids)})", args.vocab,
-                          "calibrate a vocabulary of the model's labels, or drop --vocab")
-    return model.verifier, labelset
+    return model.verifier, vocab if vocab is not None else model.labelset
 
 
 def _run_detect(args: argparse.Namespace) -> int:

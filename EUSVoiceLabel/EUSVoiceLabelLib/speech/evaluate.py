@@ -137,17 +137,17 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
     cohort = Path(cohort)
     labelset = labelset or load_labelset(None, cohort)
     names = None if patients is None else set(patients)
-    patients = [f for f in find_patients(cohort) if names is None or f.name in names]
+    folders = [f for f in find_patients(cohort) if names is None or f.name in names]
     n_workers = default_workers() if workers is None else max(1, int(workers))
-    n_workers = min(n_workers, len(patients))
-    with as_progress(progress).task("detect", total=len(patients), unit="patient") as task:
+    n_workers = min(n_workers, len(folders))
+    with as_progress(progress).task("detect", total=len(folders), unit="patient") as task:
         if n_workers > 1:
             with spawn_pool(n_workers) as pool:
                 # Warm the workers (imports, decoder set-up) outside the timing.
                 list(pool.map(_warm_worker, [labelset] * n_workers))
                 t0 = time.perf_counter()
                 found = run_tasks(pool, _patient_candidates,
-                                  [(f, labelset, 1) for f in patients],
+                                  [(f, labelset, 1) for f in folders],
                                   on_result=lambda i, c: task.advance(), ordered=True)
                 wall = time.perf_counter() - t0
             out = [c for c in found if c is not None]
@@ -156,7 +156,7 @@ def collect_candidates(cohort: Union[str, os.PathLike], labelset: Optional[Label
         else:
             get_spotter(labelset)  # build once, outside the timing
             out = []
-            for folder in patients:
+            for folder in folders:
                 # One patient at a time: its own long recordings may still be cut into pieces
                 # decoded in parallel (see spot_candidates).
                 c = _patient_candidates(folder, labelset, workers)

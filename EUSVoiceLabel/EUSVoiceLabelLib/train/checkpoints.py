@@ -175,7 +175,7 @@ def load_checkpoint(path: os.PathLike | str, labelset: Any = None, variant: Opti
     if labelset is not None and list(labelset.ids) != list(stored.ids):
         raise CheckpointError(
             f"checkpoint was trained on labels {stored.ids}, not {list(labelset.ids)}", path,
-            "use a model trained with this label vocabulary or drop --labels")
+            "use a model trained with this label vocabulary, or drop --labels / --vocab")
     if variant is not None and variant != cfg.variant:
         raise CheckpointError(f"checkpoint holds variant {cfg.variant!r}, not {variant!r}", path)
     weights = data.get("model")
