@@ -107,7 +107,7 @@ _PAPER_SIZE = f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
 _TRAIN_FIELDS = ("epochs", "lr", "batch_size", "image_size", "frames", "width", "joint_scale",
                  "seed", "optimizer", "weight_decay", "schedule", "label_smoothing", "augment",
                  "voice_init", "voice_lr_scale", "late_voice", "image_dropout",
-                 "joint_bound", "image_aux_weight")
+                 "joint_bound", "image_aux_weight", "voice_aux_weight")
 
 
 def _variant_choice(text: str) -> str:
@@ -200,6 +200,9 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                    help="joint variants: give the image branch its own class head, trained "
                         "with this weight on its loss beside the joint loss; heat maps "
                         "explain it (default: 0, none)")
+    p.add_argument("--voice-aux-weight", type=float, default=None, metavar="W",
+                   help="with --late-voice: train the late voice path's own class scores "
+                        "with this weight on their loss beside the joint loss (default: 0)")
 
 
 # --------------------------------------------------------------------------- info

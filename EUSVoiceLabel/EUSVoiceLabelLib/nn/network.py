@@ -315,7 +315,9 @@ class EUSVoiceLabelNet(nn.Module):
         # own class scores, as the voice-only head computes them, added to the joint logits.
         # The joint head can only express a class through the time pattern of P (its input
         # channels are P's time steps), so a voice branch pretrained to name the labels in
-        # its channels needs this path to pass what it knows to the joint model.
+        # its channels needs this path to pass what it knows to the joint model.  Its own
+        # scores can also be trained by a loss of their own (``voice_aux_weight``), so the
+        # joint logits beside them do not take over part of what the voice alone can name.
         self.voice_head: Optional[nn.Module] = None
         if late_voice:
             if self.mode != "joint":
@@ -367,7 +369,8 @@ class EUSVoiceLabelNet(nn.Module):
                  ) -> dict[str, torch.Tensor]:
         """The intermediate maps: ``P`` (voice), ``Q`` (image), ``C`` (joint), ``maps`` (head
         output before GAP), ``image_logits`` (the GAP of ``maps``: the head's own class
-        scores) and ``logits``; only those the variant computes."""
+        scores), ``image_head_logits`` and ``voice_logits`` (the late voice path's own class
+        scores) where the model has them, and ``logits``; only those the variant computes."""
         out: dict[str, torch.Tensor] = {}
         if self.image_branch is not None:
             if image is None:
@@ -401,18 +404,22 @@ class EUSVoiceLabelNet(nn.Module):
             if self.training and self.image_dropout > 0:
                 keep = torch.rand(joint.shape[0], 1, device=joint.device) >= self.image_dropout
                 joint = joint * keep.to(joint.dtype)
-            out["logits"] = joint + self.voice_head(out["P"]).mean(dim=2)
+            out["voice_logits"] = self.voice_head(out["P"]).mean(dim=2)
+            out["logits"] = joint + out["voice_logits"]
         return out
 
     def forward(self, image: Optional[torch.Tensor], voice: Optional[torch.Tensor],
-                image_head: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                image_head: bool = False, voice_path: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Logits (B, K) from image (B, frames, H, W) and voice (B, 1024, 66); with
-        ``image_head``, the pair (logits, the image head's logits) for training."""
+        ``image_head`` and / or ``voice_path``, the tuple (logits, then the image head's and /
+        or the late voice path's own logits, in that order) for their auxiliary losses."""
         out = self.features(image, voice)
-        if image_head:
-            return out["logits"], out["image_head_logits"]
-        return out["logits"]
+        if not (image_head or voice_path):
+            return out["logits"]
+        extra = ([out["image_head_logits"]] if image_head else []) + \
+            ([out["voice_logits"]] if voice_path else [])
+        return (out["logits"], *extra)
 
 
 def voice_time_steps(time_bins: int = N_FRAMES) -> int:

@@ -35,11 +35,12 @@ _BOUNDS = (("epochs", True, 0, 1_000_000, True), ("lr", False, 0, 1e3, True),
            ("width", False, 0, 4, False), ("seed", True, 0, 2 ** 32 - 1, False),
            ("weight_decay", False, 0, 1, False), ("label_smoothing", False, 0, 1, False),
            ("voice_lr_scale", False, 0, 10, False), ("image_dropout", False, 0, 0.95, False),
-           ("joint_bound", False, 0, 1e3, False), ("image_aux_weight", False, 0, 100, False))
+           ("joint_bound", False, 0, 1e3, False), ("image_aux_weight", False, 0, 100, False),
+           ("voice_aux_weight", False, 0, 100, False))
 
 
 #: Fields added to TrainConfig later, with their defaults (see TrainConfig.signature).
-_LATER_FIELDS = {"image_aux_weight": 0.0}
+_LATER_FIELDS = {"image_aux_weight": 0.0, "voice_aux_weight": 0.0}
 
 #: ``optimizer``: the paper's Adam, or AdamW (decoupled weight decay).
 OPTIMIZERS = ("adam", "adamw")
@@ -84,6 +85,7 @@ class TrainConfig:
     image_dropout: float = 0.0
     joint_bound: float = 0.0
     image_aux_weight: float = 0.0
+    voice_aux_weight: float = 0.0
 
     def __post_init__(self) -> None:
         spec = variant_spec(self.variant)
@@ -116,9 +118,10 @@ class TrainConfig:
         if spec.voice != VOICE_SCRATCH:
             object.__setattr__(self, "voice_init", "none")
         object.__setattr__(self, "late_voice", self.late_voice and spec.joint)
-        if not self.late_voice:  # both act on the joint logits beside the voice path's
+        if not self.late_voice:  # these act on the late voice path or the joint logits beside it
             object.__setattr__(self, "image_dropout", 0.0)
             object.__setattr__(self, "joint_bound", 0.0)
+            object.__setattr__(self, "voice_aux_weight", 0.0)
         if not (spec.joint and spec.image is not None):
             object.__setattr__(self, "image_aux_weight", 0.0)
 

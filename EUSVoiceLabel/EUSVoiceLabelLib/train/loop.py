@@ -545,14 +545,11 @@ def _run_epoch(run: _Run, epoch: int, position: _Position,
         for group in run.opt.param_groups:
             group["lr"] = group.get("base_lr", group["lr"]) * factor
         with autocast_for(run.device, training=True):
-            if run.cfg.image_aux_weight > 0:
-                logits, image_logits = run.net(img, voice, image_head=True)
-            else:
-                logits, image_logits = run.net(img, voice), None
+            logits, aux = _forward_with_aux(run, img, voice)
         loss = weighted_loss(logits, y, run.weight_t, run.cfg.label_smoothing)
-        if image_logits is not None:  # the image head's own loss (see EUSVoiceLabelNet)
-            loss = loss + run.cfg.image_aux_weight * weighted_loss(
-                image_logits, y, run.weight_t, run.cfg.label_smoothing)
+        for weight, aux_logits in aux:  # the uni-modal paths' own losses (EUSVoiceLabelNet)
+            loss = loss + weight * weighted_loss(aux_logits, y, run.weight_t,
+                                                 run.cfg.label_smoothing)
         loss_value = float(loss.detach())
         _check_finite(run, loss_value, epoch, k)
         if ctx is not None:
@@ -570,6 +567,17 @@ def _run_epoch(run: _Run, epoch: int, position: _Position,
         total_loss, correct, seen = ctx.sum([total_loss, correct, seen])
     return {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
             "seconds": time.time() - t_ep, "seen": seen}
+
+
+def _forward_with_aux(run: _Run, img: torch.Tensor, voice: torch.Tensor
+                      ) -> tuple[torch.Tensor, list[tuple[float, torch.Tensor]]]:
+    """The logits of a training batch and, for each auxiliary loss the configuration asks
+    for (the image head's, the late voice path's), its weight and its path's own logits."""
+    weights = [run.cfg.image_aux_weight, run.cfg.voice_aux_weight]
+    if not any(w > 0 for w in weights):
+        return run.net(img, voice), []
+    out = run.net(img, voice, image_head=weights[0] > 0, voice_path=weights[1] > 0)
+    return out[0], list(zip([w for w in weights if w > 0], out[1:]))
 
 
 def _check_finite(run: _Run, loss_value: float, epoch: int, batch: int) -> None:

@@ -199,6 +199,7 @@ def test_the_image_head_learns_from_its_own_loss_and_is_what_heat_maps_explain(w
     old = plain.to_json()
     old.pop("weights")
     old.pop("image_aux_weight")
+    old.pop("voice_aux_weight")
     assert plain.signature() == \
         hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert TrainConfig(image_aux_weight=1.0).signature() != plain.signature()
@@ -232,6 +233,46 @@ def test_the_image_head_learns_from_its_own_loss_and_is_what_heat_maps_explain(w
         with_head.head.weight.zero_()
     assert cam is not None and float(cam.max()) == pytest.approx(1.0)
     np.testing.assert_allclose(grad_cam(with_head, img, voice, target=0).cam, cam, atol=1e-5)
+
+
+def test_the_late_voice_path_learns_from_its_own_loss(windows, monkeypatch):
+    """``voice_aux_weight``: a loss on the late voice path's own class scores is added to the
+    joint loss (weighted as asked); it changes the training, and no network is added."""
+    from EUSVoiceLabelLib.train import loop
+
+    assert TrainConfig(variant="voice_only", voice_aux_weight=1.0).voice_aux_weight == 0.0
+    assert TrainConfig(voice_aux_weight=1.0).voice_aux_weight == 0.0  # needs the late path
+    cfg = TrainConfig(late_voice=True, voice_aux_weight=1.0)
+    assert cfg.voice_aux_weight == 1.0 and cfg.signature() != \
+        TrainConfig(late_voice=True).signature()
+    assert cfg.model_options() == TrainConfig(late_voice=True).model_options()
+
+    base = dict(image_size=(32, 48), frames=3, width=0.125, batch_size=4, late_voice=True,
+                joint_bound=1.0, lr=1e-2, epochs=2)
+    k = len(windows.labelset)
+    real, seen = loop.weighted_loss, []
+
+    def spy(logits, *a, **kw):
+        seen.append(logits.detach().clone())
+        return real(logits, *a, **kw)
+
+    monkeypatch.setattr(loop, "weighted_loss", spy)
+    with_loss = train_model(windows, TrainConfig(voice_aux_weight=2.0, **base), k,
+                            device="cpu", progress=False).model
+    calls_with = len(seen)
+    seen.clear()
+    without = train_model(windows, TrainConfig(**base), k, device="cpu", progress=False).model
+    assert calls_with == 2 * len(seen) > 0  # one more loss per batch
+    assert with_loss.voice_head is not None
+    assert not torch.equal(with_loss.voice_head.weight, without.voice_head.weight)
+    img = torch.from_numpy(windows.images[:2]).float() / 255.0
+    voice = torch.from_numpy(windows.voices[:2])
+    with torch.no_grad():
+        logits, voice_logits = with_loss.eval()(img, voice, voice_path=True)
+        out = with_loss.features(img, voice)
+    torch.testing.assert_close(voice_logits, out["voice_logits"])
+    # The product's logits are the voice path's plus the bounded joint logits.
+    torch.testing.assert_close(logits - voice_logits, torch.tanh(out["image_logits"]))
 
 
 def _interrupt_at(monkeypatch, call: int) -> None:
