@@ -11,8 +11,9 @@ so the command line lists the presets without importing torch.
   what generalised to unseen patients in our measurements (docs/results.md): AdamW with weight
   decay and a cosine schedule, speech and frame augmentation, a voice branch pretrained on the
   spoken label vocabulary (fine-tuned at 0.3 x the rate), the late voice path with the joint
-  logits bounded beside it, and the image branch's own class head trained by a loss of its
-  own (what the heat maps explain).
+  logits bounded beside it, the image branch's own class head trained by a loss of its
+  own (what the heat maps explain), and a loss of its own on the late voice path too (so the
+  joint logits do not take over part of what the voice alone names).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"image_size": (64, 128), "width": 0.25, "epochs": 20, "lr": 1e-3,
             "optimizer": "adamw", "weight_decay": 0.01, "schedule": "cosine",
             "augment": "all", "voice_init": "vocabulary", "voice_lr_scale": 0.3,
-            "late_voice": True, "joint_bound": 1.0, "image_aux_weight": 1.0},
+            "late_voice": True, "joint_bound": 1.0, "image_aux_weight": 1.0,
+            "voice_aux_weight": 1.0},
 }
 
 

@@ -242,6 +242,7 @@ def test_the_late_voice_path_learns_from_its_own_loss(windows, monkeypatch):
 
     assert TrainConfig(variant="voice_only", voice_aux_weight=1.0).voice_aux_weight == 0.0
     assert TrainConfig(voice_aux_weight=1.0).voice_aux_weight == 0.0  # needs the late path
+    assert TrainConfig.from_settings(preset_settings("cpu")).voice_aux_weight == 1.0
     cfg = TrainConfig(late_voice=True, voice_aux_weight=1.0)
     assert cfg.voice_aux_weight == 1.0 and cfg.signature() != \
         TrainConfig(late_voice=True).signature()

@@ -1,0 +1,165 @@
+"""What the image path of the proposed network adds to the voice, on a synthetic cohort (a
+benchmark for docs/results.md, "What the image path adds"; not a test).
+
+Three measurements, each its own sub-command:
+
+    python3 scripts/image_path_study.py folds COHORT [--folds 3]
+        The proposed network and voice only, both with ``--preset cpu``, trained on the other
+        folds' patients (patients dealt round-robin into ``--folds`` groups): how the image path
+        behaves when the voice has heard fewer speakers than in leave-one-patient-out.
+
+    python3 scripts/image_path_study.py parts COHORT --out PARTS.npz
+        Leave-one-patient-out of the proposed preset keeping the parts of its logits for every
+        held-out window: the voice path, the joint (image x voice) logits before their bound
+        and the image branch's own head.  Prints how many windows each part names right alone
+        and under a few other fusions of the image head.
+
+    python3 scripts/image_path_study.py ceiling COHORT OTHER [OTHER ...]
+        Synthetic cohorts only (reads the generator's truth.json): how often the set of
+        landmarks visible in a window, had an image model seen it perfectly, names the landmark
+        that was said (the most frequent label for that set in the OTHER cohorts).  An upper
+        bound on what any image branch can add.
+
+Windows come from the library's cache (``build_window_set``), training from ``train_model``,
+as ``eusvoicelabel evaluate`` runs them; the draws are seeded, so a rerun repeats the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _window_set(cohort: str, variant: str):
+    from EUSVoiceLabelLib.core.presets import preset_settings
+    from EUSVoiceLabelLib.data.dataset import build_window_set
+    from EUSVoiceLabelLib.train.config import TrainConfig
+    cfg = TrainConfig.from_settings(preset_settings("cpu"), variant=variant)
+    return cfg, build_window_set(cohort, settings=cfg.window_settings(), progress=False)
+
+
+def _right(scores: np.ndarray, labels: np.ndarray) -> int:
+    return int((scores.argmax(1) == labels).sum())
+
+
+def folds(cohort: str, n_folds: int) -> None:
+    """Proposed and voice only, trained on n_folds - 1 of n_folds patient groups."""
+    import torch
+    from EUSVoiceLabelLib.train.loop import predict_proba, train_model
+    torch.set_num_threads(2)
+    for variant in ("proposed", "voice_only"):
+        cfg, ws = _window_set(cohort, variant)
+        patients = ws.patient_ids
+        right, t0 = 0, time.time()
+        for k in range(n_folds):
+            test = ws.indices_of(patients[k::n_folds])
+            train = np.setdiff1d(np.arange(len(ws)), test)
+            res = train_model(ws, cfg, len(ws.labelset.ids), indices=train, device="cpu",
+                              progress=False)
+            right += _right(predict_proba(res.model, ws, test, device="cpu"), ws.labels[test])
+        print(json.dumps({"cohort": cohort, "variant": variant, "folds": n_folds,
+                          "right": right, "windows": len(ws),
+                          "seconds": round(time.time() - t0)}))
+
+
+def _parts_fold(args: tuple[str, str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    import torch
+    from EUSVoiceLabelLib.train.loop import train_model
+    cohort, patient = args
+    torch.set_num_threads(1)
+    cfg, ws = _window_set(cohort, "proposed")
+    test = ws.indices_of([patient])
+    train = np.setdiff1d(np.arange(len(ws)), test)
+    model = train_model(ws, cfg, len(ws.labelset.ids), indices=train, device="cpu",
+                        progress=False).model.eval()
+    with torch.no_grad():
+        image = torch.as_tensor(ws.images[test]).float().div_(255.0)
+        voice = torch.as_tensor(np.asarray(ws.voices, np.float32)[test])
+        f = model.features(image, voice)
+        return test, {"voice": model.voice_head(f["P"]).mean(dim=2).numpy(),
+                      "joint": f["image_logits"].numpy(),
+                      "image_head": f["image_head_logits"].numpy(),
+                      "final": f["logits"].numpy()}
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def parts(cohort: str, out: Path) -> None:
+    """LOPO of the proposed preset, keeping the voice / joint / image-head logits."""
+    _, ws = _window_set(cohort, "proposed")  # fills the cache before the workers read it
+    y = np.asarray(ws.labels)
+    got = {k: np.zeros((len(ws), len(ws.labelset.ids)), np.float32)
+           for k in ("voice", "joint", "image_head", "final")}
+    with ProcessPoolExecutor(2) as pool:
+        for test, p in pool.map(_parts_fold, [(cohort, pat) for pat in ws.patient_ids]):
+            for k, v in p.items():
+                got[k][test] = v
+    np.savez(out, labels=y, **got)
+    v, j, a = got["voice"], got["joint"], got["image_head"]
+    report = {"windows": len(y), "final (the product's rule)": _right(got["final"], y),
+              "voice path alone": _right(v, y), "joint logits alone": _right(j, y),
+              "image head alone": _right(a, y)}
+    for b in (0.5, 1.0, 2.0):
+        report[f"voice + {b} tanh(image head / {b})"] = _right(v + b * np.tanh(a / b), y)
+    for w in (0.25, 0.5, 1.0):
+        report[f"log p(voice) + {w} log p(image head)"] = _right(
+            _log_softmax(v) + w * _log_softmax(a), y)
+    print(json.dumps(report, indent=1))
+
+
+def _visible_sets(cohort: Path) -> list[tuple[frozenset, str]]:
+    rows = []
+    for truth in sorted(cohort.glob("*/truth.json")):
+        for m in json.loads(truth.read_text())["mentions"]:
+            seen = frozenset(k for k, v in m["window"]["landmarks"].items() if v["visible"])
+            rows.append((seen, m["label"]))
+    return rows
+
+
+def ceiling(cohort: Path, others: Sequence[Path]) -> None:
+    """How often the visible set alone names the said landmark (a synthetic-only bound)."""
+    counts: dict[frozenset, collections.Counter] = collections.defaultdict(collections.Counter)
+    for other in others:
+        for seen, label in _visible_sets(other):
+            counts[seen][label] += 1
+    rows = _visible_sets(cohort)
+    right = sum(1 for seen, label in rows
+                if counts[seen] and counts[seen].most_common(1)[0][0] == label)
+    alone = sum(1 for seen, label in rows if seen == {label})
+    print(json.dumps({"windows": len(rows), "named by the visible set": right,
+                      "only the said landmark visible": alone}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    f = sub.add_parser("folds")
+    f.add_argument("cohort")
+    f.add_argument("--folds", type=int, default=3)
+    p = sub.add_parser("parts")
+    p.add_argument("cohort")
+    p.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("ceiling")
+    c.add_argument("cohort", type=Path)
+    c.add_argument("others", type=Path, nargs="+")
+    a = ap.parse_args()
+    if a.what == "folds":
+        folds(a.cohort, a.folds)
+    elif a.what == "parts":
+        parts(a.cohort, a.out)
+    else:
+        ceiling(a.cohort, a.others)
+
+
+if __name__ == "__main__":
+    main()
