@@ -1,15 +1,15 @@
 """What the image path of the proposed network adds to the voice, on a synthetic cohort (a
 benchmark for docs/results.md, "What the image path adds"; not a test).
 
-Three measurements, each its own sub-command:
+Three measurements, each its own sub-command (``--voice-aux-weight 0``: the preset as it was before its voice-path loss):
 
-    python3 scripts/image_path_study.py folds COHORT [--folds 3]
+    python3 scripts/image_path_study.py folds COHORT [--folds 3] [--voice-aux-weight W]
         The proposed network and voice only, both with ``--preset cpu``, trained on the other
         folds' patients (patients dealt round-robin into ``--folds`` groups): how the image path
         behaves when the voice has heard fewer speakers than in leave-one-patient-out.
 
-    python3 scripts/image_path_study.py parts COHORT --out PARTS.npz
-        Leave-one-patient-out of the proposed preset keeping the parts of its logits for every
+    python3 scripts/image_path_study.py parts COHORT --out PARTS.npz [--voice-aux-weight W]
+        Leave-one-patient-out of the proposed preset (folds and seeds as ``evaluate``'s) keeping the parts of its logits for every
         held-out window: the voice path, the joint (image x voice) logits before their bound
         and the image branch's own head.  Prints how many windows each part names right alone
         and under a few other fusions of the image head.
@@ -37,11 +37,11 @@ from typing import Sequence
 import numpy as np
 
 
-def _window_set(cohort: str, variant: str):
+def _window_set(cohort: str, variant: str, options: dict):
     from EUSVoiceLabelLib.core.presets import preset_settings
     from EUSVoiceLabelLib.data.dataset import build_window_set
     from EUSVoiceLabelLib.train.config import TrainConfig
-    cfg = TrainConfig.from_settings(preset_settings("cpu"), variant=variant)
+    cfg = TrainConfig.from_settings(preset_settings("cpu"), options, variant=variant)
     return cfg, build_window_set(cohort, settings=cfg.window_settings(), progress=False)
 
 
@@ -49,19 +49,19 @@ def _right(scores: np.ndarray, labels: np.ndarray) -> int:
     return int((scores.argmax(1) == labels).sum())
 
 
-def folds(cohort: str, n_folds: int) -> None:
+def folds(cohort: str, n_folds: int, options: dict) -> None:
     """Proposed and voice only, trained on n_folds - 1 of n_folds patient groups."""
     import torch
     from EUSVoiceLabelLib.train.loop import predict_proba, train_model
     torch.set_num_threads(2)
     for variant in ("proposed", "voice_only"):
-        cfg, ws = _window_set(cohort, variant)
+        cfg, ws = _window_set(cohort, variant, options)
         patients = ws.patient_ids
         right, t0 = 0, time.time()
         for k in range(n_folds):
             test = ws.indices_of(patients[k::n_folds])
             train = np.setdiff1d(np.arange(len(ws)), test)
-            res = train_model(ws, cfg, len(ws.labelset.ids), indices=train, device="cpu",
+            res = train_model(ws, cfg, len(ws.labelset), indices=train, device="cpu",
                               progress=False)
             right += _right(predict_proba(res.model, ws, test, device="cpu"), ws.labels[test])
         print(json.dumps({"cohort": cohort, "variant": variant, "folds": n_folds,
@@ -69,42 +69,43 @@ def folds(cohort: str, n_folds: int) -> None:
                           "seconds": round(time.time() - t0)}))
 
 
-def _parts_fold(args: tuple[str, str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _parts_fold(args: tuple[str, str, dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One LOPO fold trained as ``evaluate`` trains it (its folds and per-fold seed)."""
     import torch
+    from EUSVoiceLabelLib.train.folds import fold_seed, lopo_folds
     from EUSVoiceLabelLib.train.loop import train_model
-    cohort, patient = args
+    cohort, patient, options = args
     torch.set_num_threads(1)
-    cfg, ws = _window_set(cohort, "proposed")
-    test = ws.indices_of([patient])
-    train = np.setdiff1d(np.arange(len(ws)), test)
-    model = train_model(ws, cfg, len(ws.labelset.ids), indices=train, device="cpu",
-                        progress=False).model.eval()
+    cfg, ws = _window_set(cohort, "proposed", options)
+    fold = next(f for f in lopo_folds(ws.patients) if f.patient == patient)
+    model = train_model(ws, cfg.with_(seed=fold_seed(cfg.seed, patient)), len(ws.labelset),
+                        indices=fold.train_idx, device="cpu", progress=False).model.eval()
     with torch.no_grad():
-        image = torch.as_tensor(ws.images[test]).float().div_(255.0)
-        voice = torch.as_tensor(np.asarray(ws.voices, np.float32)[test])
+        image = torch.as_tensor(ws.images[fold.test_idx]).float().div_(255.0)
+        voice = torch.as_tensor(np.asarray(ws.voices, np.float32)[fold.test_idx])
         f = model.features(image, voice)
-        return test, {"voice": model.voice_head(f["P"]).mean(dim=2).numpy(),
-                      "joint": f["image_logits"].numpy(),
-                      "image_head": f["image_head_logits"].numpy(),
-                      "final": f["logits"].numpy()}
+        return fold.test_idx, {"voice": f["voice_logits"].numpy(),
+                               "joint": f["image_logits"].numpy(),
+                               "image_head": f["image_head_logits"].numpy(),
+                               "final": f["logits"].numpy()}
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-
-
-def parts(cohort: str, out: Path) -> None:
+def parts(cohort: str, out: Path, options: dict) -> None:
     """LOPO of the proposed preset, keeping the voice / joint / image-head logits."""
-    _, ws = _window_set(cohort, "proposed")  # fills the cache before the workers read it
+    from scipy.special import log_softmax
+    _, ws = _window_set(cohort, "proposed", options)  # fills the cache before the workers
     y = np.asarray(ws.labels)
-    got = {k: np.zeros((len(ws), len(ws.labelset.ids)), np.float32)
+    got = {k: np.zeros((len(ws), len(ws.labelset)), np.float32)
            for k in ("voice", "joint", "image_head", "final")}
     with ProcessPoolExecutor(2) as pool:
-        for test, p in pool.map(_parts_fold, [(cohort, pat) for pat in ws.patient_ids]):
+        for test, p in pool.map(_parts_fold, [(cohort, pat, options) for pat in ws.patient_ids]):
             for k, v in p.items():
                 got[k][test] = v
-    np.savez(out, labels=y, **got)
+    import io
+    from EUSVoiceLabelLib.core.fileio import atomic_write_bytes
+    buf = io.BytesIO()
+    np.savez(buf, labels=y, **got)
+    atomic_write_bytes(out, buf.getvalue())
     v, j, a = got["voice"], got["joint"], got["image_head"]
     report = {"windows": len(y), "final (the product's rule)": _right(got["final"], y),
               "voice path alone": _right(v, y), "joint logits alone": _right(j, y),
@@ -113,7 +114,7 @@ def parts(cohort: str, out: Path) -> None:
         report[f"voice + {b} tanh(image head / {b})"] = _right(v + b * np.tanh(a / b), y)
     for w in (0.25, 0.5, 1.0):
         report[f"log p(voice) + {w} log p(image head)"] = _right(
-            _log_softmax(v) + w * _log_softmax(a), y)
+            log_softmax(v, axis=1) + w * log_softmax(a, axis=1), y)
     print(json.dumps(report, indent=1))
 
 
@@ -149,14 +150,21 @@ def main() -> None:
     p = sub.add_parser("parts")
     p.add_argument("cohort")
     p.add_argument("--out", type=Path, required=True)
+    for trained in (f, p):  # the preset's value unless given (0: the preset before it)
+        trained.add_argument("--voice-aux-weight", type=float, default=None)
     c = sub.add_parser("ceiling")
     c.add_argument("cohort", type=Path)
     c.add_argument("others", type=Path, nargs="+")
     a = ap.parse_args()
+    if a.what == "parts" and (a.out.suffix != ".npz" or
+                              a.out.resolve().is_relative_to(Path(a.cohort).resolve())):
+        ap.error(f"--out {a.out}: give a .npz file outside the cohort {a.cohort}")
+    options = {} if getattr(a, "voice_aux_weight", None) is None else \
+        {"voice_aux_weight": a.voice_aux_weight}
     if a.what == "folds":
-        folds(a.cohort, a.folds)
+        folds(a.cohort, a.folds, options)
     elif a.what == "parts":
-        parts(a.cohort, a.out)
+        parts(a.cohort, a.out, options)
     else:
         ceiling(a.cohort, a.others)
 
