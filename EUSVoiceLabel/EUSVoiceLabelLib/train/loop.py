@@ -269,7 +269,8 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
                 progress: ProgressLike = True, state_path: Optional[Path] = None,
                 checkpoint_every: int = 0, checkpoint_seconds: float = 300.0,
                 on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None,
-                desc: str = "train", keep_state: bool = False) -> TrainResult:
+                on_epoch_model: Optional[Callable[[int, torch.nn.Module, DeviceData], None]]
+                = None, desc: str = "train", keep_state: bool = False) -> TrainResult:
     """Train ``cfg.variant`` on the windows ``data[indices]`` and return the model.
 
     Args:
@@ -291,6 +292,11 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
             whose own save fails loses nothing (it removes the file after saving).
         on_epoch_end: called as ``on_epoch_end(epoch, stats)`` after each epoch (after the
             resume file is written); raising from it interrupts training.
+        on_epoch_model: called as ``on_epoch_model(epoch, model, training_windows)`` after
+            each epoch, before ``on_epoch_end``: the network as it stands (in train mode) and
+            the training windows on the device, e.g. to score a copy of the epoch's weights on
+            held-out windows (``scripts/image_path_study.py inner``).  It must not change
+            them: training goes on from them.
         desc: the run's name in progress and messages.
 
     Raises:
@@ -306,7 +312,8 @@ def train_model(data: Any, cfg: TrainConfig, num_classes: int, *,
     if run.ctx is not None and not run.ctx.is_main:
         reporter = SILENT  # one bar, the first process's
     with reporter.task(desc, total=cfg.epochs, unit="epoch", done=start) as task:
-        _train_epochs(run, start, position, task, reporter.cancelled, on_epoch_end)
+        _train_epochs(run, start, position, task, reporter.cancelled, on_epoch_end,
+                      on_epoch_model)
     _finish_run(run, keep_state)
     return TrainResult(run.model, cfg, run.class_weights, run.history, time.time() - t0,
                        str(run.device), start)
@@ -408,7 +415,9 @@ def _resume(run: _Run) -> tuple[int, _Position]:
 
 def _train_epochs(run: _Run, start: int, position: _Position, task: ProgressTask,
                   cancelled: Callable[[], bool],
-                  on_epoch_end: Optional[Callable[[int, dict[str, float]], None]]) -> None:
+                  on_epoch_end: Optional[Callable[[int, dict[str, float]], None]],
+                  on_epoch_model: Optional[Callable[[int, torch.nn.Module, DeviceData], None]]
+                  = None) -> None:
     """Epochs ``start`` .. ``cfg.epochs`` (the first from ``position``), saving the resume
     file on schedule."""
     epochs = run.cfg.epochs
@@ -430,6 +439,8 @@ def _train_epochs(run: _Run, start: int, position: _Position, task: ProgressTask
                     or time.time() - last_save >= run.checkpoint_seconds):
                 run.save_state(epoch + 1)
                 last_save = time.time()
+            if on_epoch_model is not None:
+                on_epoch_model(epoch + 1, run.model, run.data)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, stats)
 

@@ -189,6 +189,35 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert other.resumed_from_epoch == 0
 
 
+def test_each_epochs_weights_can_be_scored_without_changing_training():
+    """``on_epoch_model`` sees the network and its training windows after every epoch; scoring
+    a copy there (as ``scripts/image_path_study.py inner`` does) leaves training as it was."""
+    import copy
+    from EUSVoiceLabelLib.train.loop import recalibrate_batchnorm
+    data = tiny_windows(n=12)
+    c = cfg("proposed", epochs=3, seed=2)
+    plain = train_model(data, c, 5, device="cpu", progress=False)
+    seen = []
+
+    def score(epoch, model, windows):
+        assert model.training and len(windows) == 10
+        with torch.random.fork_rng(devices=[]):
+            m = copy.deepcopy(model)
+            recalibrate_batchnorm(m, windows, 4, torch.device("cpu"))
+            m.eval()
+            with torch.no_grad():
+                x = torch.as_tensor(data.images[10:]).float().div_(255.0)
+                seen.append((epoch, m(x, torch.as_tensor(data.voices[10:])).argmax(1)))
+
+    scored = train_model(data, c, 5, indices=list(range(10)), device="cpu", progress=False,
+                         on_epoch_model=score)
+    assert [e for e, _ in seen] == [1, 2, 3]
+    again = train_model(data, c, 5, indices=list(range(10)), device="cpu", progress=False)
+    for k, v in again.model.state_dict().items():
+        assert torch.equal(v, scored.model.state_dict()[k]), k
+    assert plain.history != scored.history  # the indices were honoured
+
+
 def test_same_seed_same_weights_different_seed_different():
     data = tiny_windows(n=8)
     a = train_model(data, cfg("random_pairs", seed=1), 5, device="cpu", progress=False)
