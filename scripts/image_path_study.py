@@ -1,7 +1,7 @@
 """What the image path of the proposed network adds to the voice, on a synthetic cohort (a
 benchmark for docs/results.md, "What the image path adds"; not a test).
 
-Three measurements, each its own sub-command (``--voice-aux-weight 0``: the preset as it was before its voice-path loss):
+Four measurements, each its own sub-command (``--voice-aux-weight 0``: the preset as it was before its voice-path loss):
 
     python3 scripts/image_path_study.py folds COHORT [--folds 3] [--voice-aux-weight W]
         The proposed network and voice only, both with ``--preset cpu``, trained on the other
@@ -13,6 +13,14 @@ Three measurements, each its own sub-command (``--voice-aux-weight 0``: the pres
         held-out window: the voice path, the joint (image x voice) logits before their bound
         and the image branch's own head.  Prints how many windows each part names right alone
         and under a few other fusions of the image head.
+
+    python3 scripts/image_path_study.py inner COHORT [--variant proposed]
+        Model selection on an inner validation patient: leave one patient out as ``evaluate``
+        does, but each fold also holds out the next patient (in cohort order) from training
+        and scores every second epoch's weights on it (log-loss).  Prints the held-out windows
+        right with the last epoch's weights, with the epoch the inner patient picks, and (for
+        the proposed network) with the late voice path or the whole network, whichever the
+        inner patient scores better.
 
     python3 scripts/image_path_study.py ceiling COHORT OTHER [OTHER ...]
         Synthetic cohorts only (reads the generator's truth.json): how often the set of
@@ -118,6 +126,80 @@ def parts(cohort: str, out: Path, options: dict) -> None:
     print(json.dumps(report, indent=1))
 
 
+SCORED_EPOCHS = range(6, 1000, 2)  # the inner patient scores these epochs' weights (and the last)
+
+
+def _inner_fold(args: tuple[str, str, str, str]) -> dict:
+    """One LOPO fold (test patient ``p``) trained without the inner patient ``q``, with the
+    held-out logits of both patients after the scored epochs."""
+    import copy
+    import torch
+    from EUSVoiceLabelLib.train.folds import fold_seed
+    from EUSVoiceLabelLib.train.loop import recalibrate_batchnorm, train_model
+    cohort, variant, p, q = args
+    torch.set_num_threads(1)
+    cfg, ws = _window_set(cohort, variant, {})
+    test, inner = ws.indices_of([p]), ws.indices_of([q])
+    train = np.setdiff1d(np.arange(len(ws)), np.concatenate([test, inner]))
+    voices = np.asarray(ws.voices, np.float32)
+    scored: dict[int, dict] = {}
+
+    def score(epoch: int, model, data) -> None:
+        if epoch not in SCORED_EPOCHS and epoch != cfg.epochs:
+            return
+        with torch.random.fork_rng(devices=[]):  # training's random draws stay its own
+            m = copy.deepcopy(model)
+            recalibrate_batchnorm(m, data, cfg.batch_size, torch.device("cpu"))
+            m.eval()
+            with torch.no_grad():
+                scored[epoch] = {}
+                for name, idx in (("inner", inner), ("test", test)):
+                    image = None if cfg.spec.image is None else \
+                        torch.as_tensor(ws.images[idx]).float().div_(255.0)
+                    f = m.features(image, torch.as_tensor(voices[idx]))
+                    scored[epoch][name] = {k: f[k].numpy() for k in ("logits", "voice_logits")
+                                           if k in f}
+
+    train_model(ws, cfg.with_(seed=fold_seed(cfg.seed, p)), len(ws.labelset), indices=train,
+                device="cpu", progress=False, on_epoch_model=score)
+    return {"inner": np.asarray(ws.labels)[inner], "test": np.asarray(ws.labels)[test],
+            "epochs": scored}
+
+
+def inner(cohort: str, variant: str) -> None:
+    """Leave one patient out with an inner validation patient per fold (see the module doc)."""
+    from scipy.special import log_softmax
+    t0 = time.time()
+    _, ws = _window_set(cohort, variant, {})  # fills the cache before the workers
+    patients = list(ws.patient_ids)
+    jobs = [(cohort, variant, p, patients[(i + 1) % len(patients)])
+            for i, p in enumerate(patients)]
+
+    def nll(logits: np.ndarray, y: np.ndarray) -> float:
+        return float(-log_softmax(logits, axis=1)[np.arange(len(y)), y].sum())
+
+    last = picked = by_path = 0
+    chosen = []
+    with ProcessPoolExecutor(2) as pool:
+        for fold in pool.map(_inner_fold, jobs):
+            e, yi, yt = fold["epochs"], fold["inner"], fold["test"]
+            final = e[max(e)]
+            last += _right(final["test"]["logits"], yt)
+            best = min(e, key=lambda k: (nll(e[k]["inner"]["logits"], yi), -k))
+            chosen.append(best)
+            picked += _right(e[best]["test"]["logits"], yt)
+            if "voice_logits" in final["test"]:
+                voice_better = nll(final["inner"]["voice_logits"], yi) < \
+                    nll(final["inner"]["logits"], yi)
+                by_path += _right(final["test"]["voice_logits" if voice_better else "logits"], yt)
+    report = {"cohort": cohort, "variant": variant, "windows": len(ws),
+              "last epoch": last, "epoch the inner patient picks": picked,
+              "epochs picked": chosen, "seconds": round(time.time() - t0)}
+    if variant == "proposed":
+        report["voice path or whole network, as the inner patient picks"] = by_path
+    print(json.dumps(report))
+
+
 def _visible_sets(cohort: Path) -> list[tuple[frozenset, str]]:
     rows = []
     for truth in sorted(cohort.glob("*/truth.json")):
@@ -152,6 +234,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     for trained in (f, p):  # the preset's value unless given (0: the preset before it)
         trained.add_argument("--voice-aux-weight", type=float, default=None)
+    i = sub.add_parser("inner")
+    i.add_argument("cohort")
+    i.add_argument("--variant", default="proposed", choices=("proposed", "voice_only"))
     c = sub.add_parser("ceiling")
     c.add_argument("cohort", type=Path)
     c.add_argument("others", type=Path, nargs="+")
@@ -165,6 +250,8 @@ def main() -> None:
         folds(a.cohort, a.folds, options)
     elif a.what == "parts":
         parts(a.cohort, a.out, options)
+    elif a.what == "inner":
+        inner(a.cohort, a.variant)
     else:
         ceiling(a.cohort, a.others)
 
