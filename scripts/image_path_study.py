@@ -45,12 +45,30 @@ from typing import Sequence
 import numpy as np
 
 
-def _window_set(cohort: str, variant: str, options: dict):
+def _config(variant: str, options: dict):
     from EUSVoiceLabelLib.core.presets import preset_settings
-    from EUSVoiceLabelLib.data.dataset import build_window_set
     from EUSVoiceLabelLib.train.config import TrainConfig
-    cfg = TrainConfig.from_settings(preset_settings("cpu"), options, variant=variant)
+    return TrainConfig.from_settings(preset_settings("cpu"), options, variant=variant)
+
+
+def _window_set(cohort: str, variant: str, options: dict):
+    from EUSVoiceLabelLib.data.dataset import build_window_set
+    cfg = _config(variant, options)
     return cfg, build_window_set(cohort, settings=cfg.window_settings(), progress=False)
+
+
+_WINDOWS = None  # a worker's window set, given once by _fold_pool
+
+
+def _keep_windows(ws) -> None:
+    global _WINDOWS
+    _WINDOWS = ws
+
+
+def _fold_pool(ws) -> ProcessPoolExecutor:
+    """Two worker processes that share the parent's window set: loading it from the cache in
+    each worker at once would race for the cache's lock."""
+    return ProcessPoolExecutor(2, initializer=_keep_windows, initargs=(ws,))
 
 
 def _right(scores: np.ndarray, labels: np.ndarray) -> int:
@@ -77,21 +95,26 @@ def folds(cohort: str, n_folds: int, options: dict) -> None:
                           "seconds": round(time.time() - t0)}))
 
 
-def _parts_fold(args: tuple[str, str, dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _inputs(ws, idx: np.ndarray, with_image: bool = True):
+    """(images in [0, 1] or None, voices) of the windows ``idx``, as tensors."""
+    import torch
+    image = torch.as_tensor(ws.images[idx]).float().div_(255.0) if with_image else None
+    return image, torch.as_tensor(np.asarray(ws.voices, np.float32)[idx])
+
+
+def _parts_fold(args: tuple[str, dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One LOPO fold trained as ``evaluate`` trains it (its folds and per-fold seed)."""
     import torch
     from EUSVoiceLabelLib.train.folds import fold_seed, lopo_folds
     from EUSVoiceLabelLib.train.loop import train_model
-    cohort, patient, options = args
+    patient, options = args
     torch.set_num_threads(1)
-    cfg, ws = _window_set(cohort, "proposed", options)
+    cfg, ws = _config("proposed", options), _WINDOWS
     fold = next(f for f in lopo_folds(ws.patients) if f.patient == patient)
     model = train_model(ws, cfg.with_(seed=fold_seed(cfg.seed, patient)), len(ws.labelset),
                         indices=fold.train_idx, device="cpu", progress=False).model.eval()
     with torch.no_grad():
-        image = torch.as_tensor(ws.images[fold.test_idx]).float().div_(255.0)
-        voice = torch.as_tensor(np.asarray(ws.voices, np.float32)[fold.test_idx])
-        f = model.features(image, voice)
+        f = model.features(*_inputs(ws, fold.test_idx))
         return fold.test_idx, {"voice": f["voice_logits"].numpy(),
                                "joint": f["image_logits"].numpy(),
                                "image_head": f["image_head_logits"].numpy(),
@@ -101,12 +124,12 @@ def _parts_fold(args: tuple[str, str, dict]) -> tuple[np.ndarray, dict[str, np.n
 def parts(cohort: str, out: Path, options: dict) -> None:
     """LOPO of the proposed preset, keeping the voice / joint / image-head logits."""
     from scipy.special import log_softmax
-    _, ws = _window_set(cohort, "proposed", options)  # fills the cache before the workers
+    _, ws = _window_set(cohort, "proposed", options)
     y = np.asarray(ws.labels)
     got = {k: np.zeros((len(ws), len(ws.labelset)), np.float32)
            for k in ("voice", "joint", "image_head", "final")}
-    with ProcessPoolExecutor(2) as pool:
-        for test, p in pool.map(_parts_fold, [(cohort, pat, options) for pat in ws.patient_ids]):
+    with _fold_pool(ws) as pool:
+        for test, p in pool.map(_parts_fold, [(pat, options) for pat in ws.patient_ids]):
             for k, v in p.items():
                 got[k][test] = v
     import io
@@ -126,26 +149,27 @@ def parts(cohort: str, out: Path, options: dict) -> None:
     print(json.dumps(report, indent=1))
 
 
-SCORED_EPOCHS = range(6, 1000, 2)  # the inner patient scores these epochs' weights (and the last)
+FIRST_SCORED_EPOCH = 6  # the inner patient scores every second epoch from here, and the last
 
 
-def _inner_fold(args: tuple[str, str, str, str]) -> dict:
+def _inner_fold(args: tuple[str, str, str]) -> dict:
     """One LOPO fold (test patient ``p``) trained without the inner patient ``q``, with the
     held-out logits of both patients after the scored epochs."""
     import copy
     import torch
     from EUSVoiceLabelLib.train.folds import fold_seed
     from EUSVoiceLabelLib.train.loop import recalibrate_batchnorm, train_model
-    cohort, variant, p, q = args
+    variant, p, q = args
     torch.set_num_threads(1)
-    cfg, ws = _window_set(cohort, variant, {})
+    cfg, ws = _config(variant, {}), _WINDOWS
     test, inner = ws.indices_of([p]), ws.indices_of([q])
     train = np.setdiff1d(np.arange(len(ws)), np.concatenate([test, inner]))
-    voices = np.asarray(ws.voices, np.float32)
+    held_out = {"inner": _inputs(ws, inner, cfg.spec.image is not None),
+                "test": _inputs(ws, test, cfg.spec.image is not None)}
     scored: dict[int, dict] = {}
 
     def score(epoch: int, model, data) -> None:
-        if epoch not in SCORED_EPOCHS and epoch != cfg.epochs:
+        if epoch != cfg.epochs and (epoch < FIRST_SCORED_EPOCH or epoch % 2):
             return
         with torch.random.fork_rng(devices=[]):  # training's random draws stay its own
             m = copy.deepcopy(model)
@@ -153,10 +177,8 @@ def _inner_fold(args: tuple[str, str, str, str]) -> dict:
             m.eval()
             with torch.no_grad():
                 scored[epoch] = {}
-                for name, idx in (("inner", inner), ("test", test)):
-                    image = None if cfg.spec.image is None else \
-                        torch.as_tensor(ws.images[idx]).float().div_(255.0)
-                    f = m.features(image, torch.as_tensor(voices[idx]))
+                for name, inputs in held_out.items():
+                    f = m.features(*inputs)
                     scored[epoch][name] = {k: f[k].numpy() for k in ("logits", "voice_logits")
                                            if k in f}
 
@@ -170,9 +192,9 @@ def inner(cohort: str, variant: str) -> None:
     """Leave one patient out with an inner validation patient per fold (see the module doc)."""
     from scipy.special import log_softmax
     t0 = time.time()
-    _, ws = _window_set(cohort, variant, {})  # fills the cache before the workers
+    _, ws = _window_set(cohort, variant, {})
     patients = list(ws.patient_ids)
-    jobs = [(cohort, variant, p, patients[(i + 1) % len(patients)])
+    jobs = [(variant, p, patients[(i + 1) % len(patients)])
             for i, p in enumerate(patients)]
 
     def nll(logits: np.ndarray, y: np.ndarray) -> float:
@@ -180,7 +202,7 @@ def inner(cohort: str, variant: str) -> None:
 
     last = picked = by_path = 0
     chosen = []
-    with ProcessPoolExecutor(2) as pool:
+    with _fold_pool(ws) as pool:
         for fold in pool.map(_inner_fold, jobs):
             e, yi, yt = fold["epochs"], fold["inner"], fold["test"]
             final = e[max(e)]
