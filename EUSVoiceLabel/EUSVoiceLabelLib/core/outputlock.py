@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -96,8 +97,9 @@ def _holder(path: Path) -> str:
         return "another process"
 
 
-def _acquire(path: Path, command: str) -> int:
-    """Open and lock ``path``; OutputError if another process holds it."""
+def _acquire(path: Path, command: str, wait_s: float = 0.0) -> int:
+    """Open and lock ``path``; OutputError if another process still holds it after
+    ``wait_s`` seconds."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -109,7 +111,12 @@ def _acquire(path: Path, command: str) -> int:
         except OSError as exc:
             raise OutputError(f"cannot create the lock file ({exc.strerror})", path,
                               "choose an output folder you can write to") from None
-        if not _try_lock(fd):
+        deadline = time.monotonic() + wait_s
+        locked = _try_lock(fd)
+        while not locked and time.monotonic() < deadline:
+            time.sleep(0.05)
+            locked = _try_lock(fd)
+        if not locked:
             os.close(fd)
             raise OutputError(f"is being written by another eusvoicelabel run "
                               f"({_holder(path)})", path.parent / path.name[1:-len(LOCK_SUFFIX)],
@@ -164,13 +171,16 @@ def is_leftover(name: str) -> bool:
     return bool(_PART_RE.match(name) or _STAGING_RE.match(name))
 
 
-def remove_stale_parts(out: os.PathLike | str, subfolders: Sequence[str] = ()) -> list[Path]:
+def remove_stale_parts(out: os.PathLike | str, subfolders: Sequence[str] = (),
+                       min_age_s: float = 0.0) -> list[Path]:
     """Delete the leftovers of killed writes of output ``out``, by exact name.
 
     For a folder: our temporary files and staging folders directly in it and in its
     ``subfolders`` (exact names), never deeper.  For a file: its own temporary files beside
     it (``.<name>.<random>.part...``).  Only call with the output lock held, once ``out`` is
-    known to be our output.  Returns the removed paths.
+    known to be our output.  ``min_age_s`` > 0 keeps leftovers modified more recently than
+    that: in an output several runs write at once, a fresh one is another run's write in
+    progress.  Returns the removed paths.
     """
     out = Path(out)
     if out.is_dir():
@@ -181,8 +191,11 @@ def remove_stale_parts(out: os.PathLike | str, subfolders: Sequence[str] = ()) -
         candidates = [p for p in _entries(out.parent)
                       if p.name.startswith(prefix) and _PART_RE.match(p.name)]
     removed: list[Path] = []
+    now = time.time()
     for p in candidates:
         try:
+            if min_age_s > 0 and now - p.lstat().st_mtime < min_age_s:
+                continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             else:
@@ -201,13 +214,15 @@ def _entries(folder: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def output_lock(out: Optional[os.PathLike | str], command: str = "eusvoicelabel"
-                ) -> Iterator[Optional[Path]]:
+def output_lock(out: Optional[os.PathLike | str], command: str = "eusvoicelabel",
+                wait_s: float = 0.0) -> Iterator[Optional[Path]]:
     """Hold the lock of output ``out`` (a file or folder) for the duration of the block.
 
     Args:
         out: the output file or folder (None: no lock, for commands without output).
         command: shown to a second run that is refused.
+        wait_s: how long to wait for another process to release the lock before refusing
+            (0: refuse at once; for locks that are held only a moment).
 
     Raises:
         OutputError: another process holds the lock, or the lock file cannot be created.
@@ -222,7 +237,7 @@ def output_lock(out: Optional[os.PathLike | str], command: str = "eusvoicelabel"
             fd, depth = _held[key]
             _held[key] = (fd, depth + 1)
         else:
-            fd = _acquire(path, command)
+            fd = _acquire(path, command, wait_s)
             _held[key] = (fd, 1)
     try:
         yield path

@@ -47,6 +47,10 @@ from .procedure import find_recording
 PathLike = Union[str, os.PathLike]
 
 _SIGNATURE_BYTES = 64 << 20  # signature files are small; never read more to recognise one
+#: How long a run waits for another run's claim of a shared output (a moment's work) to end.
+SHARED_CLAIM_WAIT_S = 60.0
+#: A leftover in a shared output younger than this may be another run's write in progress.
+SHARED_LEFTOVER_AGE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -327,10 +331,13 @@ def claim_output(out: PathLike, kind: OutputKind, inputs: Iterable[Optional[Path
     _check_existing(out, kind, replace)
     if not session_writes():
         return out
-    with output_lock(out, session_command(f"eusvoicelabel ({kind.id})")):
+    # A shared output's lock is held only for this claim, so a second run waits its turn.
+    with output_lock(out, session_command(f"eusvoicelabel ({kind.id})"),
+                     wait_s=SHARED_CLAIM_WAIT_S if kind.shared else 0.0):
         if not kind.shared:
             keep_output_lock(out)  # one writer until the command ends
-        remove_stale_parts(out, kind.sweep)
+        remove_stale_parts(out, kind.sweep,
+                           min_age_s=SHARED_LEFTOVER_AGE_S if kind.shared else 0.0)
         if kind.folder and create:
             try:
                 out.mkdir(parents=True, exist_ok=True)

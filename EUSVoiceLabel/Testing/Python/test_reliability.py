@@ -471,6 +471,44 @@ def test_two_runs_on_one_output_folder_do_not_interleave(tmp_path, cohort, capsy
     assert not any(".part" in p.name for p in out.rglob("*"))  # only finished files
 
 
+_BRIEF_HOLDER = r"""
+import sys, time
+from EUSVoiceLabelLib.core.outputlock import output_lock
+with output_lock(sys.argv[1], "eusvoicelabel train"):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_runs_sharing_the_window_cache_wait_for_each_others_claim(tmp_path, cohort):
+    """Two runs on one cohort load its window cache at once: the second waits for the first's
+    claim instead of failing, and keeps the entry the first is still writing."""
+    import time
+
+    from EUSVoiceLabelLib.data.dataset import build_window_set
+
+    cache = tmp_path / "cache"
+    build_window_set(cohort, image_size=(16, 24), cache_dir=cache, progress=False)
+    in_progress = cache / ".p1-abc.npz.k2x9q7zt.part.npz"  # another run's write, by name
+    in_progress.write_bytes(b"half an entry")
+    killed = cache / ".p1-old.npz.a8b7c6d5.part.npz"  # a killed run's, two hours ago
+    killed.write_bytes(b"left over")
+    two_hours_ago = time.time() - 7200
+    os.utime(killed, (two_hours_ago, two_hours_ago))
+    holder = subprocess.Popen([sys.executable, "-c", _BRIEF_HOLDER, str(cache), "1.5"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        ws = build_window_set(cohort, image_size=(16, 24), cache_dir=cache, progress=False)
+        assert time.monotonic() - started > 0.5  # it waited for the holder's claim
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(ws) > 0
+    assert in_progress.exists() and not killed.exists()
+
+
 def test_output_lock_is_reentrant_and_lives_beside_the_output(tmp_path):
     from EUSVoiceLabelLib.core.outputlock import lock_path_for, output_lock
 
